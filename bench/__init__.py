@@ -1,0 +1,1 @@
+"""fastmtl's benchmark suite (``pytest bench/``) and its report tool (``python -m bench.report``)."""

@@ -1,0 +1,216 @@
+"""Checkpoints: safetensors weights with the model config inside, plus a JSON sidecar for training state.
+
+Layout for a stem ``run/last``:
+    run/last.safetensors        model weights; metadata ``fastmtl_config`` (JSON ModelConfig) and
+                                ``fastmtl_meta`` (JSON: epoch, metrics, ...). Self-contained for eval/predict.
+    run/last.train.safetensors  optimizer state tensors (only with ``optimizer=``), for ``--resume``.
+    run/last.json               optimizer/scheduler hyper-parameters, epoch, step, metrics, RNG states, config.
+
+Every file is written to a temporary name and moved into place with ``os.replace``, weights first and the JSON
+sidecar last, so a run killed while saving leaves the previous checkpoint intact. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from fastmtl.config import ModelConfig
+from fastmtl.registry import create_model_from_config
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or belongs to another model."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_config(model: nn.Module) -> ModelConfig:
+    """The :class:`ModelConfig` a registered model was built from."""
+    config = getattr(_unwrap(model), "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"{type(model).__name__} has no fastmtl ModelConfig; build it with fastmtl.create_model")
+    return config
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def save_checkpoint(
+    stem: str | os.PathLike,
+    model: nn.Module,
+    *,
+    meta: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Saves ``<stem>.safetensors`` (+ ``.train.safetensors`` and ``.json`` with an optimizer) atomically.
+
+    Args:
+        stem: path without suffix.
+        model: a registered fastmtl model (DDP / compiled wrappers are unwrapped).
+        meta: JSON-serialisable facts stored in the weights file (epoch, metrics, ...).
+        optimizer: when given, its state is saved for an exact resume.
+        train_state: JSON-serialisable training state for the sidecar (step, scheduler, RNG, history ...).
+
+    Returns:
+        The path of the weights file.
+    """
+    stem = Path(stem)
+    config = model_config(model)
+    weights = stem.with_name(stem.name + ".safetensors")
+    state = _unwrap(model).state_dict()
+    metadata = {
+        "fastmtl_config": json.dumps(config.to_dict()),
+        "fastmtl_meta": json.dumps(meta or {}, default=_json_default),
+    }
+    _atomic_save_tensors(state, weights, metadata)
+    if optimizer is not None:
+        opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
+        _atomic_save_tensors(opt_tensors, stem.with_name(stem.name + ".train.safetensors"), {})
+        sidecar = {"config": config.to_dict(), "meta": meta or {}, "optimizer": opt_json, **(train_state or {})}
+        atomic_write_json(stem.with_name(stem.name + ".json"), sidecar)
+    return weights
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, plain = {}, {"param_groups": state_dict["param_groups"], "state": {}}
+    for pid, pstate in state_dict["state"].items():
+        entry = {}
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+                entry[key] = {"tensor": f"{pid}.{key}"}
+            else:
+                entry[key] = value
+        plain["state"][str(pid)] = entry
+    return tensors, plain
+
+
+def _unflatten_optimizer(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state = {}
+    for pid, entry in plain["state"].items():
+        state[int(pid)] = {
+            k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v for k, v in entry.items()
+        }
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    """(config, meta) stored in a weights file, without loading tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected a .safetensors file written by fastmtl)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    if "fastmtl_config" not in metadata:
+        raise CheckpointError(f"checkpoint {path} has no fastmtl model config; was it written by fastmtl?")
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["fastmtl_config"]))
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {e}") from e
+    return config, json.loads(metadata.get("fastmtl_meta", "{}"))
+
+
+def load_model(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", kernels: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilds the model stored in a fastmtl weights file and loads its weights (eval mode).
+
+    Args:
+        path: ``<stem>.safetensors``.
+        device: where to put the model.
+        kernels: override the stored kernel backend.
+
+    Returns:
+        (model, meta) where meta holds what the training run stored (epoch, metrics, ...).
+    """
+    config, meta = read_checkpoint_info(path)
+    if kernels is not None:
+        config = ModelConfig.from_dict({**config.to_dict(), "kernels": kernels})
+    model = create_model_from_config(config)
+    load_weights(model, path)
+    return model.to(device).eval(), meta
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
+    """Loads a weights file into ``model``; a config or key mismatch raises :class:`CheckpointError`."""
+    stored, _ = read_checkpoint_info(path)
+    own = model_config(model)
+    if stored.name != own.name:
+        raise CheckpointError(f"checkpoint {path} holds model {stored.name!r}, not {own.name!r}")
+    state = load_file(str(path))
+    try:
+        _unwrap(model).load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit model {own.name!r}: {e}") from e
+
+
+def load_training_state(stem: str | os.PathLike, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restores the optimizer saved with ``stem`` and returns the JSON sidecar (step, epoch, RNG, ...)."""
+    stem = Path(stem)
+    sidecar_path = stem.with_name(stem.name + ".json")
+    tensor_path = stem.with_name(stem.name + ".train.safetensors")
+    if not sidecar_path.is_file() or not tensor_path.is_file():
+        raise CheckpointError(f"no resumable training state at {stem} (expected {sidecar_path} and {tensor_path})")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{sidecar_path} is not valid JSON: {e}") from e
+    optimizer.load_state_dict(_unflatten_optimizer(sidecar["optimizer"], load_file(str(tensor_path))))
+    return sidecar

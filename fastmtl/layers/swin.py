@@ -1,0 +1,238 @@
+"""Swin Transformer blocks with (shifted) window attention and a relative position bias (SPEC.md §1).
+
+Tokens are kept as (B, H, W, C) maps. The attention itself is :func:`window_attention_ref` (pure PyTorch: roll,
+window partition, bias gather, seam mask, softmax attention, reverse) or the fused Triton kernel in
+``fastmtl.kernels.window_attention``, which computes the same thing without the copies.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastmtl.backend import default_backend, use_triton
+from fastmtl.layers.drop import DropPath
+from fastmtl.layers.eca import ECA
+
+MASK_VALUE = -100.0  # additive penalty across the shifted-window seams, as in Swin
+
+
+def relative_position_index(window: int, device: torch.device | None = None) -> torch.Tensor:
+    """(N, N) index into the (2w-1)^2 bias table for the token pair (i, j) of one w x w window, N = w*w."""
+    r = torch.arange(window, device=device)
+    coords = torch.stack(torch.meshgrid(r, r, indexing="ij")).flatten(1)  # (2, N)
+    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2w-2]
+    return rel[0] * (2 * window - 1) + rel[1]
+
+
+def shift_region_ids(height: int, width: int, window: int, shift: int, device: torch.device | None = None):
+    """(H, W) region id of every position of the rolled map; tokens attend only within their region."""
+
+    def bands(n: int) -> torch.Tensor:
+        pos = torch.arange(n, device=device)
+        return (pos >= n - window).long() + (pos >= n - shift).long()  # 0, 1, 2 along one axis
+
+    return bands(height)[:, None] * 3 + bands(width)[None, :]
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * nW, w*w, C), windows in row-major order."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """(B * nW, w*w, C) -> (B, H, W, C); the inverse of :func:`window_partition`."""
+    c = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
+
+
+def seam_mask(height: int, width: int, window: int, shift: int, device: torch.device | None = None) -> torch.Tensor:
+    """(nW, N, N) additive mask (0 or -100) for the cyclically shifted windows of an H x W map.
+
+    Built from shapes alone, so under ``torch.compile`` it folds into a constant.
+    """
+    ids = shift_region_ids(height, width, window, shift, device)[None, :, :, None]  # (1, H, W, 1)
+    ids = window_partition(ids, window).squeeze(-1)  # (nW, N)
+    return (ids[:, :, None] != ids[:, None, :]).float() * MASK_VALUE  # (nW, N, N)
+
+
+def window_attention_ref(
+    qkv: torch.Tensor, bias_table: torch.Tensor, window: int, shift: int, scale: float | None = None
+) -> torch.Tensor:
+    """Reference (shifted-)window multi-head attention with relative position bias.
+
+    Args:
+        qkv: (B, H, W, 3, heads, d) output of the fused qkv projection; H and W multiples of ``window``.
+        bias_table: ((2w-1)^2, heads) relative position bias table.
+        window: window side w.
+        shift: cyclic shift (0 for plain windows); the map is rolled by -shift and seams are masked.
+        scale: softmax scale, default d^-0.5.
+
+    Returns:
+        (B, H, W, heads * d) attention output at the original (un-shifted) positions, in qkv's dtype.
+    """
+    b, h, w, _, heads, d = qkv.shape
+    scale = d**-0.5 if scale is None else scale
+    if shift:
+        qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
+    n = window * window
+    win = window_partition(qkv.reshape(b, h, w, 3 * heads * d), window)  # (B*nW, N, 3*heads*d)
+    q, k, v = win.view(-1, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW, heads, N, d)
+    index = relative_position_index(window, qkv.device)
+    bias = bias_table[index.view(-1)].view(n, n, heads).permute(2, 0, 1)  # (heads, N, N)
+    attn = (q * scale) @ k.transpose(-2, -1) + bias  # (B*nW, heads, N, N)
+    if shift:
+        mask = seam_mask(h, w, window, shift, qkv.device).to(attn.dtype)  # (nW, N, N)
+        attn = (attn.view(b, -1, heads, n, n) + mask[None, :, None]).view(-1, heads, n, n)
+    out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, n, heads * d)  # (B*nW, N, heads*d)
+    out = window_reverse(out, window, h, w)
+    if shift:
+        out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+    return out
+
+
+class WindowAttention(nn.Module):
+    """W-MSA / SW-MSA: qkv Linear (bias), relative position bias, softmax attention, output Linear.
+
+    Args:
+        dim: token channels.
+        num_heads: attention heads (head dim = dim / num_heads).
+        window: window side.
+        kernels: ``"reference"``, ``"triton"`` or ``"auto"`` (see :mod:`fastmtl.backend`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int, kernels: str | None = None) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.window = window
+        self.kernels = kernels or default_backend()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: torch.Tensor, shift: int = 0) -> torch.Tensor:  # x: (B, H, W, C)
+        b, h, w, c = x.shape
+        qkv = self.qkv(x).view(b, h, w, 3, self.num_heads, c // self.num_heads)
+        if use_triton(self.kernels, x.is_cuda):
+            from fastmtl.kernels.window_attention import window_attention
+
+            out = window_attention(qkv, self.relative_position_bias_table, window=self.window, shift=shift)
+        else:
+            out = window_attention_ref(qkv, self.relative_position_bias_table, self.window, shift)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear -> residual ECA gate over the token map.
+
+    ``eca_layout="transpose"`` (default) applies the ECA to the tokens as a proper (B, C, H, W) map.
+    ``"authors"`` reproduces the original code, which views (B, H*W, C) memory as (B, C, H, W) without a
+    transpose and flattens back with one, scrambling token positions; kept only for comparison and for
+    running checkpoints trained with it.
+    """
+
+    def __init__(self, dim: int, hidden: int, eca_layout: str = "transpose") -> None:
+        super().__init__()
+        if eca_layout not in ("transpose", "authors"):
+            raise ValueError(f"eca_layout must be 'transpose' or 'authors', got {eca_layout!r}")
+        self.eca_layout = eca_layout
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.eca = ECA(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, W, C)
+        b, h, w, c = x.shape
+        x = self.fc2(self.act(self.fc1(x)))
+        if self.eca_layout == "transpose":
+            return self.eca(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        scrambled = self.eca(x.reshape(b, c, h, w))  # memory of (B, N, C) read as (B, C, H, W)
+        return scrambled.flatten(2).transpose(1, 2).reshape(b, h, w, c)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm Swin block: ``x + DropPath(W-MSA(LN(x)))``, then ``x + DropPath(MLP(LN(x)))``.
+
+    Args:
+        dim: channels.
+        num_heads: attention heads.
+        window: window side.
+        shift: cyclic shift of this block (0 or window // 2); only applied where the map is larger than a
+            window, since a single window has no seams.
+        mlp_ratio: hidden width of the MLP relative to ``dim``.
+        drop_path: stochastic depth probability.
+        eca_layout: see :class:`Mlp`.
+        kernels: attention backend.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: int,
+        shift: int = 0,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        eca_layout: str = "transpose",
+        kernels: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= shift < window:
+            raise ValueError(f"shift must be in [0, window={window}), got {shift}")
+        self.shift = shift
+        self.window = window
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window, kernels=kernels)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), eca_layout=eca_layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, W, C)
+        _, h, w, _ = x.shape
+        if h % self.window or w % self.window:
+            raise ValueError(f"token map {h}x{w} is not a multiple of the window side {self.window}")
+        shift = self.shift if min(h, w) > self.window else 0
+        x = x + self.drop_path(self.attn(self.norm1(x), shift=shift))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class SwinStage(nn.Module):
+    """``depth`` Swin blocks on a (B, C, H, W) map; odd-numbered blocks shift by half a window."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: int,
+        drop_path: list[float],
+        mlp_ratio: float = 4.0,
+        eca_layout: str = "transpose",
+        kernels: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(
+                dim,
+                num_heads,
+                window,
+                shift=window // 2 if i % 2 else 0,
+                mlp_ratio=mlp_ratio,
+                drop_path=drop_path[i],
+                eca_layout=eca_layout,
+                kernels=kernels,
+            )
+            for i in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, C, H, W)
+        x = x.permute(0, 2, 3, 1)
+        for block in self.blocks:
+            x = block(x)
+        return x.permute(0, 3, 1, 2)

@@ -1,0 +1,7 @@
+"""Registered models. Importing this package registers them."""
+
+from fastmtl.models import baselines, mtl  # noqa: F401  (registration side effect)
+from fastmtl.models.baselines import ResNet34Classifier, UNetResNet34
+from fastmtl.models.mtl import ResFormerMTL
+
+__all__ = ["ResFormerMTL", "ResNet34Classifier", "UNetResNet34"]

@@ -1,0 +1,81 @@
+"""ResFormer-MTL: the ResFormer encoder, DFE-enhanced UNet decoder and multi-scale classification head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastmtl.config import ModelConfig
+from fastmtl.models.decoder import UNetDecoder
+from fastmtl.models.heads import ClassificationHead
+from fastmtl.models.resformer import WIDTHS, ResFormerEncoder
+from fastmtl.output import MTLOutput
+from fastmtl.registry import register_model
+
+HEAD_LEVELS = {"multiscale": (2, 3), "single": (3,)}
+
+
+class ResFormerMTL(nn.Module):
+    """Multi-task ResFormer UNet (Bui et al., arXiv 2412.00351).
+
+    ``forward(x)`` returns :class:`MTLOutput` with seg logits (B, seg_classes, H, W) and multi-label class
+    logits (B, cls_classes). The head reads the raw encoder outputs; the decoder reads the DFE outputs.
+
+    Args:
+        config: see :class:`fastmtl.config.ModelConfig`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = ResFormerEncoder(config)
+        self.decoder = UNetDecoder(WIDTHS, config.seg_classes, config.dfe, config.dilations, config.kernels)
+        self.cls_head = ClassificationHead(WIDTHS, config.cls_classes, HEAD_LEVELS[config.cls_head])
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder outputs e0..e3: (B, 64, H/2, W/2) ... (B, 512, H/16, W/16)."""
+        return self.encoder(x)
+
+    def forward_head(self, feats: list[torch.Tensor]) -> MTLOutput:
+        return MTLOutput(self.decoder(feats), self.cls_head(feats))
+
+    def forward(self, x: torch.Tensor) -> MTLOutput:
+        return self.forward_head(self.forward_features(x))
+
+
+def _build(name: str, overrides: dict[str, Any], **defaults: Any) -> ResFormerMTL:
+    return ResFormerMTL(ModelConfig(name=name, **{**defaults, **overrides}))
+
+
+_RESFORMER_OPTIONS = (
+    "img_size",
+    "in_chans",
+    "seg_classes",
+    "cls_classes",
+    "dilations",
+    "drop_path_rate",
+    "dfe",
+    "cls_head",
+    "eca_layout",
+    "kernels",
+)
+
+
+@register_model(_RESFORMER_OPTIONS)
+def resformer_mtl(**kwargs: Any) -> ResFormerMTL:
+    """Parallel fusion + four-branch DFE + two-level head: the paper's model (default)."""
+    return _build("resformer_mtl", kwargs, fusion="parallel", dfe="four")
+
+
+@register_model(_RESFORMER_OPTIONS)
+def resformer_mtl_serial(**kwargs: Any) -> ResFormerMTL:
+    """Serial fusion: each Swin stage runs on the sum of the conv stage and the patch merge."""
+    return _build("resformer_mtl_serial", kwargs, fusion="serial", dfe="four")
+
+
+@register_model(_RESFORMER_OPTIONS)
+def resformer_mtl_nodfe(**kwargs: Any) -> ResFormerMTL:
+    """Parallel fusion without DFE: the variant the authors' ISIC training script builds."""
+    return _build("resformer_mtl_nodfe", kwargs, fusion="parallel", dfe="none")
