@@ -32,7 +32,8 @@ class MultiScalePatchEmbed(nn.Module):
             raise ValueError(f"embed_dim must be a multiple of 8, got {embed_dim}")
         widths = (embed_dim // 2, embed_dim // 4, embed_dim // 8, embed_dim // 8)
         self.projs = nn.ModuleList(
-            nn.Conv2d(in_chans, w, kernel_size=k, stride=2, padding=k // 2 - 1) for k, w in zip(self.kernel_sizes, widths)
+            nn.Conv2d(in_chans, w, kernel_size=k, stride=2, padding=k // 2 - 1)
+            for k, w in zip(self.kernel_sizes, widths)
         )
         self.eca = ECA(3)
         self.norm = nn.LayerNorm(embed_dim)

@@ -18,7 +18,7 @@ def bn(c: int) -> int:
 def resnet34_trunk() -> int:
     total, cin = conv(3, 64, 7) + bn(64), 64
     for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
-        for i in range(blocks):
+        for _ in range(blocks):
             total += conv(cin, width, 3) + bn(width) + conv(width, width, 3) + bn(width)
             if cin != width:
                 total += conv(cin, width, 1) + bn(width)
