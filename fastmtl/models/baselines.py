@@ -16,7 +16,7 @@ from fastmtl.models.resformer import WIDTHS, ResNet34Trunk
 from fastmtl.output import MTLOutput
 from fastmtl.registry import register_model
 
-_BASE_OPTIONS = ("img_size", "in_chans", "seg_classes", "cls_classes")
+_BASE_OPTIONS = ("img_size", "in_chans", "seg_classes", "cls_classes", "kernels")  # kernels: accepted, no kernel layers
 
 
 def _check_input(x: torch.Tensor) -> None:

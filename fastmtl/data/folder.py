@@ -1,0 +1,112 @@
+"""A plain folder of images with optional masks and labels.
+
+    root/[<split>/]images/<stem>.<png|jpg|jpeg|tif|tiff|bmp>
+    root/[<split>/]masks/<stem>[ _mask | _segmentation ].<ext>      optional, per image optional
+    root/[<split>/]labels.csv                                       optional: id/stem, then one column per class
+
+When ``root/<split>/images`` exists that split folder is used; otherwise ``root`` itself (the engine then
+carves train/val out of it with :func:`~fastmtl.data.splits.split_indices`). Masks are binary by default
+(0/1 or 0/255, thresholded) or class indices with ``seg_classes`` > 1.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from fastmtl.data.base import CacheDir, MTLDataset
+from fastmtl.data.io import IMAGE_EXTENSIONS
+
+__all__ = ["ImageFolder", "read_label_table"]
+
+_MASK_SUFFIXES = ("", "_mask", "_segmentation")
+
+
+def read_label_table(csv_path: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """Reads ``labels.csv``: first column the image id or stem, the others one 0/1 column per class.
+
+    Returns:
+        (class names, {stem: float32 (K,) labels}).
+    """
+    with open(csv_path, newline="") as file:
+        rows = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
+    if not rows or len(rows[0]) < 2:
+        raise ValueError(f"{csv_path} needs a header 'id,<class>,...' with at least one class column")
+    names = tuple(cell.strip() for cell in rows[0][1:])
+    table: dict[str, np.ndarray] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(names) + 1:
+            raise ValueError(f"{csv_path}:{line}: expected {len(names) + 1} columns, got {len(row)}")
+        try:
+            values = np.array([float(cell) for cell in row[1:]], dtype=np.float32)
+        except ValueError as err:
+            raise ValueError(f"{csv_path}:{line}: non-numeric label in {row}") from err
+        table[Path(row[0].strip()).stem] = values
+    return names, table
+
+
+def _index_files(folder: Path) -> dict[str, Path]:
+    """{stem: path} of the image files directly in ``folder``."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return {p.stem: p for p in files}
+
+
+class ImageFolder(MTLDataset):
+    """Images with optional masks and labels from a plain folder.
+
+    Args:
+        root: dataset folder (see module docstring).
+        split: sub-folder to use when ``root/<split>/images`` exists; otherwise ignored.
+        img_size: stored and output size.
+        train: training augmentation.
+        seg_classes: 1 for binary masks, else the number of classes incl. background (masks hold indices).
+        **kwargs: forwarded to :class:`~fastmtl.data.base.MTLDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        *,
+        img_size: int | tuple[int, int] | None = 224,
+        train: bool = False,
+        cache_dir: CacheDir = None,
+        seg_classes: int = 1,
+        **kwargs,
+    ) -> None:
+        self.seg_classes = int(seg_classes)
+        base = Path(root)
+        self.root = base / split if split and (base / split / "images").is_dir() else base
+        image_dir = self.root / "images"
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"image folder {image_dir} not found (expected <root>/[<split>/]images/)")
+        images = _index_files(image_dir)
+        if not images:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+        label_csv = self.root / "labels.csv"
+        names, table = read_label_table(label_csv) if label_csv.is_file() else ((), {})
+        self.class_names = names
+        super().__init__(img_size=img_size, train=train, cache_dir=cache_dir, **kwargs)
+        unknown = sorted(set(table) - set(images))
+        if unknown:
+            raise FileNotFoundError(f"{len(unknown)} id(s) in {label_csv} have no image in {image_dir}: {unknown[:3]}")
+        stems = list(images)
+        self.image_paths = [images[s] for s in stems]
+        self.mask_paths = self._match_masks(stems)
+        labels = np.stack([table.get(s, np.zeros(len(names), np.float32)) for s in stems])
+        self._finalize(
+            stems, labels, [s in table for s in stems], [p is not None for p in self.mask_paths], groups=stems
+        )
+
+    def _match_masks(self, stems: list[str]) -> list[Path | None]:
+        mask_dir = self.root / "masks"
+        if not mask_dir.is_dir():
+            return [None] * len(stems)
+        masks = _index_files(mask_dir)
+        return [next((masks[s + sfx] for sfx in _MASK_SUFFIXES if s + sfx in masks), None) for s in stems]
+
+    def _load(self, index: int) -> dict[str, np.ndarray]:
+        rule = "binary" if self.seg_classes == 1 else "index"
+        return self._load_files(self.image_paths[index], self.mask_paths[index], rule)
