@@ -1,0 +1,117 @@
+"""PNG figures for evaluation and training reports: ROC curves, per-class confusion matrices, learning curves.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot), so nothing depends on or changes the
+global backend and plotting is safe off the main thread. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
+
+from fastmtl.engine.checkpoint import atomic_write_bytes
+
+__all__ = ["plot_confusion", "plot_history", "plot_roc"]
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """One ROC curve per class (one-vs-rest) with its AUC in the legend.
+
+    Args:
+        probs: (N, K) predicted probabilities.
+        labels: (N, K) {0, 1} ground truth.
+        class_names: K names.
+        path: output PNG.
+
+    A class whose labels hold a single value has no ROC curve; it is listed in the legend as undefined.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(int)
+    if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be (N, {len(class_names)})")
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    for k, name in enumerate(class_names):
+        if np.unique(labels[:, k]).size < 2:
+            ax.plot([], [], label=f"{name} (undefined: one label value)")
+            continue
+        fpr, tpr, _ = roc_curve(labels[:, k], probs[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {100 * auc(fpr, tpr):.1f})")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(f"ROC ({probs.shape[0]} images)")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_confusion(counts: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """Per-class 2x2 one-vs-rest confusion matrices (rows truth, columns prediction).
+
+    Args:
+        counts: (4, K) counts with rows TP, TN, FP, FN (``ClassificationMeter.confusion()``).
+        class_names: K names.
+        path: output PNG.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape != (4, len(class_names)):
+        raise ValueError(f"counts must be (4, {len(class_names)}) rows TP/TN/FP/FN, got {counts.shape}")
+    fig = Figure(figsize=(3.2 * len(class_names), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(class_names)))
+    for k, (ax, name) in enumerate(zip(axes, class_names, strict=True)):
+        tp, tn, fp, fn = counts[:, k]
+        matrix = np.array([[tn, fp], [fn, tp]])  # rows: truth 0/1; columns: prediction 0/1
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+        for (i, j), value in np.ndenumerate(matrix):
+            dark = value > matrix.max() / 2
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if dark else "black")
+        ax.set_xticks([0, 1], ["neg", "pos"])
+        ax.set_yticks([0, 1], ["neg", "pos"])
+        ax.set(xlabel="predicted", ylabel="true" if k == 0 else None, title=name)
+    return _save(fig, path)
+
+
+def plot_history(
+    history: Mapping[str, Sequence[float]], path: str | os.PathLike, *, xlabel: str = "epoch", title: str = ""
+) -> Path:
+    """Learning curves: one line per series, one panel per group of series sharing a unit.
+
+    Series whose name contains "loss" go on the left panel, all others (metrics in percent) on the right;
+    a panel without series is left out. NaN points are skipped.
+
+    Args:
+        history: name -> values per epoch (or step); lists may have different lengths.
+        path: output PNG.
+        xlabel: x-axis label.
+        title: figure title.
+    """
+    groups = {"loss": {}, "metric": {}}
+    for name, values in history.items():
+        groups["loss" if "loss" in name else "metric"][name] = [float(v) for v in values]
+    panels = [(kind, series) for kind, series in groups.items() if series]
+    if not panels:
+        raise ValueError("plot_history needs at least one series")
+    fig = Figure(figsize=(5.5 * len(panels), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (kind, series) in zip(axes, panels, strict=True):
+        for name, values in series.items():
+            xs = [i + 1 for i, v in enumerate(values) if not math.isnan(v)]
+            ax.plot(xs, [v for v in values if not math.isnan(v)], marker="." if len(xs) < 30 else None, label=name)
+        ax.set(xlabel=xlabel, ylabel=kind)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
