@@ -74,8 +74,8 @@ class DFE3(nn.Module):
     Args:
         channels: input and output channels.
         dilations: one branch per rate (default 6, 12, 18).
-        kernels: accepted for a uniform constructor; this variant always runs the reference (its branches are
-            linear up to the sum, so at inference they fold into one set of taps, see ``fastmtl.kernels.dfe``).
+        kernels: ``"reference"``, ``"triton"`` or ``"auto"``. On the Triton path the branches, linear up to the sum,
+            fold at inference into one set of dilated taps run by one kernel (see ``fastmtl.kernels.dfe``).
     """
 
     def __init__(self, channels: int, dilations: tuple[int, ...] = (6, 12, 18), kernels: str | None = None) -> None:

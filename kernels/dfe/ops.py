@@ -1,0 +1,378 @@
+"""DFE ops: references, launch plans, ``torch.library`` registration (``triton_op``) and analytic autograd.
+
+Weight layout of the ops is the kernels' ``(taps, C_in, C_out)`` (:func:`taps_from_conv_weight`); the layer code
+in ``layer.py`` folds BN into it on the fly. The fake implementation of each op is the op function itself, which
+``triton_op`` traces under FakeTensorMode (``wrap_triton`` launches nothing there).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import reduce
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+from torch.nn import functional as F
+
+from fastmtl.layers.spatial_attention import spatial_attention_ref
+
+from ._kernels import _dfe_branches_kernel, _dfe_merge_kernel, _sa_gate_kernel, _sa_pool_kernel
+
+MAX_BRANCHES = 8  # rates travel packed 8 bits each in one integer kernel argument
+MAX_RATE = 255
+SA_CONFIG = {"BLOCK_M": 64, "BLOCK_C": 32, "num_warps": 4}
+
+
+# Read once, like ``@triton.jit`` does when it decides between compiled and interpreted kernels.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _run_kernels(x: torch.Tensor) -> bool:
+    """CUDA tensors run the kernels; CPU tensors only under the interpreter (else the reference)."""
+    return x.is_cuda or _INTERPRET
+
+
+def _register(name: str, fake):
+    """``triton_op`` (Inductor sees the kernels; the op function doubles as its fake). Under the interpreter
+    ``wrap_triton`` cannot trace interpreted kernels, so the op stays opaque (``custom_op``) with ``fake``."""
+
+    def deco(fn):
+        if not _INTERPRET:
+            return triton_op(name, fn, mutates_args=())
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+
+    return deco
+
+
+# -------------------------------------------------------------------------------------------------------- references
+def taps_from_conv_weight(w: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, k, k) conv weight -> (k*k, C_in, C_out) kernel taps, row-major over the k x k window."""
+    return w.permute(2, 3, 1, 0).reshape(-1, w.shape[1], w.shape[0])
+
+
+def conv_weight_from_taps(taps: torch.Tensor, rate: int, center: bool = True) -> torch.Tensor:
+    """(T, C_in, C_out) taps of one pattern -> (C_out, C_in, k, k) conv weight (rate 0: 1x1 from tap 0).
+
+    ``center=False`` zeroes the centre tap (the kernel skips it: DFE3 pre-sums the centres into branch 0).
+    """
+    if rate == 0:
+        return taps[0].t()[:, :, None, None]
+    w = taps[:9].reshape(3, 3, *taps.shape[1:]).permute(3, 2, 0, 1)
+    return w if center else drop_center(w)
+
+
+def drop_center(w: torch.Tensor) -> torch.Tensor:
+    """Zeroes the centre tap of a (C_out, C_in, 3, 3) weight (out of place, differentiable)."""
+    keep = torch.ones(3, 3, dtype=w.dtype, device=w.device)
+    keep[1, 1] = 0
+    return w * keep
+
+
+def dfe_branches_ref(x, weight, bias=None, rates=(0,), sum_branches=False, relu=False):
+    """Reference of ``fastmtl::dfe_branches``: per-branch convs, concatenated (or summed), + bias, ReLU."""
+    outs = [
+        F.conv2d(x, conv_weight_from_taps(weight[i], r, not (sum_branches and i > 0)), padding=r, dilation=max(r, 1))
+        for i, r in enumerate(rates)
+    ]
+    y = reduce(torch.add, outs) if sum_branches else torch.cat(outs, dim=1)  # (B, nb*C or C, H, W)
+    if bias is not None:
+        y = y + bias.to(y.dtype)[:, None, None]
+    return torch.relu(y) if relu else y
+
+
+def dfe_merge_ref(cat, x, weight, shortcut=None, bias=None, relu=False):
+    """Reference of ``fastmtl::dfe_merge``: 3x3 conv over ``cat`` (+ 1x1 shortcut conv on ``x``) + bias, ReLU."""
+    y = F.conv2d(cat, conv_weight_from_taps(weight, 1), padding=1)  # (B, C, H, W)
+    if shortcut is not None:
+        y = y + F.conv2d(x, conv_weight_from_taps(shortcut, 0))
+    if bias is not None:
+        y = y + bias.to(y.dtype)[:, None, None]
+    return torch.relu(y) if relu else y
+
+
+# ------------------------------------------------------------------------------------------------------ launch plans
+def conv_config(c_in: int, c_out: int, dtype: torch.dtype) -> dict:
+    """Tile sizes of the implicit-GEMM kernels: 16-bit tiles feed tensor cores, fp32 tiles stay small.
+
+    Chosen with the AOT report (``kernels/dfe/aot.py``) so that no configuration the model uses spills registers
+    on sm_80 or sm_90a; the 2D tile of 64-bit input pointers is what bounds the tile size.
+    """
+    np2 = triton.next_power_of_2
+    if dtype == torch.float32:
+        block_n, block_k, block_m, stages = min(64, max(16, np2(c_out))), min(32, max(16, np2(c_in))), 64, 1
+        warps = 8 if c_out >= 128 and c_in <= c_out else 4  # the split without ptxas spills (AOT report)
+    elif c_out >= 128:
+        block_n, block_k, block_m, warps, stages = 128, min(32, max(16, np2(c_in))), 128, 8, 3
+    else:
+        block_n, block_k, block_m, warps, stages = max(16, np2(c_out)), min(64, max(16, np2(c_in))), 64, 4, 3
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 without TF32; ignored for 16-bit inputs
+
+
+def _strides(t: torch.Tensor, prefix: str) -> dict:
+    return dict(zip([f"stride_{prefix}{d}" for d in "bchw"], t.stride(), strict=True))
+
+
+def branches_plan(x, weight, bias, out, counts, rates, sum_branches, relu):
+    """Grid, arguments, constexprs and launch options of one ``_dfe_branches_kernel`` launch (meta tensors ok)."""
+    nb, n_taps, c_in, c_out = weight.shape
+    cfg = dict(conv_config(c_in, c_out, x.dtype))
+    opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    tiles = x.shape[0] * triton.cdiv(x.shape[2] * x.shape[3], cfg["BLOCK_M"]) * (1 if sum_branches else nb)
+    args = {"x_ptr": x, "w_ptr": weight, "bias_ptr": out if bias is None else bias, "out_ptr": out,
+            "count_ptr": out if counts is None else counts, "c_in": c_in, "c_out": c_out, "height": x.shape[2],
+            "width": x.shape[3], "n_branches": nb, "rates_packed": sum(r << (8 * i) for i, r in enumerate(rates)),
+            **_strides(x, "x"), "stride_wb": n_taps * c_in * c_out, "stride_wt": c_in * c_out,
+            **_strides(out, "o")}  # fmt: skip
+    const = {"SUM_BRANCHES": sum_branches, "HAS_BIAS": bias is not None, "RELU": relu,
+             "COUNT_TAPS": counts is not None, "DOT_PRECISION": _precision(x.dtype), **cfg}  # fmt: skip
+    return (tiles, triton.cdiv(c_out, cfg["BLOCK_N"])), args, const, opts
+
+
+def merge_plan(cat, x, weight, shortcut, bias, out, relu):
+    """Grid, arguments, constexprs and launch options of one ``_dfe_merge_kernel`` launch (meta tensors ok)."""
+    _, c_cat, c_out = weight.shape
+    cfg = dict(conv_config(c_cat, c_out, cat.dtype))
+    opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    tiles = cat.shape[0] * triton.cdiv(cat.shape[2] * cat.shape[3], cfg["BLOCK_M"])
+    args = {"cat_ptr": cat, "x_ptr": x, "w_ptr": weight, "ws_ptr": weight if shortcut is None else shortcut,
+            "bias_ptr": out if bias is None else bias, "out_ptr": out, "c_cat": c_cat, "c_in": x.shape[1],
+            "c_out": c_out, "height": cat.shape[2], "width": cat.shape[3], **_strides(cat, "c"), **_strides(x, "x"),
+            **_strides(out, "o")}  # fmt: skip
+    const = {"HAS_SHORTCUT": shortcut is not None, "HAS_BIAS": bias is not None, "RELU": relu,
+             "DOT_PRECISION": _precision(cat.dtype), **cfg}  # fmt: skip
+    return (tiles, triton.cdiv(c_out, cfg["BLOCK_N"])), args, const, opts
+
+
+def sa_plans(x, weight, pooled, out):
+    """Grids, arguments and constexprs of the two spatial-attention launches (pool, then gate)."""
+    cfg = dict(SA_CONFIG)
+    opts = {"num_warps": cfg.pop("num_warps")}
+    grid = (x.shape[0] * triton.cdiv(x.shape[2] * x.shape[3], cfg["BLOCK_M"]),)
+    shape = {"channels": x.shape[1], "height": x.shape[2], "width": x.shape[3], **_strides(x, "x")}
+    pool = (grid, {"x_ptr": x, "pooled_ptr": pooled, **shape}, cfg, opts)
+    gate_args = {"x_ptr": x, "pooled_ptr": pooled, "w_ptr": weight, "out_ptr": out, **shape, **_strides(out, "o")}
+    return pool, (grid, gate_args, {"KSIZE": weight.shape[-1], **cfg}, opts)
+
+
+# ------------------------------------------------------------------------------------------------------- validation
+def _check_branches(x, weight, bias, rates, sum_branches):
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(
+            f"expected x (B,C,H,W) and weight (NB,T,C_in,C_out), got {tuple(x.shape)}, {tuple(weight.shape)}"
+        )
+    nb, n_taps, c_in, c_out = weight.shape
+    if c_in != x.shape[1] or len(rates) != nb or not 1 <= nb <= MAX_BRANCHES:
+        raise ValueError(f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)} and rates {list(rates)}")
+    if any(not 0 <= r <= MAX_RATE for r in rates) or n_taps not in ((9,) if any(rates) else (1, 9)):
+        raise ValueError(
+            f"rates must lie in [0, {MAX_RATE}] with 9 taps when any is > 0, got {list(rates)}, T={n_taps}"
+        )
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    n_bias = c_out if sum_branches else nb * c_out
+    if bias is not None and bias.shape != (n_bias,):
+        raise ValueError(f"bias must have shape ({n_bias},), got {tuple(bias.shape)}")
+
+
+def _out_like(x: torch.Tensor, channels: int, dtype=None) -> torch.Tensor:
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else None
+    shape = (x.shape[0], channels, *x.shape[2:])
+    out = torch.empty(shape, dtype=dtype or x.dtype, device=x.device)
+    return out.contiguous(memory_format=fmt) if fmt is not None and x.shape[1] > 1 else out
+
+
+# ---------------------------------------------------------------------------------------------------------------- ops
+def _branches_fake(x, weight, bias, rates, sum_branches, relu):
+    _check_branches(x, weight, bias, rates, sum_branches)
+    return _out_like(x, weight.shape[-1] * (1 if sum_branches else weight.shape[0]))
+
+
+def _merge_fake(cat, x, weight, shortcut, bias, relu):
+    return _out_like(cat, weight.shape[-1])
+
+
+@_register("fastmtl::dfe_branches", _branches_fake)
+def dfe_branches(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rates: list[int], sum_branches: bool, relu: bool
+) -> torch.Tensor:
+    """All DFE branches in one launch: ``(B, nb*C_out, H, W)`` concatenated, or ``(B, C_out, H, W)`` summed.
+
+    Args:
+        x: (B, C_in, H, W) input, NCHW or channels_last.
+        weight: (nb, T, C_in, C_out) taps per branch in x's dtype (T = 9, or 1 when every rate is 0).
+        bias: (nb*C_out,) or, when summing, (C_out,) fp32 epilogue bias, or None.
+        rates: dilation per branch, 0 for a 1x1 conv (reads tap 0).
+        sum_branches: sum the branches (their centre taps pre-summed into branch 0) instead of concatenating.
+        relu: apply ReLU in the epilogue.
+    """
+    _check_branches(x, weight, bias, rates, sum_branches)
+    if not _run_kernels(x):
+        return dfe_branches_ref(x, weight, bias, rates, sum_branches, relu)
+    out = _out_like(x, weight.shape[-1] * (1 if sum_branches else weight.shape[0]))
+    grid, args, const, opts = branches_plan(x, weight.contiguous(), bias, out, None, rates, sum_branches, relu)
+    wrap_triton(_dfe_branches_kernel)[grid](**args, **const, **opts)
+    return out
+
+
+@_register("fastmtl::dfe_merge", _merge_fake)
+def dfe_merge(
+    cat: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    shortcut: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    relu: bool,
+) -> torch.Tensor:
+    """``act(conv3x3(cat) + conv1x1(x) + bias)`` in one launch; weight (9, C_cat, C_out), shortcut (1, C_in, C_out)."""
+    if weight.shape[:2] != (9, cat.shape[1]) or (shortcut is not None and shortcut.shape[1] != x.shape[1]):
+        raise ValueError(f"merge weight {tuple(weight.shape)} / shortcut does not fit cat {tuple(cat.shape)}")
+    if weight.dtype != cat.dtype or x.dtype != cat.dtype:
+        raise TypeError(f"dtypes differ: cat {cat.dtype}, x {x.dtype}, weight {weight.dtype}")
+    if not _run_kernels(cat):
+        return dfe_merge_ref(cat, x, weight, shortcut, bias, relu)
+    out = _out_like(cat, weight.shape[-1])
+    sc = None if shortcut is None else shortcut.contiguous()
+    grid, args, const, opts = merge_plan(cat, x, weight.contiguous(), sc, bias, out, relu)
+    wrap_triton(_dfe_merge_kernel)[grid](**args, **const, **opts)
+    return out
+
+
+@_register("fastmtl::spatial_attention", lambda x, weight: torch.empty_like(x))
+def spatial_attention(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(conv_kxk([mean_c x, max_c x]))``; weight (1, 2, k, k), k odd. Pools in fp32."""
+    if weight.dim() != 4 or weight.shape[:2] != (1, 2) or weight.shape[-1] % 2 != 1:
+        raise ValueError(f"spatial attention weight must be (1, 2, k, k) with k odd, got {tuple(weight.shape)}")
+    if not _run_kernels(x):
+        return spatial_attention_ref(x, weight)
+    pooled = torch.empty((x.shape[0], 2, x.shape[2] * x.shape[3]), dtype=torch.float32, device=x.device)
+    out = torch.empty_like(x)
+    (g1, a1, c1, o1), (g2, a2, c2, o2) = sa_plans(x, weight.contiguous(), pooled, out)
+    wrap_triton(_sa_pool_kernel)[g1](**a1, **c1, **o1)
+    wrap_triton(_sa_gate_kernel)[g2](**a2, **c2, **o2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- autograd
+# Analytic backward from ATen ops (cuDNN convolution_backward on GPU); traceable, so compiled graphs keep it.
+def _conv_grads(grad, inp, w, rate, needs):
+    """(grad_input, grad_weight) of ``conv2d(inp, w, padding=rate, dilation=max(rate, 1))``."""
+    pad, dil = [rate, rate], [max(rate, 1)] * 2
+    gi, gw, _ = torch.ops.aten.convolution_backward(grad, inp, w, None, [1, 1], pad, dil, False, [0, 0], 1, needs)
+    return gi, gw
+
+
+def _taps_grad(gw: torch.Tensor, n_taps: int) -> torch.Tensor:
+    g = taps_from_conv_weight(gw)  # (1 or 9, C_in, C_out)
+    return g if g.shape[0] == n_taps else torch.cat([g, g.new_zeros(n_taps - g.shape[0], *g.shape[1:])])
+
+
+def _relu_grad(grad, out, relu):
+    return torch.where(out > 0, grad, torch.zeros_like(grad)) if relu else grad
+
+
+def _branches_setup(ctx, inputs, output):
+    x, weight, bias, rates, sum_branches, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.rates, ctx.sum_branches, ctx.relu, ctx.has_bias = list(rates), sum_branches, relu, bias is not None
+
+
+def _branches_backward(ctx, grad):
+    x, weight, out = ctx.saved_tensors
+    grad = _relu_grad(grad, out, ctx.relu)
+    c_out, needs = weight.shape[-1], [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+    gx, gws = None, []
+    for i, r in enumerate(ctx.rates):
+        center = not (ctx.sum_branches and i > 0)
+        g = grad if ctx.sum_branches else grad[:, i * c_out : (i + 1) * c_out]
+        gi, gw = _conv_grads(g, x, conv_weight_from_taps(weight[i], r, center), r, needs)
+        if needs[0]:
+            gx = gi if gx is None else gx + gi
+        if needs[1]:  # the kernel never reads a skipped centre tap, so it gets no gradient
+            gws.append(_taps_grad(gw if center else drop_center(gw), weight.shape[1]))
+    gbias = grad.sum((0, 2, 3), dtype=torch.float32) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return gx, torch.stack(gws) if needs[1] else None, gbias, None, None, None
+
+
+def _merge_setup(ctx, inputs, output):
+    cat, x, weight, shortcut, bias, relu = inputs
+    ctx.save_for_backward(cat, x, weight, shortcut, output if relu else None)
+    ctx.relu, ctx.has_bias = relu, bias is not None
+
+
+def _merge_backward(ctx, grad):
+    cat, x, weight, shortcut, out = ctx.saved_tensors
+    grad = _relu_grad(grad, out, ctx.relu)
+    need = ctx.needs_input_grad
+    gcat, gw = _conv_grads(grad, cat, conv_weight_from_taps(weight, 1), 1, [need[0], need[2], False])
+    gx = gs = None
+    if shortcut is not None:
+        gx, gs = _conv_grads(grad, x, conv_weight_from_taps(shortcut, 0), 0, [need[1], need[3], False])
+        gs = taps_from_conv_weight(gs) if need[3] else None
+    gw = taps_from_conv_weight(gw) if need[2] else None
+    gbias = grad.sum((0, 2, 3), dtype=torch.float32) if ctx.has_bias and need[4] else None
+    return gcat, gx, gw, gs, gbias, None
+
+
+def _sa_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _sa_backward(ctx, grad):
+    """Closed form in fp32; the max's gradient is shared evenly between tied channels, as ``amax`` does."""
+    x, weight = ctx.saved_tensors
+    xf, wf, gf, pad = x.float(), weight.float(), grad.float(), weight.shape[-1] // 2
+    peak = xf.amax(dim=1, keepdim=True)
+    pooled = torch.cat([xf.mean(dim=1, keepdim=True), peak], dim=1)  # (B, 2, H, W)
+    gate = torch.sigmoid(F.conv2d(pooled, wf, padding=pad))  # (B, 1, H, W)
+    dlogit = (gf * xf).sum(dim=1, keepdim=True) * gate * (1 - gate)
+    dpool, dw, _ = torch.ops.aten.convolution_backward(
+        dlogit, pooled, wf, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, False]
+    )
+    tie = (xf == peak).to(torch.float32)
+    gx = gf * gate + dpool[:, :1] / x.shape[1] + dpool[:, 1:] * tie / tie.sum(dim=1, keepdim=True)
+    return gx.to(x.dtype), dw.to(weight.dtype)
+
+
+dfe_branches.register_autograd(_branches_backward, setup_context=_branches_setup)
+dfe_merge.register_autograd(_merge_backward, setup_context=_merge_setup)
+spatial_attention.register_autograd(_sa_backward, setup_context=_sa_setup)
+
+
+# ------------------------------------------------------------------------------------------------- dead-tap counters
+def live_tap_counts(batch, height, width, rates, block_m, sum_branches=False) -> torch.Tensor:
+    """Taps each ``_dfe_branches_kernel`` program executes, in program order (int32, one per program row).
+
+    Mirrors the kernel's tile-level rule: a tap is live unless the shifted bounding box of the tile's pixels lies
+    entirely in the zero padding.
+    """
+    n_pix, counts = height * width, []
+    for m0 in range(0, n_pix, block_m):
+        m_last = min(m0 + block_m - 1, n_pix - 1)
+        h_lo, h_hi = m0 // width, m_last // width
+        w_lo, w_hi = (m0 % width, m_last % width) if h_lo == h_hi else (0, width - 1)
+        per_branch = []
+        for i, r in enumerate(rates):
+            taps = [4] if r == 0 else [t for t in range(9) if t != 4 or not (sum_branches and i > 0)]
+            live = [h_lo + (t // 3 - 1) * r < height and h_hi + (t // 3 - 1) * r >= 0 for t in taps]
+            live = [ok and w_lo + (t % 3 - 1) * r < width and w_hi + (t % 3 - 1) * r >= 0 for ok, t in zip(live, taps)]
+            per_branch.append(sum(live))
+        counts.extend([sum(per_branch)] if sum_branches else per_branch)
+    return torch.tensor(counts * batch, dtype=torch.int32)
+
+
+def branch_tap_counts(x, weight, bias, rates, sum_branches=False, relu=False):
+    """Debug launch of ``_dfe_branches_kernel`` with its tap counter on: returns (output, taps per program row)."""
+    _check_branches(x, weight, bias, rates, sum_branches)
+    out = _out_like(x, weight.shape[-1] * (1 if sum_branches else weight.shape[0]))
+    grid, args, const, opts = branches_plan(x, weight.contiguous(), bias, out, None, rates, sum_branches, relu)
+    counts = torch.full(grid, -1, dtype=torch.int32, device=x.device)
+    args["count_ptr"], const["COUNT_TAPS"] = counts, True
+    _dfe_branches_kernel[grid](**args, **const, **opts)
+    return out, counts[:, 0]
