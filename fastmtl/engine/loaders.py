@@ -1,0 +1,207 @@
+"""Training and validation data for a run: the splits, a resumable sampler and reproducible augmentation.
+
+Reproducibility design. The order of an epoch is a function of (seed, epoch) alone (``DistributedSampler``
+semantics, also in one process), and the augmentation of a sample is a function of (seed, epoch, index): each
+``__getitem__`` seeds a private copy of torch's RNG (:class:`EpochSeeded`). Neither depends on worker count,
+on prefetching or on the model's use of the global RNG, so a run resumed at step ``s`` of epoch ``e`` only has
+to skip the first ``s`` batches of that epoch's order to see exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from fastmtl.data import build_dataset, detect_kind, split_indices, subset
+from fastmtl.engine.distributed import DistInfo
+from fastmtl.engine.train_config import TrainConfig
+
+__all__ = ["EpochSeeded", "ResumableSampler", "RunData", "build_run_data", "make_train_loader", "make_val_loader"]
+
+_MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads (seed, epoch, index) over the seed space
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample of one epoch."""
+    value = (seed * _MIX + epoch) % (1 << 64)
+    return ((value * _MIX + index) % (1 << 64)) >> 1
+
+
+class EpochSeeded(Dataset):
+    """Wraps a dataset so that sample ``i`` of epoch ``e`` draws its augmentation from ``sample_seed(seed, e, i)``.
+
+    The global RNG of the calling process is left untouched (``fork_rng``), so data loading in the main process
+    (``num_workers=0``) does not shift the model's random stream (drop path). Call :meth:`set_epoch` before
+    creating each epoch's iterator; workers receive a fresh copy of the wrapper with the epoch set.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, int(index)))
+            return self.dataset[index]
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (per-epoch permutation seeded by seed + epoch) that can skip a prefix.
+
+    Args:
+        dataset: the training set.
+        world: the process layout (one process is rank 0 of 1).
+        seed: permutation seed.
+        shuffle: permute each epoch.
+    """
+
+    def __init__(self, dataset: Dataset, world: DistInfo, seed: int, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=shuffle, seed=seed)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Selects the epoch's order and skips its first ``skip`` samples (of this rank)."""
+        super().set_epoch(epoch)
+        self.skip = int(skip)
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip :])
+
+    def __len__(self) -> int:
+        return max(super().__len__() - self.skip, 0)
+
+
+@dataclass
+class RunData:
+    """The resolved datasets of a run.
+
+    Attributes:
+        kind: dataset kind.
+        train: training set (with augmentation).
+        val: validation set (no augmentation).
+        val_source: "dataset" (its own split) or "carve" (held out of the training split).
+        class_names: classification class names.
+        seg_classes: segmentation channels of the data (1 = binary).
+    """
+
+    kind: str
+    train: Any
+    val: Any
+    val_source: str
+    class_names: tuple[str, ...]
+    seg_classes: int
+
+
+def _cache(config: TrainConfig) -> str | bool | None:
+    if config.cache_dir == "off":
+        return False
+    return config.cache_dir or None
+
+
+def _own_val_split(kind: str, root: Path | None) -> str | None:
+    """Name of the dataset's own validation split when it has one, else None."""
+    if kind in ("oct", "retouch", "synthetic"):
+        return "val"  # grouped (subject / volume) split built into the dataset, or a generated split
+    if kind == "isic2017" and root is not None and (root / "ISIC-2017_Validation_Data").is_dir():
+        return "validation"
+    if kind == "folder" and root is not None:
+        return next((s for s in ("val", "validation") if (root / s / "images").is_dir()), None)
+    return None
+
+
+def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData:
+    """Builds the training set and a validation set that never touches the test split.
+
+    Raises:
+        FileNotFoundError: the data folder (or a file the dataset needs) is missing.
+        ValueError: unknown kind or dataset options, or a split that comes out empty.
+    """
+    root = None if data_root is None else Path(data_root)
+    kind = config.data if config.data != "auto" else detect_kind(root)
+    common = {"img_size": config.img_size, "cache_dir": _cache(config), "normalize": config.normalize}
+    options = dict(config.data_options)
+
+    def build(split: str, train: bool):
+        try:
+            return build_dataset(kind, root, split, train=train, **common, **dict(options))
+        except TypeError as e:  # an option the dataset's constructor does not take
+            raise ValueError(f"data_options {options} do not fit the {kind} dataset: {e}") from e
+
+    own = _own_val_split(kind, root) if config.val_source != "carve" else None
+    if config.val_source == "dataset" and own is None:
+        raise ValueError(f"val_source='dataset' but the {kind} data at {root} has no validation split")
+    if own is not None:
+        train_set, val_set, source = build("train", True), build(own, False), "dataset"
+    else:
+        full_train, full_eval = build("train", True), build("train", False)
+        train_idx, val_idx = split_indices(full_eval, config.val_fraction, config.seed)
+        train_set, val_set, source = subset(full_train, train_idx), subset(full_eval, val_idx), "carve"
+    for name, ds in (("training", train_set), ("validation", val_set)):
+        if len(ds) == 0:
+            raise ValueError(f"the {name} split of the {kind} data at {root} is empty")
+    return RunData(kind, train_set, val_set, source, tuple(train_set.class_names), int(train_set.seg_classes))
+
+
+def class_weights_for(data: RunData) -> torch.Tensor | None:
+    """Inverse class frequency over the labelled training samples; None (with a warning) when undefined."""
+    from fastmtl.losses import class_weights_from_labels
+
+    labels = np.asarray(data.train.labels)[np.asarray(data.train.has_labels, dtype=bool)]
+    try:
+        return class_weights_from_labels(torch.as_tensor(labels))
+    except ValueError as e:
+        warnings.warn(f"classification loss left unweighted: {e}", stacklevel=2)
+        return None
+
+
+def make_train_loader(data: RunData, config: TrainConfig, world: DistInfo) -> DataLoader:
+    """Training loader over :class:`EpochSeeded` samples with a :class:`ResumableSampler`."""
+    dataset = EpochSeeded(data.train, config.seed)
+    sampler = ResumableSampler(dataset, world, config.seed)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        drop_last=config.drop_last and len(sampler) >= config.batch_size,
+        pin_memory=world.device.type == "cuda",
+        # A private generator: the loader's base-seed draw must not consume the global RNG (the model's stream).
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+def make_val_loader(data: RunData, config: TrainConfig, world: DistInfo) -> DataLoader:
+    """Validation loader over this rank's shard (``rank::world_size``, no padding, so nothing is counted twice)."""
+    shard = subset(data.val, range(world.rank, len(data.val), world.world_size))
+    return DataLoader(
+        shard,
+        batch_size=config.resolved_eval_batch_size,
+        shuffle=False,
+        num_workers=config.num_workers,
+        pin_memory=world.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+    """Points the training loader at ``epoch``, skipping its first ``skip_batches`` batches."""
+    loader.dataset.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
+
+
+def steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
+    """Optimizer steps in a full epoch, after the ``max_steps_per_epoch`` cap."""
+    loader.sampler.set_epoch(0, 0)
+    n = len(loader)
+    return min(n, config.max_steps_per_epoch) if config.max_steps_per_epoch else n

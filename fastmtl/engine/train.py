@@ -1,0 +1,325 @@
+"""``train(config, data_root, out_dir)``: the paper's training protocol (SPEC section 5) as plain functions.
+
+AdamW with a per-iteration poly schedule, class-weighted MTL loss, optional mixed precision / channels-last /
+``torch.compile`` / gradient clipping, validation on a split carved from training (or the dataset's own), and
+checkpoint selection by validation JI (AUC for classification-only models).
+
+Outputs in ``out_dir``: ``config.json`` / ``config.toml`` (the resolved config), ``last.*`` (every epoch and every
+``checkpoint_every_steps`` steps, with optimizer and RNG state for ``resume=True``), ``best.safetensors``,
+``log.jsonl`` / ``log.csv`` (one row per epoch) and ``curves.png``. Under torchrun only rank 0 writes.
+
+Exact resume: the checkpoint holds the weights, the optimizer, the step counters and every RNG state (per
+rank); the data order and augmentation are functions of (seed, epoch, index) (see :mod:`fastmtl.engine.loaders`),
+so a run killed at any point and resumed from ``last`` ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from fastmtl.engine.checkpoint import CheckpointError, load_training_state, load_weights, save_checkpoint
+from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
+from fastmtl.engine.loaders import (
+    RunData,
+    build_run_data,
+    class_weights_for,
+    make_train_loader,
+    make_val_loader,
+    steps_per_epoch,
+)
+from fastmtl.engine.loop import StepContext, amp_dtype, run_epoch, validate
+from fastmtl.engine.records import plot_curves, write_logs
+from fastmtl.engine.schedule import poly_lr
+from fastmtl.engine.state import RunState, capture_rng, restore_rng
+from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, save_config
+from fastmtl.losses import MTLLoss
+from fastmtl.registry import create_model, model_options
+
+__all__ = ["TrainConfig", "train"]
+
+
+@contextmanager
+def _determinism(config: TrainConfig, device: torch.device):
+    """Deterministic kernels for the duration of the run; the process-wide settings are restored after."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark = torch.backends.cudnn.benchmark
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not config.deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _seed(seed: int, rank: int) -> None:
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed)  # the same on every rank: identical initial weights
+
+
+def _build_model(config: TrainConfig, data: RunData) -> nn.Module:
+    """Creates the model with seg/cls outputs defaulting to the data's; mismatches raise a ValueError."""
+    accepted = model_options(config.model)
+    opts = dict(config.model_options)
+    wanted = {"img_size": config.img_size, "seg_classes": data.seg_classes, "cls_classes": len(data.class_names)}
+    for key, value in wanted.items():
+        if key in opts and key != "cls_classes" and opts[key] != value:
+            raise ValueError(f"model_options.{key}={opts[key]} contradicts the run's {key}={value} ({data.kind} data)")
+        if key in accepted and value > 0:
+            opts.setdefault(key, value)
+    model = create_model(config.model, trunk_weights=config.trunk_weights or None, **opts)
+    if not data.class_names and model.config.cls_head != "none":
+        raise ValueError(
+            f"the {data.kind} data has no classification labels but model {config.model!r} has a classification "
+            "head; add labels (e.g. labels.csv) or train a segmentation-only model such as unet_resnet34"
+        )
+    if model.config.cls_head != "none" and model.config.cls_classes != len(data.class_names):
+        raise ValueError(
+            f"model {config.model!r} has {model.config.cls_classes} classification outputs but the data has "
+            f"{len(data.class_names)} classes {list(data.class_names)}"
+        )
+    return model
+
+
+def _check_out_dir(out_dir: Path, resume: bool) -> None:
+    if resume and not (out_dir / "last.json").is_file():
+        raise CheckpointError(f"nothing to resume in {out_dir}: no last.json / last.train.safetensors there")
+    if not resume and (out_dir / "last.safetensors").exists():
+        raise ValueError(f"{out_dir} already holds a training run (last.safetensors); resume it or pick another --out")
+
+
+def _resume(out_dir: Path, model: nn.Module, optimizer, config: TrainConfig, world: DistInfo) -> RunState:
+    """Loads ``last``: weights, optimizer, counters and this rank's RNG state."""
+    stem = out_dir / "last"
+    sidecar = load_training_state(stem, optimizer)
+    saved = sidecar.get("train_config", {})
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS and saved.get(k) != v)
+    if changed:
+        raise ValueError(
+            f"cannot resume {out_dir}: the config differs from the saved run in {changed}; resume with the saved "
+            f"{out_dir / 'config.toml'}"
+        )
+    load_weights(model, stem.with_name("last.safetensors"))
+    rngs = sidecar["rng"]
+    restore_rng(rngs[world.rank] if len(rngs) == world.world_size else rngs[0])
+    return RunState.from_json(sidecar["state"])
+
+
+@dataclass
+class Run:
+    """What the epoch loop and the checkpoint writers share (a bundle of parts, not a trainer)."""
+
+    config: TrainConfig
+    out_dir: Path
+    data: RunData
+    ctx: StepContext
+    state: RunState
+    train_loader: DataLoader
+    val_loader: DataLoader
+    steps: int  # optimizer steps per epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps
+
+
+def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    weights = run.ctx.loss_fn.class_weights
+    return {
+        "epoch": run.state.epoch,
+        "global_step": run.state.global_step,
+        "metrics": metrics,
+        "class_names": list(run.data.class_names),
+        "seg_classes": run.data.seg_classes,
+        "img_size": run.config.img_size,
+        "normalize": run.config.normalize,
+        "data_kind": run.data.kind,
+        "val_source": run.data.val_source,
+        "class_weights": None if weights is None else weights.tolist(),
+        "train_config": run.config.to_dict(),
+    }
+
+
+def _save_last(run: Run) -> None:
+    """Saves ``last`` with optimizer and RNG state. Collective: every rank must call it (RNG states are gathered)."""
+    ctx, state = run.ctx, run.state
+    rngs = all_gather_objects(ctx.world, capture_rng())
+    if not ctx.world.is_main:
+        return
+    state.scaler = ctx.scaler.state_dict() if ctx.scaler.is_enabled() else {}
+    meta = _meta(run, state.history[-1] if state.history else {})
+    train_state = {"state": state.to_json(), "rng": rngs, "train_config": run.config.to_dict()}
+    save_checkpoint(run.out_dir / "last", ctx.raw_model, meta=meta, optimizer=ctx.optimizer, train_state=train_state)
+
+
+def _finish_epoch(run: Run, val: dict[str, Any], lr: float) -> None:
+    """Records the epoch, saves ``best`` if the selection metric improved, then ``last`` and the logs."""
+    state = run.state
+    key = "ji" if "ji" in val else "auc_mean"
+    value = float(val.get(key, math.nan))
+    previous = -math.inf if state.best_value is None or math.isnan(state.best_value) else state.best_value
+    improved = state.best_epoch is None or value > previous
+    row = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": lr, **state.epoch_means()}
+    row.update({f"val_{k}": v for k, v in val.items()})
+    row.update({"selection_metric": f"val_{key}", "time_s": state.running.get("seconds", 0.0)})
+    state.history.append(row)
+    state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, {}
+    if improved:
+        state.best_value, state.best_epoch = value, state.epoch
+        if run.ctx.world.is_main:
+            save_checkpoint(run.out_dir / "best", run.ctx.raw_model, meta=_meta(run, row))
+    _save_last(run)
+    if run.ctx.world.is_main:
+        write_logs(state.history, run.out_dir)
+        if run.config.progress:
+            _print_epoch(run, row, key, improved)
+
+
+def _print_epoch(run: Run, row: dict[str, Any], key: str, improved: bool) -> None:
+    value = row.get(f"val_{key}", math.nan)
+    tqdm.write(
+        f"epoch {row['epoch']}/{run.config.epochs}: train loss {row.get('train_loss', math.nan):.4f}, "
+        f"val loss {row['val_loss']:.4f}, val {key} {value:.2f}{' (best)' if improved else ''}, "
+        f"{row['images_per_s']:.1f} images/s"
+    )
+
+
+def _context(config: TrainConfig, model: nn.Module, data: RunData, world: DistInfo) -> StepContext:
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+    )
+    dtype = amp_dtype(config.amp, world.device)
+    weights = class_weights_for(data) if config.class_weights else None
+    loss_fn = MTLLoss(model.config.seg_classes, config.alpha, weights).to(world.device)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=dtype is torch.float16)
+    return StepContext(model, model, optimizer, scaler, loss_fn, world, dtype, config.channels_last, config.grad_clip)
+
+
+def _wrap(ctx: StepContext, config: TrainConfig) -> None:
+    """DDP and ``torch.compile`` wrappers around the training forward (the raw model stays for eval and saving)."""
+    model = ctx.raw_model
+    if ctx.world.distributed:
+        device_ids = [ctx.world.device.index] if ctx.world.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids)
+    ctx.model = torch.compile(model) if config.compile else model
+
+
+def train(
+    config: TrainConfig, data_root: str | Path | None = None, out_dir: str | Path = "runs/train", resume: bool = False
+) -> dict[str, Any]:
+    """Trains a model; see the module docstring for the protocol and the files written.
+
+    Args:
+        config: the run's settings.
+        data_root: dataset folder (None: synthetic data, or ``config.data`` must not need one).
+        out_dir: output folder (created); must not hold a run unless ``resume``.
+        resume: continue the run saved in ``out_dir/last`` exactly where it stopped.
+
+    Returns:
+        Summary: ``out_dir``, ``best_checkpoint``, ``last_checkpoint``, ``selection_metric``, ``best_value``,
+        ``best_epoch``, ``epochs_completed``, ``global_step``, ``stopped_early``, ``metrics`` (last validation)
+        and ``history``.
+
+    Raises:
+        ValueError: invalid config or data (including :class:`~fastmtl.engine.loop.NonFiniteLossError`).
+        FileNotFoundError: missing data.
+        CheckpointError: ``resume`` without a checkpoint.
+    """
+    world = init_distributed(config.device)
+    try:
+        with _determinism(config, world.device):
+            return _train(config, data_root, Path(out_dir), resume, world)
+    finally:
+        cleanup(world)
+
+
+def _setup(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo) -> Run:
+    """Data, model, optimizer, loss, (resumed) state, wrappers and loaders; writes the resolved config."""
+    _check_out_dir(out_dir, resume)
+    _seed(config.seed, world.rank)
+    data = build_run_data(config, data_root)
+    model = _build_model(config, data).to(world.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ctx = _context(config, model, data, world)
+    torch.manual_seed(config.seed + world.rank)  # per-rank stream for drop path from here on
+    state = _resume(out_dir, model, ctx.optimizer, config, world) if resume else RunState()
+    if state.scaler:
+        ctx.scaler.load_state_dict(state.scaler)
+    _wrap(ctx, config)
+    train_loader = make_train_loader(data, config, world)
+    steps = steps_per_epoch(train_loader, config)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir)
+    return Run(config, out_dir, data, ctx, state, train_loader, make_val_loader(data, config, world), steps)
+
+
+def _after_step(run: Run) -> bool:
+    """Periodic mid-epoch checkpoint; True once ``stop_after_steps`` is reached (a simulated kill)."""
+    state, every, stop = run.state, run.config.checkpoint_every_steps, run.config.stop_after_steps
+    if every and state.global_step % every == 0 and state.step_in_epoch < run.steps:
+        _save_last(run)
+    return bool(stop) and state.global_step >= stop
+
+
+def _epoch(run: Run) -> bool:
+    """Trains, validates and records one epoch (or its rest after a resume); False when stopped early."""
+    config, state = run.config, run.state
+    started = time.perf_counter()
+    last_iteration = state.global_step + run.steps - state.step_in_epoch - 1
+    lr = poly_lr(config.lr, max(last_iteration, 0), run.total_steps, config.poly_power)
+    completed = run_epoch(run.ctx, state, run.train_loader, base_lr=config.lr, steps=run.steps,
+                          total_steps=run.total_steps, poly_power=config.poly_power,
+                          after_step=lambda _: _after_step(run),
+                          progress=config.progress and run.ctx.world.is_main)  # fmt: skip
+    if completed:
+        state.running["seconds"] = state.running.get("seconds", 0.0) + time.perf_counter() - started
+        val = validate(run.ctx, run.val_loader, run.data.class_names, run.data.seg_classes, config.max_val_steps)
+        _finish_epoch(run, val, lr)
+    return completed
+
+
+def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo) -> dict[str, Any]:
+    run = _setup(config, data_root, out_dir, resume, world)
+    stopped = False
+    while run.state.epoch < config.epochs and not stopped:
+        stopped = not _epoch(run)
+    barrier(world)
+    if world.is_main and run.state.history:
+        plot_curves(run.state.history, out_dir / "curves.png")
+    return _summary(out_dir, run.state, stopped)
+
+
+def _summary(out_dir: Path, state: RunState, stopped: bool) -> dict[str, Any]:
+    last = state.history[-1] if state.history else {}
+    return {
+        "out_dir": str(out_dir),
+        "best_checkpoint": str(out_dir / "best.safetensors"),
+        "last_checkpoint": str(out_dir / "last.safetensors"),
+        "selection_metric": last.get("selection_metric"),
+        "best_value": state.best_value,
+        "best_epoch": state.best_epoch,
+        "epochs_completed": state.epoch,
+        "global_step": state.global_step,
+        "stopped_early": stopped,
+        "metrics": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
+        "history": state.history,
+    }
