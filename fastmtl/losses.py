@@ -151,13 +151,17 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, sample_weight
     return (weight * per_pixel).sum() / count.clamp_min(1.0)
 
 
-def weighted_multilabel_loss(cls_logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
+def weighted_multilabel_loss(
+    cls_logits: Tensor, labels: Tensor, class_weights: Tensor | None = None, has_label: Tensor | None = None
+) -> Tensor:
     """Per-class weighted BCE with logits, averaged: equals ``nn.MultiLabelSoftMarginLoss(weight=class_weights)``.
 
     Args:
         cls_logits: (B, K) multi-label logits.
         labels: (B, K) targets in {0, 1} (any dtype).
         class_weights: optional (K,) per-class weights.
+        has_label: optional (B,) bool; False drops that image (the mean runs over labelled images only; 0 with
+            the graph intact when none is labelled).
 
     Returns:
         Scalar fp32 tensor.
@@ -173,7 +177,10 @@ def weighted_multilabel_loss(cls_logits: Tensor, labels: Tensor, class_weights: 
                 f"class_weights shape {tuple(class_weights.shape)} does not match {cls_logits.shape[1]} classes"
             )
         bce = bce * class_weights.to(device=bce.device, dtype=bce.dtype)
-    return bce.mean()
+    if has_label is None:
+        return bce.mean()
+    weight = _sample_weight(has_label, bce.shape[0], bce).view(-1, 1)
+    return (bce * weight).sum() / (weight.sum() * bce.shape[1]).clamp_min(1.0)
 
 
 def class_weights_from_labels(labels: Tensor | Sequence[Sequence[float]]) -> Tensor:
@@ -262,6 +269,7 @@ class MTLLoss(nn.Module):
         mask: Tensor | None = None,
         labels: Tensor | None = None,
         has_mask: Tensor | None = None,
+        has_label: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Compute the loss terms.
 
@@ -272,6 +280,7 @@ class MTLLoss(nn.Module):
             labels: (B, K) multi-label targets in {0, 1}. Required when cls_logits is given.
             has_mask: optional (B,) bool; False drops that image from the segmentation loss. When no image of
                 the batch has a mask the segmentation terms are 0 but stay attached to the graph.
+            has_label: optional (B,) bool; False drops that image from the classification loss.
 
         Returns:
             Dict of scalar fp32 tensors, see the class docstring.
@@ -289,7 +298,7 @@ class MTLLoss(nn.Module):
         if seg_logits is not None:
             terms.update(self.seg_loss(seg_logits, mask, has_mask))
         if cls_logits is not None:
-            terms["cls"] = weighted_multilabel_loss(cls_logits, labels, self.class_weights)
+            terms["cls"] = weighted_multilabel_loss(cls_logits, labels, self.class_weights, has_label)
         if seg_logits is None:
             total = terms["cls"]
         elif cls_logits is None:

@@ -193,3 +193,13 @@ def test_losses_bounded_property(seg_classes, scale, seed):
     assert all(torch.isfinite(v) and v >= 0 for v in out.values())
     dice = out["seg"] if seg_classes == 1 else out["dice"]
     assert 0.0 <= dice.item() <= 1.0
+
+
+def test_has_label_drops_unlabelled_images_from_the_classification_loss() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.1, -2.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    only_first = weighted_multilabel_loss(logits, labels, has_label=torch.tensor([True, False]))
+    torch.testing.assert_close(only_first, weighted_multilabel_loss(logits[:1], labels[:1]))
+    none = weighted_multilabel_loss(logits, labels, has_label=torch.tensor([False, False]))
+    none.backward()
+    assert none.item() == 0.0 and logits.grad is not None

@@ -68,7 +68,7 @@ def _to_device(batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 
 
 def _loss_terms(ctx: StepContext, output, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return ctx.loss_fn(output, batch["mask"], batch["label"], batch["has_mask"])
+    return ctx.loss_fn(output, batch["mask"], batch["label"], batch["has_mask"], batch["has_label"])
 
 
 def train_step(ctx: StepContext, batch: dict[str, Any], lr: float, where: str) -> dict[str, float]:

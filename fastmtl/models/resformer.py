@@ -84,7 +84,8 @@ class ResFormerEncoder(nn.Module):
         self.trunk = ResNet34Trunk(config.in_chans)
         self.patch_embed = MultiScalePatchEmbed(config.in_chans, WIDTHS[0])
         self.patch_merges = nn.ModuleList(MultiScalePatchMerging(w) for w in WIDTHS[:-1])
-        rates = torch.linspace(0, config.drop_path_rate, sum(SWIN_DEPTHS)).tolist()
+        n = sum(SWIN_DEPTHS)
+        rates = [config.drop_path_rate * i / (n - 1) for i in range(n)]  # linear 0 -> rate (plain floats)
         self.swin_stages = nn.ModuleList()
         for i, (width, depth, heads) in enumerate(zip(WIDTHS, SWIN_DEPTHS, SWIN_HEADS)):
             start = sum(SWIN_DEPTHS[:i])
