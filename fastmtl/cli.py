@@ -3,6 +3,7 @@
     fastmtl train   --config FILE|quick --data-root DIR --out DIR [--resume] [--set k=v ...] [--device cpu|cuda]
     fastmtl eval    --checkpoint FILE --data-root DIR --split {training,validation,test} --out DIR
     fastmtl predict --checkpoint FILE --input PATH [PATH ...] --output DIR [--batch-size N --workers N --overlays]
+    fastmtl export  --checkpoint FILE --format aoti|onnx --output PATH
     fastmtl info
     fastmtl demo    [--data-root DIR] [--out DIR]
 
@@ -58,6 +59,20 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--img-size", type=int, help="inference side (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-optimize", action="store_true", help="run the model as saved (no BN folding etc.)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the optimized model (slow to start)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as an AOTInductor package (.pt2) or an ONNX file")
+    p.add_argument("--checkpoint", required=True, help="a .safetensors file written by fastmtl")
+    p.add_argument("--format", choices=("aoti", "onnx"), default="aoti", help="aoti (.pt2, default) or onnx")
+    p.add_argument("--output", required=True, help="file to write (.pt2 or .onnx)")
+    p.add_argument("--img-size", type=int, help="input side (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=1, help="example batch (the only one with --static-batch)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of 1..1024")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
+    p.add_argument("--device", default="cpu", help="compile for cpu (default), cuda, cuda:1 ...")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -75,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastmtl", description="ResFormer-MTL: lesion segmentation + classification with one network."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,info,demo}")
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_export(sub)
     sub.add_parser("info", help="versions, devices and registered models")
     _add_demo(sub)
     return parser
@@ -142,8 +158,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     summary = predict(args.checkpoint, args.input, args.output, batch_size=args.batch_size, num_workers=args.workers,
                       device=_device(args.device), overlays=args.overlays, threshold=args.threshold,
-                      img_size=args.img_size)  # fmt: skip
+                      img_size=args.img_size, optimize=not args.no_optimize, compile=args.compile)  # fmt: skip
     return 1 if summary.n_failed and not summary.n_images else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fastmtl.engine.export import export
+
+    path = export(args.checkpoint, args.output, format=args.format, img_size=args.img_size,
+                  batch_size=args.batch_size, dynamic_batch=not args.static_batch, check=not args.no_check,
+                  device=_device(args.device))  # fmt: skip
+    print(f"exported {path}" + ("" if args.no_check else " (outputs match the eager model)"))
+    return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -168,7 +194,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "info": _cmd_info, "demo": _cmd_demo}
+_COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "predict": _cmd_predict,
+    "export": _cmd_export,
+    "info": _cmd_info,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, ImportError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         print(f"fastmtl: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

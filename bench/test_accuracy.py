@@ -1,0 +1,117 @@
+"""Accuracy next to wall time: a checkpoint's paper metrics on a dataset, and a short fixed-budget training run.
+
+- ``test_evaluate_checkpoint``: :func:`fastmtl.engine.evaluate.evaluate` on ``--bench-checkpoint`` /
+  ``--bench-data`` / ``--bench-split`` (env ``FASTMTL_BENCH_CHECKPOINT`` / ``_DATA`` / ``_SPLIT``).
+- ``test_train_budget``: :func:`fastmtl.engine.train.train` of ``resformer_mtl`` on ``../shared/data/isic2017``
+  (validation carved from the training split, no pretrained trunk) with a fixed step budget per device, reporting
+  the validation DSC / JI / AUC next to the run's wall time. The budget on a 2-core CPU (a few steps at 64 px)
+  only proves the pipeline; the GPU budget (2 epochs at 224 px) gives numbers worth comparing between commits.
+
+Each timed callable runs once (one round): the runs are long and stateful. Skipped with the reason when the data,
+the checkpoint or the engine is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ISIC_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
+METRICS = ("dsc", "ji", "global_dice", "auc_mean", "auc_melanoma", "auc_seborrheic_keratosis", "acc", "sen", "spe")
+
+
+def _budget(device: torch.device, quick: bool) -> dict[str, Any]:
+    """TrainConfig fields of the fixed budget: per device, or the smoke budget of --bench-quick."""
+    if quick:
+        return dict(img_size=32, epochs=1, batch_size=4, max_steps_per_epoch=2, max_val_steps=1)
+    if device.type == "cuda":
+        return dict(img_size=224, epochs=2, batch_size=8, max_steps_per_epoch=0, max_val_steps=0, num_workers=4)
+    # ~16 s per step of 8 images at 64 px on 2 busy cores: 4 steps + 16 validation images is ~1.5 minutes.
+    return dict(img_size=64, epochs=1, batch_size=8, max_steps_per_epoch=4, max_val_steps=2)
+
+
+def _clean(value: Any) -> Any:
+    """NaN (a class absent from a small validation split) becomes None so the JSON stays strict."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _timed_once(benchmark, fn) -> tuple[Any, float]:
+    """Runs ``fn`` once inside ``benchmark.pedantic`` (or plainly when timing is disabled); (result, seconds)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        start = time.perf_counter()
+        box["result"] = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        box["seconds"] = time.perf_counter() - start
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0, iterations=1)
+    return box["result"], box["seconds"]
+
+
+def test_train_budget(benchmark, bench_device, bench_quick, tmp_path) -> None:
+    engine = pytest.importorskip("fastmtl.engine.train", reason="fastmtl.engine.train is not available")
+    if not ISIC_DATA.is_dir():
+        pytest.skip(f"ISIC 2017 data not found at {ISIC_DATA} (the repository's ../shared/data/isic2017)")
+    budget = {"num_workers": 0, **_budget(bench_device, bench_quick)}
+    config = engine.TrainConfig(model="resformer_mtl", data="isic2017", val_source="carve", progress=False,
+                                cache_dir="off", device=bench_device.type, **budget)  # fmt: skip
+    benchmark.group = "accuracy-train-isic2017"
+    out_dir = tmp_path / "run"
+    try:
+        summary, seconds = _timed_once(benchmark, lambda: engine.train(config, ISIC_DATA, out_dir))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints with optimizer state: ~1 GB per run
+    metrics = summary["metrics"]
+    steps = summary["global_step"]
+    benchmark.extra_info.update(
+        provider="resformer_mtl",
+        device=str(bench_device),
+        wall_s=seconds,
+        steps=steps,
+        images_seen=steps * config.batch_size,
+        val_images=metrics.get("n_seg_images"),
+        **{k: v for k, v in budget.items() if k != "num_workers"},
+        **{k: _clean(metrics.get(k)) for k in METRICS},
+    )
+
+
+def test_evaluate_checkpoint(benchmark, pytestconfig, bench_device, tmp_path) -> None:
+    checkpoint, data = pytestconfig.getoption("bench_checkpoint"), pytestconfig.getoption("bench_data")
+    if not checkpoint:
+        pytest.skip("no checkpoint: pass --bench-checkpoint PATH (or FASTMTL_BENCH_CHECKPOINT)")
+    if not data:
+        pytest.skip("no dataset: pass --bench-data DIR (or FASTMTL_BENCH_DATA)")
+    if not Path(checkpoint).is_file():
+        pytest.skip(f"checkpoint {checkpoint} does not exist")
+    if not Path(data).exists():
+        pytest.skip(f"dataset folder {data} does not exist")
+    engine = pytest.importorskip("fastmtl.engine.evaluate", reason="fastmtl.engine.evaluate is not available")
+    split = pytestconfig.getoption("bench_split")
+    benchmark.group = "accuracy-eval"
+
+    def run() -> dict[str, Any]:
+        return engine.evaluate(checkpoint, data, split, tmp_path / "eval", device=bench_device, worst_k=0,
+                               num_workers=0 if bench_device.type == "cpu" else 4)  # fmt: skip
+
+    report, seconds = _timed_once(benchmark, run)
+    metrics = report["metrics"]
+    n_images = metrics.get("n_images") or 0
+    benchmark.extra_info.update(
+        provider=report["model"],
+        device=str(bench_device),
+        checkpoint=str(checkpoint),
+        split=split,
+        img_size=report["img_size"],
+        wall_s=seconds,
+        n_images=n_images,
+        eval_images_per_s=n_images / seconds if seconds else None,
+        **{k: _clean(metrics.get(k)) for k in METRICS},
+    )

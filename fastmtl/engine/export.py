@@ -1,0 +1,232 @@
+"""Export a checkpoint for deployment: an AOTInductor package (``.pt2``) or an ONNX file, checked against eager.
+
+AOTInductor (``format="aoti"``): ``torch.export.export`` of the BN-folded model, compiled ahead of time by
+Inductor into a shared library inside a ``.pt2`` package that Python (``torch._inductor.aoti_load_package``) and
+C++ (``torch::inductor::AOTIModelPackageLoader``, see ``cpp/fastmtl_infer.cpp``) load without Python model code.
+The package's metadata carries what a runner needs to pre- and post-process like ``fastmtl predict``:
+``img_size``, ``in_chans``, ``seg_classes``, ``cls_classes``, ``mean``/``std`` (per channel, 0..255 units),
+``class_names`` and ``seg_class_names`` (comma-separated), ``outputs`` (``seg_logits,cls_logits`` minus the
+absent ones, in the package's output order), ``model`` and ``fastmtl_version``.
+
+ONNX (``format="onnx"``): ``torch.onnx.export(..., dynamo=True)``; needs ``pip install onnx onnxscript``
+(and ``onnxruntime`` for the parity check). The same metadata is stored as the model's ``metadata_props``.
+
+The input is one float32 ``(B, in_chans, img_size, img_size)`` batch, normalised as ``predict`` does; the batch
+dimension is dynamic (1..1024) unless ``dynamic_batch=False``. The export always uses the PyTorch reference
+layers (Inductor generates its own kernels for the graph).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import fastmtl
+from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
+from fastmtl.engine.checkpoint import load_model, model_config
+from fastmtl.inference import fold_batchnorms
+from fastmtl.metrics import ISIC_CLASS_NAMES, default_seg_class_names
+
+__all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats"]
+
+FORMATS = ("aoti", "onnx")
+MAX_BATCH = 1024
+CHECK_TOL = 1e-4  # fp32 row of the tolerance table: Inductor reorders the convolutions' sums
+
+
+class ExportCheckError(ValueError):
+    """The exported program's outputs differ from the eager model's beyond tolerance."""
+
+
+def normalization_stats(mode: str, channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) in 0..255 units, such that ``normalize_image(u8, mode) == (u8 - mean) / std``.
+
+    The values are the float32 numbers ``normalize_image`` uses, so a runner that parses them into floats and
+    computes ``(float(u8) - mean) / std`` in float32 reproduces its input bit for bit.
+    """
+    mean, std = _stats(mode, channels)  # float32
+    return mean.tolist(), std.tolist()
+
+
+def export_metadata(model: nn.Module, meta: dict[str, Any], img_size: int) -> dict[str, str]:
+    """String metadata stored in the package (see the module docstring)."""
+    config = model_config(model)
+    k = config.cls_classes
+    class_names = meta.get("class_names") or (ISIC_CLASS_NAMES if k == 3 else [f"class{i}" for i in range(k)])
+    mean, std = normalization_stats(meta.get("normalize", "imagenet"), config.in_chans)
+    return {
+        "model": config.name,
+        "fastmtl_version": fastmtl.__version__,
+        "img_size": str(img_size),
+        "in_chans": str(config.in_chans),
+        "seg_classes": str(config.seg_classes),
+        "cls_classes": str(k),
+        "mean": ",".join(repr(v) for v in mean),
+        "std": ",".join(repr(v) for v in std),
+        "class_names": ",".join(class_names),
+        "seg_class_names": ",".join(default_seg_class_names(config.seg_classes)),
+    }
+
+
+def _output_names(model: nn.Module, x: torch.Tensor) -> list[str]:
+    with torch.inference_mode():
+        out = model(x)
+    return [name for name, t in zip(out._fields, out) if t is not None]
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    return [t for t in out if t is not None]
+
+
+class _TupleOutputs(nn.Module):
+    """Returns the present outputs as a plain tuple (seg_logits, cls_logits minus the None ones).
+
+    A plain tuple keeps the package free of a pytree registration for :class:`~fastmtl.output.MTLOutput`, and a
+    C++ runner receives exactly the tensors named by the ``outputs`` metadata.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(_flat(self.model(x)))
+
+
+def _check(run, model: nn.Module, example: torch.Tensor, names: list[str], batches: list[int]) -> None:
+    """Compares ``run(x)`` (flat list of outputs) with the eager model for each batch size."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for b in batches:
+        x = torch.randn(b, *example.shape[1:], generator=gen).to(example.device)
+        with torch.inference_mode():
+            ref = _flat(model(x))
+        got = run(x)
+        if len(got) != len(ref):
+            raise ExportCheckError(f"exported program returned {len(got)} outputs, expected {len(ref)} ({names})")
+        for name, g, r in zip(names, got, ref):
+            g = torch.as_tensor(g).to(r.device, torch.float32)
+            if g.shape != r.shape or not torch.allclose(g, r.float(), rtol=CHECK_TOL, atol=CHECK_TOL):
+                diff = (g - r).abs().max().item() if g.shape == r.shape else float("nan")
+                raise ExportCheckError(
+                    f"exported {name} differs from eager at batch {b}: shape {tuple(g.shape)} vs {tuple(r.shape)}, "
+                    f"max abs diff {diff:.3g} (tolerance {CHECK_TOL})"
+                )
+
+
+def _require(*modules: str, what: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"{what} needs {', '.join(missing)}: pip install {' '.join(missing)} (or pip install 'fastmtl[export]')"
+        )
+
+
+def _export_aoti(program, out: Path, metadata: dict[str, str]) -> Path:
+    from torch._inductor import aoti_compile_and_package
+
+    path = aoti_compile_and_package(
+        program, package_path=str(out), inductor_configs={"aot_inductor.metadata": metadata}
+    )
+    return Path(path)
+
+
+def _load_aoti(out: Path):
+    from torch._inductor import aoti_load_package
+
+    package = aoti_load_package(str(out))
+    return lambda x: _flat(package(x))
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path, dynamic, names, metadata) -> Path:
+    _require("onnx", "onnxscript", what="ONNX export")
+    import onnx
+
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=["image"], output_names=names
+    )
+    program.save(str(out))
+    proto = onnx.load(str(out))
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save(proto, str(out))
+    return out
+
+
+def _load_onnx(out: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: [torch.from_numpy(a) for a in session.run(None, {name: x.cpu().numpy()})]
+
+
+def export(
+    checkpoint: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    format: str = "aoti",
+    img_size: int | None = None,
+    batch_size: int = 1,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Exports a fastmtl checkpoint to an AOTInductor package or an ONNX file.
+
+    Args:
+        checkpoint: ``<stem>.safetensors`` written by fastmtl.
+        out_path: the file to write (``.pt2`` for AOTInductor, ``.onnx`` for ONNX).
+        format: ``"aoti"`` or ``"onnx"``.
+        img_size: input side (default the checkpoint's ``img_size``).
+        batch_size: the example batch; the only batch size accepted when ``dynamic_batch`` is False.
+        dynamic_batch: accept any batch size from 1 to 1024.
+        check: run the exported program next to the eager model (the batch size, and one more with a dynamic
+            batch) and raise :class:`ExportCheckError` when they differ. For ONNX the check needs onnxruntime
+            and is skipped, with a message, when it is not installed.
+        device: where to compile and check (an AOTInductor package runs on the device it was compiled for).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: an unknown format or a bad size.
+        ModuleNotFoundError: ONNX export without onnx/onnxscript (the message says what to install).
+        ExportCheckError: the parity check failed.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, meta = load_model(checkpoint, device=device, kernels="reference")
+    config = model_config(model)
+    size = img_size or config.img_size
+    # A dynamic dimension traced at size 1 would be specialised to 1, so trace a dynamic batch with at least 2.
+    example = torch.zeros(max(batch_size, 2) if dynamic_batch else batch_size, config.in_chans, size, size)
+    example = example.to(device)
+    names = _output_names(model, example)
+    folded = _TupleOutputs(copy.deepcopy(model)).eval().requires_grad_(False)
+    fold_batchnorms(folded)
+    metadata = {**export_metadata(model, meta, size), "outputs": ",".join(names)}
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
+    if format == "aoti":
+        program = torch.export.export(folded, (example,), dynamic_shapes=dynamic)
+        _export_aoti(program, out, metadata)
+        runner = _load_aoti(out) if check else None
+    else:
+        _export_onnx(folded, example, out, dynamic, names, metadata)
+        runner = None
+        if check and importlib.util.find_spec("onnxruntime") is None:
+            print(f"fastmtl export: onnxruntime is not installed, {out} was not checked (pip install onnxruntime)")
+        elif check:
+            runner = _load_onnx(out)
+    if runner is not None:
+        batches = [batch_size] + ([batch_size + 1] if dynamic_batch else [])
+        _check(runner, model, example, names, batches)
+    return out

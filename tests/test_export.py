@@ -1,0 +1,113 @@
+"""fastmtl.engine.export: AOTInductor packages (parity with eager, metadata) and ONNX export (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import fastmtl
+from fastmtl.data.transforms import normalize_image
+from fastmtl.engine.checkpoint import load_model, save_checkpoint
+from fastmtl.engine.export import ExportCheckError, _check, export, normalization_stats
+
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
+
+
+def _randomise_bn(model: torch.nn.Module) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = _randomise_bn(fastmtl.create_model("unet_resnet34_mtl", img_size=32))
+    meta = {"class_names": ["mel", "sk", "nev"], "normalize": "unit"}
+    return save_checkpoint(tmp_path_factory.mktemp("export") / "tiny", model, meta=meta)
+
+
+@pytest.fixture(scope="module")
+def aoti_package(checkpoint, tmp_path_factory):
+    return export(checkpoint, tmp_path_factory.mktemp("aoti") / "tiny.pt2", format="aoti", batch_size=2)
+
+
+@pytest.mark.slow
+def test_aoti_package_matches_eager_at_any_batch(checkpoint, aoti_package) -> None:
+    from torch._inductor import aoti_load_package
+
+    model, _ = load_model(checkpoint)
+    package = aoti_load_package(str(aoti_package))
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.inference_mode():
+            ref = model(x)
+        seg, cls = package(x)
+        torch.testing.assert_close(seg, ref.seg_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(cls, ref.cls_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_aoti_package_metadata(aoti_package) -> None:
+    from torch._inductor import aoti_load_package
+
+    meta = aoti_load_package(str(aoti_package)).get_metadata()
+    assert meta["model"] == "unet_resnet34_mtl" and meta["img_size"] == "32" and meta["in_chans"] == "3"
+    assert meta["outputs"] == "seg_logits,cls_logits" and meta["class_names"] == "mel,sk,nev"
+    assert [float(v) for v in meta["mean"].split(",")] == [0.0, 0.0, 0.0]
+    assert [float(v) for v in meta["std"].split(",")] == [255.0, 255.0, 255.0]
+
+
+@pytest.mark.parametrize("mode, channels", [("imagenet", 3), ("imagenet", 1), ("raw", 3), ("unit", 1)])
+def test_normalization_stats_reproduce_normalize_image(mode: str, channels: int) -> None:
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 256).expand(channels, 2, 256)
+    mean, std = normalization_stats(mode, channels)
+    mean, std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]  # back to float32, exactly
+    assert torch.equal((pixels.float() - mean) / std, normalize_image(pixels, mode))
+
+
+def test_parity_check_reports_a_mismatch() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1)).eval()
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return fastmtl.MTLOutput(self.net(x), None)
+
+    eager = Wrapped()
+    example = torch.zeros(2, 3, 8, 8)
+    _check(lambda x: [model(x)], eager, example, ["seg_logits"], [1, 2])  # identical: passes
+    with pytest.raises(ExportCheckError, match="seg_logits differs from eager at batch 1"):
+        _check(lambda x: [model(x) + 1e-2], eager, example, ["seg_logits"], [1])
+
+
+def test_unknown_format(checkpoint, tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+        export(checkpoint, tmp_path / "m.tflite", format="tflite")
+
+
+def test_onnx_without_packages_says_what_to_install(checkpoint, tmp_path, monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install onnxscript \(or pip install 'fastmtl\[export\]'\)"):
+        export(checkpoint, tmp_path / "m.onnx", format="onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="ONNX export needs onnx and onnxscript (pip install 'fastmtl[export]')")
+def test_onnx_export(checkpoint, tmp_path) -> None:
+    import onnx
+
+    out = export(checkpoint, tmp_path / "m.onnx", format="onnx", batch_size=2)  # checked by onnxruntime if present
+    proto = onnx.load(str(out))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["outputs"] == "seg_logits,cls_logits" and props["img_size"] == "32"
+    assert [o.name for o in proto.graph.output] == ["seg_logits", "cls_logits"]
