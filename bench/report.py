@@ -388,15 +388,47 @@ def write_readme(folder: Path) -> str:
     return text
 
 
+README_START, README_END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
+
+
+def performance_section(folder: Path) -> str:
+    """Headline tables of every result file in ``folder`` (newest first), each labelled with its device."""
+    runs = sorted((load([p]) | {"_path": p} for p in folder.glob("*.json")), key=lambda d: d.get("datetime") or "")
+    lines = []
+    for data in reversed(runs):
+        path = data.pop("_path")
+        groups = group_benchmarks(b for b in data["benchmarks"] if not is_accuracy(b))
+        suites: dict[str, dict[str, list]] = {}
+        for group, benches in groups.items():
+            suites.setdefault(suite_of(group), {})[group] = benches
+        lines += [f"**{path.stem}** ({machine_line(data)}; from `bench/results/{path.name}`)", ""]
+        for suite, sgroups in suites.items():
+            lines += [f"{suite}:", "", suite_summary(sgroups), ""]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, folder: Path) -> None:
+    """Replaces the text between the bench-results markers of ``readme`` with :func:`performance_section`."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} markers")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(f"{head}{README_START}\n{performance_section(folder)}\n{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="*", help="pytest-benchmark JSON file(s) of one run")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two JSON files to show side by side")
     parser.add_argument("--out", default="bench-report", help="folder for report.md and the PNGs")
     parser.add_argument("--readme", metavar="DIR", help="render every JSON in DIR into DIR/README.md (bench/results)")
+    parser.add_argument("--update-readme", metavar="FILE", help="with --readme: also refresh FILE's results section")
     args = parser.parse_args(argv)
     if args.readme:
         print(write_readme(Path(args.readme)))
+        if args.update_readme:
+            update_readme(Path(args.update_readme), Path(args.readme))
         return 0
     if not args.json and not args.compare:
         parser.error("give JSON file(s) to render, --compare A B, or --readme DIR")

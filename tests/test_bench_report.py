@@ -118,3 +118,16 @@ def test_readme(tmp_path):
     assert "## cpu-test-torch2.14.1" in readme
     assert "![infer](cpu-test-torch2.14.1/infer.png)" in readme
     assert (tmp_path / "cpu-test-torch2.14.1" / "infer.png").is_file()
+
+
+def test_update_readme_section(tmp_path):
+    _write(tmp_path, "cpu-test-torch2.14.1.json", _run())
+    readme = tmp_path / "PROJECT.md"
+    readme.write_text(f"intro\n{report.README_START}\nstale\n{report.README_END}\noutro\n")
+    assert report.main(["--readme", str(tmp_path), "--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "**cpu-test-torch2.14.1**" in text and "| group | eager |" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        report.update_readme(readme, tmp_path)
