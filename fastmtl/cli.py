@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastmtl", description="ResFormer-MTL: lesion segmentation + classification with one network."
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for PyTorch (default: torch's choice); use 1 per process when other jobs share the cores",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,info,demo}")
     _add_train(sub)
     _add_eval(sub)
@@ -212,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be a positive int, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return _COMMANDS[args.command](args)
     except (ValueError, ImportError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         print(f"fastmtl: error: {e}", file=sys.stderr)

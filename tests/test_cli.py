@@ -141,3 +141,16 @@ def test_configs_load_and_quick_preset_matches_the_repo_file():
 def test_module_entry_point_shows_help():
     done = subprocess.run([sys.executable, "-m", "fastmtl.cli", "train", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--resume" in done.stdout and "--set KEY=VALUE" in done.stdout
+
+
+def test_threads_option_sets_torch_threads_and_rejects_nonsense(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "info"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["--threads", "0", "info"]) == 2
+    assert "--threads must be a positive int" in capsys.readouterr().err
