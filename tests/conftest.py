@@ -31,3 +31,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (only developer and CI machines have it)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def assert_outputs_close():
+    """``assert_outputs_close(actual, expected, tol)``: both fields of two MTLOutputs agree within ``tol``."""
+
+    def check(actual, expected, tol: float) -> None:
+        for name in ("seg_logits", "cls_logits"):
+            torch.testing.assert_close(getattr(actual, name), getattr(expected, name), rtol=tol, atol=tol, msg=name)
+
+    return check

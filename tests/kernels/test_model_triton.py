@@ -24,13 +24,12 @@ def models():
     return ref, fast
 
 
-def test_triton_path_matches_reference(models) -> None:
+def test_triton_path_matches_reference(models, assert_outputs_close) -> None:
     ref, fast = models
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         want, got = ref(x), fast(x)
-    torch.testing.assert_close(got.seg_logits, want.seg_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got.cls_logits, want.cls_logits, atol=1e-4, rtol=1e-4)
+    assert_outputs_close(got, want, 1e-4)
 
 
 def test_triton_path_traces_without_graph_breaks(models) -> None:

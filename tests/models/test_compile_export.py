@@ -16,19 +16,16 @@ def model_and_input():
 
 
 @pytest.mark.slow
-def test_compile_matches_eager(model_and_input) -> None:
+def test_compile_matches_eager(model_and_input, assert_outputs_close) -> None:
     model, x = model_and_input
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         ref, out = model(x), compiled(x)
-    torch.testing.assert_close(out.seg_logits, ref.seg_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out.cls_logits, ref.cls_logits, rtol=1e-4, atol=1e-4)
+    assert_outputs_close(out, ref, 1e-4)
 
 
-def test_export_eval_mode(model_and_input) -> None:
+def test_export_eval_mode(model_and_input, assert_outputs_close) -> None:
     model, x = model_and_input
     program = torch.export.export(model, (x,))
     out = program.module()(x)
-    ref = model(x)
-    torch.testing.assert_close(out.seg_logits, ref.seg_logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.cls_logits, ref.cls_logits, rtol=1e-5, atol=1e-5)
+    assert_outputs_close(out, model(x), 1e-5)
