@@ -22,7 +22,15 @@ from fastmtl.data import build_dataset, detect_kind, split_indices, subset
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.train_config import TrainConfig
 
-__all__ = ["EpochSeeded", "ResumableSampler", "RunData", "build_run_data", "make_train_loader", "make_val_loader"]
+__all__ = [
+    "EpochSeeded",
+    "ResumableSampler",
+    "RunData",
+    "build_run_data",
+    "make_train_loader",
+    "make_val_loader",
+    "split_record",
+]
 
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads (seed, epoch, index) over the seed space
 
@@ -145,12 +153,22 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         train_set, val_set, source = build("train", True), build(own, False), "dataset"
     else:
         full_train, full_eval = build("train", True), build("train", False)
-        train_idx, val_idx = split_indices(full_eval, config.val_fraction, config.seed)
+        train_idx, val_idx = split_indices(full_eval, config.val_fraction, config.split_seed)
         train_set, val_set, source = subset(full_train, train_idx), subset(full_eval, val_idx), "carve"
     for name, ds in (("training", train_set), ("validation", val_set)):
         if len(ds) == 0:
             raise ValueError(f"the {name} split of the {kind} data at {root} is empty")
     return RunData(kind, train_set, val_set, source, tuple(train_set.class_names), int(train_set.seg_classes))
+
+
+def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
+    """Which cases a run trains and validates on (``split.json`` in the run folder), so a split can be audited
+    and reproduced: the source of the validation split, the carve's seed and fraction, and the case ids."""
+    record: dict[str, Any] = {"kind": data.kind, "val_source": data.val_source}
+    if data.val_source == "carve":
+        record.update(split_seed=config.split_seed, val_fraction=config.val_fraction)
+    record.update(train_ids=list(data.train.ids), val_ids=list(data.val.ids))
+    return record
 
 
 def class_weights_for(data: RunData) -> torch.Tensor | None:

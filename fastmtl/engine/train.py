@@ -31,7 +31,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl.engine.checkpoint import CheckpointError, load_training_state, load_weights, save_checkpoint
+from fastmtl.engine.checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+)
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
 from fastmtl.engine.loaders import (
     RunData,
@@ -39,6 +45,7 @@ from fastmtl.engine.loaders import (
     class_weights_for,
     make_train_loader,
     make_val_loader,
+    split_record,
     steps_per_epoch,
 )
 from fastmtl.engine.loop import StepContext, amp_dtype, run_epoch, validate
@@ -269,6 +276,7 @@ def _setup(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: D
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir)
+        atomic_write_json(out_dir / "split.json", split_record(config, data))
     return Run(config, out_dir, data, ctx, state, train_loader, make_val_loader(data, config, world), steps)
 
 

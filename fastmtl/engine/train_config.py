@@ -82,7 +82,9 @@ class TrainConfig:
         poly_power: exponent of ``lr = base * (1 - it / max_it) ** power``, stepped every iteration.
         alpha: weight of the classification loss.
         class_weights: weight the classification loss by inverse class frequency of the training labels.
-        seed: seed of the model init, data order, augmentation and split.
+        seed: seed of the model init, data order and augmentation.
+        split_seed: seed of the validation split carved from training; separate from ``seed`` so that runs with
+            different seeds are measured on the same held-out cases (the case ids go to ``split.json``).
         amp: mixed precision: "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16" (with a grad scaler) or "off".
         channels_last: run the model in channels-last memory format.
         compile: wrap the model with ``torch.compile``.
@@ -118,6 +120,7 @@ class TrainConfig:
     alpha: float = 0.25
     class_weights: bool = True
     seed: int = 1234
+    split_seed: int = 1234
     amp: str = "auto"
     channels_last: bool = False
     compile: bool = False

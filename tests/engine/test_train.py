@@ -128,6 +128,20 @@ def test_carved_validation_split_is_held_out_of_training(tmp_path):
         build_run_data(tiny_config(val_source="dataset", data="folder"), tmp_path / "nothing")
 
 
+def test_split_seed_fixes_the_carved_split_across_run_seeds(tmp_path):
+    from fastmtl.engine.loaders import build_run_data
+
+    def val_ids(**changes):
+        return build_run_data(tiny_config(val_source="carve", val_fraction=0.25, **changes), None).val.ids
+
+    assert val_ids(seed=1) == val_ids(seed=2)  # the run seed leaves the held-out cases alone
+    assert val_ids(split_seed=1) != val_ids(split_seed=2)
+    train(tiny_config(val_source="carve", val_fraction=0.25, epochs=1, max_steps_per_epoch=1), None, tmp_path)
+    record = json.loads((tmp_path / "split.json").read_text())
+    assert record["split_seed"] == 1234 and record["val_fraction"] == 0.25
+    assert record["val_ids"] == list(val_ids()) and len(record["train_ids"]) == 12
+
+
 def test_non_finite_loss_stops_with_step_and_components(tmp_path, monkeypatch):
     from fastmtl.losses import MTLLoss
 
