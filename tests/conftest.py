@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # Triton kernels run on CPU through the interpreter; the variable must be set before any kernel module is imported,
 # and this file is imported before every test module.
@@ -42,3 +44,41 @@ def assert_outputs_close():
             torch.testing.assert_close(getattr(actual, name), getattr(expected, name), rtol=tol, atol=tol, msg=name)
 
     return check
+
+
+# A small OCT manifest (the layout of ../shared/data/oct/manifest.csv), written by the tests themselves.
+HEADER = "dataset,case_id,subject,vendor,image_path,mask_path,mask_encoding,height,width,"
+HEADER += "has_irf,has_srf,has_ped,has_fluid,fluid_frac"
+RETOUCH_ENCODING = '"0=bg,1=IRF,2=SRF,3=PED"'
+
+
+def _write_case(root: Path, name: str, mask: np.ndarray) -> tuple[str, str]:
+    (root / "images").mkdir(exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    Image.fromarray(np.full(mask.shape, 100, np.uint8)).save(root / "images" / f"{name}.png")
+    if mask is not None:
+        Image.fromarray(mask).save(root / "masks" / f"{name}_mask.png")
+    return f"images/{name}.png", f"masks/{name}_mask.png"
+
+
+@pytest.fixture
+def manifest_root(tmp_path: Path) -> Path:
+    """4 'duke' subjects x 2 scans (0/1 fluid), 3 'rsample' scans: standard, re-ordered and 0/255 encodings."""
+    lines = [HEADER]
+    for s in range(4):
+        for k in range(2):
+            mask = np.zeros((20, 30), np.uint8)
+            mask[5:8, 5 + 10 * k : 9 + 10 * k] = 1 if s % 2 == 0 else 0
+            image, mask_path = _write_case(tmp_path, f"d{s}_{k}", mask)
+            fluid = int(mask.any())
+            lines.append(f'duke,d{s}_{k},subj{s},Spectralis,{image},{mask_path},"0=bg,1=fluid(any)",20,30,,,,{fluid},0')
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:6, 2:6], mask[10:14, 10:14] = 1, 3  # IRF and PED
+    image, mask_path = _write_case(tmp_path, "r0", mask)
+    lines.append(f"rsample,r0,r_s0,Cirrus,{image},{mask_path},{RETOUCH_ENCODING},20,30,1,0,1,1,0.1")
+    image, mask_path = _write_case(tmp_path, "r1", mask)  # same pixels, stored with another class order
+    lines.append(f'rsample,r1,r_s1,Topcon,{image},{mask_path},"0=bg,1=PED,2=SRF,3=IRF",20,30,1,0,1,1,0.1')
+    image, mask_path = _write_case(tmp_path, "r2", mask * 85)  # 0/255-style fluid mask, no label flags
+    lines.append(f"rsample,r2,r_s2,Cirrus,{image},,0/255,20,30,,,,,")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path

@@ -76,6 +76,7 @@ def test_write_report_replaces_only_the_generated_block(run, results_dir, tmp_pa
     assert "| `resnet34_cls` | 1 | - | - | - |" in text
     assert "python experiments/run.py isic --model resformer_mtl --seed 1" in text
     assert "Duke DME" in text and "No runs yet." in text  # the OCT section exists even without runs
+    assert "paper's protocol" in text  # so does the GPU run's, saying it has not run
     assert run.write_report(results_dir, markdown) == text  # idempotent
 
 
@@ -95,7 +96,45 @@ def test_mean_row_for_several_seeds(run, results_dir):
     assert [line.split(" | ")[:2] for line in lines[2:]] == [
         ["| `resformer_mtl`", "1"],
         ["| `resformer_mtl`", "2"],
-        ["| `resformer_mtl`", "mean of 2"],
+        ["| `resformer_mtl`", "mean ± sd of 2"],
         ["| `resnet34_cls`", "1"],
     ]
-    assert lines[4] == "| `resformer_mtl` | mean of 2 | 75.0 | 65.0 | 81.5 | 70.0 | 45.0 | 75.0 | 65.1 | - | | | | |"
+    # sample sd of two values a, b is |a - b| / sqrt(2): DSC 80.04 / 70.0 -> 7.1, JI 70 / 60 -> 7.1
+    assert lines[4] == (
+        "| `resformer_mtl` | mean ± sd of 2 | 75.0 ± 7.1 | 65.0 ± 7.1 | 81.5 ± 1.4 | 70.0 ± 7.1 | 45.0 ± 7.1 "
+        "| 75.0 ± 7.1 | 65.1 ± 7.3 | - | | | | |"
+    )
+
+
+def test_ablations_get_a_paired_summary_and_their_own_runs_table(run, results_dir):
+    folder = results_dir / "isic"
+    for seed, ji in ((1, 66.0), (2, 58.0)):
+        row = _result("resformer_mtl", seed, dsc=75.0, ji=ji, global_dice=80.0, auc_melanoma=60.0)
+        row.update(variant="head1", command=f"python experiments/run.py isic --model resformer_mtl --seed {seed} "
+                   "--variant head1")  # fmt: skip
+        (folder / f"resformer_mtl+head1-s{seed}.json").write_text(json.dumps(row))
+    second = _result("resformer_mtl", 2, dsc=70.0, ji=60.0, global_dice=80.5, auc_melanoma=60.0)
+    (folder / "resformer_mtl-s2.json").write_text(json.dumps(second))
+    rows = run.load_results(results_dir)["isic"]
+    table = run.build_ablation_table("isic", rows).splitlines()
+    assert table[0].startswith("| run | change | seeds | DSC | JI |") and table[0].endswith("| ΔJI per seed |")
+    assert table[2].startswith("| `resformer_mtl` | reference") and table[2].endswith("|  |")
+    # paired by seed: 66 - 70 = -4.0, 58 - 60 = -2.0
+    assert table[3].startswith("| `resformer_mtl+head1` | one-level classification head (e3 only) | 1,2 | 75.0 ± 0.0 |")
+    assert table[3].endswith("| -4.0 / -2.0 |") and len(table) == 4
+    report = run.build_report({"isic": rows})
+    models_table = report.split("Ablations of")[0]
+    assert "`resformer_mtl+head1`" not in models_table and "`resnet34_cls`" in models_table
+    assert "| `resformer_mtl+head1` | 2 | 75.0 | 58.0 |" in report.split("Their runs:")[1]
+    assert "--variant head1" in report
+    assert run.build_ablation_table("isic", [r for r in rows if r["model"] != "resformer_mtl"]) == ""
+
+
+def test_canonical_command_leaves_out_output_folders(run):
+    args = run.main.__globals__["argparse"].Namespace(
+        exp="oct", model="unet_resnet34", seed=2, variant="alpha1", set=["epochs=3"], threads=1, data_root="",
+        time_limit=None, results="/elsewhere", figures="/elsewhere", runs="/tmp/x",
+    )  # fmt: skip
+    assert run.canonical_command(args) == (
+        "python experiments/run.py oct --model unet_resnet34 --seed 2 --variant alpha1 --set epochs=3 --threads 1"
+    )

@@ -96,6 +96,13 @@ class MTLDataset(Dataset):
     class_names: tuple[str, ...] = ()
     seg_classes: int = 1
 
+    @property
+    def seg_class_names(self) -> tuple[str, ...]:
+        """Foreground segmentation class names (metric keys such as ``dsc_<name>``)."""
+        from fastmtl.metrics import default_seg_class_names
+
+        return default_seg_class_names(self.seg_classes)
+
     def __init__(
         self,
         *,

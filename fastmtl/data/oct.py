@@ -25,7 +25,8 @@ __all__ = ["OCTManifest", "parse_mask_encoding", "mask_lut"]
 
 _COLUMNS = ("dataset", "case_id", "subject", "vendor", "image_path", "mask_path", "mask_encoding")
 _TASKS = {  # task -> (class names, manifest label columns, seg_classes)
-    "fluid": (("fluid",), ("has_fluid",), 1),
+    "fluid": (("fluid",), ("has_fluid",), 1),  # one sigmoid channel, Dice loss
+    "fluid-2class": (("fluid",), ("has_fluid",), 2),  # background/fluid softmax head: Dice over both + focal loss
     "retouch": (("IRF", "SRF", "PED"), ("has_irf", "has_srf", "has_ped"), 4),
 }
 _BACKGROUND = {"bg", "background", "none", "0"}
@@ -45,7 +46,7 @@ def mask_lut(encoding: str, task: str) -> np.ndarray | str:
         ValueError: the task is "retouch" and the encoding lacks IRF / SRF / PED.
     """
     classes = parse_mask_encoding(encoding)
-    if task == "fluid":
+    if task.startswith("fluid"):
         if not classes:
             return "binary"  # e.g. "0/255": threshold like any binary mask
         lut = np.ones(256, dtype=np.uint8)  # values not listed are treated as fluid too
@@ -77,7 +78,9 @@ class OCTManifest(MTLDataset):
         img_size: stored and output size.
         train: training augmentation.
         subset: keep rows whose ``dataset`` is this (e.g. "duke_dme", "retouch_sample"); None keeps all.
-        task: "fluid" or "retouch".
+        task: "fluid" (binary mask, one sigmoid channel), "fluid-2class" (the same mask for a background/fluid
+            softmax head, trained with the RETOUCH loss: Dice over both classes + focal) or "retouch" (IRF / SRF /
+            PED, 4 classes).
         vendor: keep one vendor (case-insensitive); None keeps all.
         fractions: train / val / test shares of the subjects.
         seed: split seed.
@@ -142,6 +145,10 @@ class OCTManifest(MTLDataset):
             if not rows:
                 raise ValueError(f"no rows with vendor={vendor!r} (subset={subset!r}) in {self.manifest}")
         return rows
+
+    @property
+    def seg_class_names(self) -> tuple[str, ...]:
+        return ("fluid",) if self.task.startswith("fluid") else super().seg_class_names
 
     def _load(self, index: int) -> dict[str, np.ndarray]:
         return self._load_files(self.image_paths[index], self.mask_paths[index], self.rules[index])

@@ -270,21 +270,30 @@ def _worst(records: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     return sorted(scored, key=lambda r: (r["dice"], r["id"]))[: max(k, 0)]
 
 
-def _write_worst(model: nn.Module, dataset: Any, worst: list[dict[str, Any]], folder: Path, device) -> list[Path]:
-    """Re-runs the worst images and saves [image | image + GT outline + prediction] panels."""
+def predict_sample(
+    model: nn.Module, image: torch.Tensor, normalize: str, device
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One normalised (C, H, W) dataset image through ``model``: the uint8 (H, W, 3) picture and the predicted
+    class map (H, W), or None for a model without a segmentation head."""
     from fastmtl.data.transforms import denormalize
 
+    with torch.inference_mode(), autocast_context(device):
+        out = model(image[None].to(device))
+    picture = denormalize(image, normalize).expand(3, -1, -1).permute(1, 2, 0).numpy()
+    pred = None if out.seg_logits is None else seg_to_classes(out.seg_logits)[0].cpu().numpy()
+    return picture, pred
+
+
+def _write_worst(model: nn.Module, dataset: Any, worst: list[dict[str, Any]], folder: Path, device) -> list[Path]:
+    """Re-runs the worst images and saves [image | image + GT outline + prediction] panels."""
     index = {image_id: i for i, image_id in enumerate(dataset.ids)}
     normalize = getattr(dataset, "normalize", "imagenet")
     paths = []
     for record in worst:
         sample = dataset[index[record["id"]]]
-        with torch.inference_mode(), autocast_context(device):
-            out = model(sample["image"][None].to(device))
-        if out.seg_logits is None:
+        image, pred = predict_sample(model, sample["image"], normalize, device)
+        if pred is None:
             break
-        pred = seg_to_classes(out.seg_logits)[0].cpu().numpy()  # (H, W)
-        image = denormalize(sample["image"], normalize).expand(3, -1, -1).permute(1, 2, 0).numpy()  # (H, W, 3)
         panel = np.concatenate([image, draw_overlay(image, pred, sample["mask"].numpy())], axis=1)
         paths.append(save_png(folder / f"{safe_name(record['id'])}.png", panel))
     return paths
@@ -359,7 +368,13 @@ def evaluate(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
     state = run_evaluation(
-        model, loader, seg_classes=config.seg_classes, class_names=class_names, device=device, progress=True
+        model,
+        loader,
+        seg_classes=config.seg_classes,
+        class_names=class_names,
+        device=device,
+        seg_class_names=getattr(dataset, "seg_class_names", None),
+        progress=True,
     )
     metrics = state.metrics()
     table = format_table(metrics)

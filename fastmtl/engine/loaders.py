@@ -101,6 +101,7 @@ class RunData:
         val_source: "dataset" (its own split) or "carve" (held out of the training split).
         class_names: classification class names.
         seg_classes: segmentation channels of the data (1 = binary).
+        seg_class_names: foreground segmentation class names.
     """
 
     kind: str
@@ -109,6 +110,7 @@ class RunData:
     val_source: str
     class_names: tuple[str, ...]
     seg_classes: int
+    seg_class_names: tuple[str, ...]
 
 
 def _cache(config: TrainConfig) -> str | bool | None:
@@ -158,7 +160,8 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
     for name, ds in (("training", train_set), ("validation", val_set)):
         if len(ds) == 0:
             raise ValueError(f"the {name} split of the {kind} data at {root} is empty")
-    return RunData(kind, train_set, val_set, source, tuple(train_set.class_names), int(train_set.seg_classes))
+    names, seg_names = tuple(train_set.class_names), tuple(train_set.seg_class_names)
+    return RunData(kind, train_set, val_set, source, names, int(train_set.seg_classes), seg_names)
 
 
 def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:

@@ -157,9 +157,11 @@ def run_epoch(
     return True
 
 
-def _update_meters(meters: dict[str, Any], output, batch: dict[str, torch.Tensor], class_names, seg_classes) -> None:
+def _update_meters(
+    meters: dict[str, Any], output, batch: dict[str, torch.Tensor], class_names, seg_classes, seg_names
+) -> None:
     if output.seg_logits is not None and bool(batch["has_mask"].any()):
-        meters.setdefault("seg", SegmentationMeter(seg_classes))
+        meters.setdefault("seg", SegmentationMeter(seg_classes, seg_names))
         meters["seg"].update(output.seg_logits.float(), batch["mask"], batch["has_mask"])
     if output.cls_logits is not None:
         keep = batch["has_label"].bool()
@@ -170,7 +172,12 @@ def _update_meters(meters: dict[str, Any], output, batch: dict[str, torch.Tensor
 
 @torch.no_grad()
 def validate(
-    ctx: StepContext, loader: DataLoader, class_names: tuple[str, ...], seg_classes: int, max_steps: int = 0
+    ctx: StepContext,
+    loader: DataLoader,
+    class_names: tuple[str, ...],
+    seg_classes: int,
+    max_steps: int = 0,
+    seg_class_names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Validation loss and metrics (``SegmentationMeter`` / ``ClassificationMeter``), reduced over ranks.
 
@@ -192,7 +199,7 @@ def validate(
                 output = model(batch["image"])
             loss_sum += float(_loss_terms(ctx, output, batch)["loss"]) * batch["image"].shape[0]
             count += int(batch["image"].shape[0])
-            _update_meters(meters, output, batch, class_names, seg_classes)
+            _update_meters(meters, output, batch, class_names, seg_classes, seg_class_names)
     finally:
         model.train()
     states = all_gather_objects(ctx.world, ({k: m.to_state() for k, m in meters.items()}, loss_sum, count))

@@ -18,7 +18,7 @@ from sklearn.metrics import auc, roc_curve
 
 from fastmtl.engine.checkpoint import atomic_write_bytes
 
-__all__ = ["plot_confusion", "plot_history", "plot_roc"]
+__all__ = ["plot_confusion", "plot_examples", "plot_history", "plot_roc"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -114,4 +114,42 @@ def plot_history(
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_examples(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]],
+    path: str | os.PathLike,
+    class_names: Sequence[str] = (),
+) -> Path:
+    """A grid with one row per example: the image, the ground truth filled, the prediction filled with the
+    ground truth outlined in green (colours per class as :data:`~fastmtl.engine.overlay.PRED_PALETTE`).
+
+    Args:
+        rows: (title, uint8 (H, W, 3) image, integer (H, W) ground truth, integer (H, W) prediction or None).
+        path: output PNG.
+        class_names: foreground class names for the legend (class 1 first); empty = no legend.
+    """
+    from fastmtl.engine.overlay import PRED_PALETTE, draw_overlay
+
+    if not rows:
+        raise ValueError("plot_examples needs at least one example")
+    fig = Figure(figsize=(7.5, 2.5 * len(rows) + 0.4))
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for r, (title, image, gt, pred) in enumerate(rows):
+        panels = [image, draw_overlay(image, gt), image if pred is None else draw_overlay(image, pred, gt)]
+        for c, (panel, name) in enumerate(zip(panels, ("image", "ground truth", "prediction"), strict=True)):
+            ax = axes[r, c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{title}\n{name}" if c == 0 else name, fontsize=8)
+    if class_names:
+        from matplotlib.patches import Patch
+
+        colours = [PRED_PALETTE[i % len(PRED_PALETTE)] / 255.0 for i in range(len(class_names))]
+        handles = [Patch(color=tuple(c), label=n) for c, n in zip(colours, class_names, strict=True)]
+        handles.append(Patch(edgecolor=(0, 1, 0), fill=False, label="ground-truth outline"))
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 if class_names else 0, 1, 1))
     return _save(fig, path)

@@ -443,7 +443,7 @@ def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold,
     class_names = meta.get("class_names") or (ISIC_CLASS_NAMES if k == 3 else [f"class{i}" for i in range(k)])
     size = (img_size or config.img_size,) * 2
     dataset = ImagePaths(paths, size, meta.get("normalize", "imagenet"), config.in_chans)
-    seg_names = default_seg_class_names(config.seg_classes)
+    seg_names = meta.get("seg_class_names") or default_seg_class_names(config.seg_classes)
     return model, dataset, _Writer(out, overlays, threshold, class_names, seg_names, config.seg_classes)
 
 

@@ -20,7 +20,7 @@ import os
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,7 @@ class Run:
     train_loader: DataLoader
     val_loader: DataLoader
     steps: int  # optimizer steps per epoch
+    started: float = field(default_factory=time.monotonic)  # when this process started the run (time limit)
 
     @property
     def total_steps(self) -> int:
@@ -155,6 +156,7 @@ def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "class_names": list(run.data.class_names),
         "seg_classes": run.data.seg_classes,
+        "seg_class_names": list(run.data.seg_class_names),
         "img_size": run.config.img_size,
         "normalize": run.config.normalize,
         "data_kind": run.data.kind,
@@ -285,7 +287,31 @@ def _after_step(run: Run) -> bool:
     state, every, stop = run.state, run.config.checkpoint_every_steps, run.config.stop_after_steps
     if every and state.global_step % every == 0 and state.step_in_epoch < run.steps:
         _save_last(run)
-    return bool(stop) and state.global_step >= stop
+    if stop and state.global_step >= stop:
+        return True
+    if state.step_in_epoch < run.steps and _time_is_up(run):  # an epoch's last step validates first
+        _save_last(run)
+        if run.ctx.world.is_main:
+            tqdm.write(
+                f"time limit of {run.config.time_limit_min:g} min reached at epoch {state.epoch + 1} step "
+                f"{state.step_in_epoch}/{run.steps} (global step {state.global_step}); saved {run.out_dir / 'last'}"
+                "; run again with --resume to continue"
+            )
+        return True
+    return False
+
+
+def _time_is_up(run: Run) -> bool:
+    """True once this process has trained ``time_limit_min``; every rank takes rank 0's decision."""
+    limit = run.config.time_limit_min
+    if not limit:
+        return False
+    up = time.monotonic() - run.started >= 60.0 * limit
+    if run.ctx.world.distributed:
+        flag = torch.tensor([float(up)], device=run.ctx.world.device)
+        torch.distributed.broadcast(flag, src=0)
+        up = bool(flag.item())
+    return up
 
 
 def _epoch(run: Run) -> bool:
@@ -300,7 +326,9 @@ def _epoch(run: Run) -> bool:
                           progress=config.progress and run.ctx.world.is_main)  # fmt: skip
     if completed:
         state.running["seconds"] = state.running.get("seconds", 0.0) + time.perf_counter() - started
-        val = validate(run.ctx, run.val_loader, run.data.class_names, run.data.seg_classes, config.max_val_steps)
+        data = run.data
+        val = validate(run.ctx, run.val_loader, data.class_names, data.seg_classes, config.max_val_steps,
+                       data.seg_class_names)  # fmt: skip
         _finish_epoch(run, val, lr)
     return completed
 

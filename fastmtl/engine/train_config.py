@@ -50,11 +50,12 @@ _NON_NEGATIVE = (
     "max_val_steps",
     "checkpoint_every_steps",
     "stop_after_steps",
+    "time_limit_min",
     "grad_clip",
     "weight_decay",
 )
 # Fields that change how a run executes but not what it computes: a resumed run may change them.
-RUNTIME_FIELDS = frozenset({"num_workers", "cache_dir", "stop_after_steps", "progress", "device"})
+RUNTIME_FIELDS = frozenset({"num_workers", "cache_dir", "stop_after_steps", "time_limit_min", "progress", "device"})
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class TrainConfig:
         max_val_steps: cap on validation batches (0 = the whole validation split).
         checkpoint_every_steps: also save ``last`` every this many steps inside an epoch (0 = epoch ends only).
         stop_after_steps: debug: return after this global step without saving, like a killed run (0 = off).
+        time_limit_min: stop after this many minutes of this process, saving ``last`` mid-epoch so that
+            ``--resume`` continues exactly there (0 = no limit); for time-boxed jobs.
         drop_last: drop the last incomplete training batch of each epoch.
         progress: show a tqdm progress bar.
     """
@@ -133,6 +136,7 @@ class TrainConfig:
     max_val_steps: int = 0
     checkpoint_every_steps: int = 0
     stop_after_steps: int = 0
+    time_limit_min: float = 0.0
     drop_last: bool = True
     progress: bool = True
 

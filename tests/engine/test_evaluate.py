@@ -15,7 +15,7 @@ from fastmtl.data import build_dataset
 from fastmtl.engine.checkpoint import load_model
 from fastmtl.engine.evaluate import EvalState, evaluate, evaluate_model, run_evaluation, sync_state
 from fastmtl.engine.overlay import GT_COLOR, draw_overlay, mask_boundary
-from fastmtl.engine.plots import plot_confusion, plot_history, plot_roc
+from fastmtl.engine.plots import plot_confusion, plot_examples, plot_history, plot_roc
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter
 
 SEG_KEYS = ("dsc", "ji", "global_dice", "dsc_lesion", "ji_lesion", "n_seg_images")
@@ -137,3 +137,19 @@ def test_plots_write_pngs(tmp_path):
     assert all(_is_png(tmp_path / f) for f in ("roc.png", "conf.png", "curves.png"))
     with pytest.raises(ValueError, match="TP/TN/FP/FN"):
         plot_confusion(np.zeros((3, 3)), names, tmp_path / "x.png")
+
+
+def test_example_grid_has_a_row_per_example(tmp_path):
+    from PIL import Image
+
+    image = np.full((24, 32, 3), 90, np.uint8)
+    gt = np.zeros((24, 32), np.int64)
+    gt[4:12, 4:12], gt[14:20, 20:28] = 1, 3
+    rows = [("case a", image, gt, gt), ("case b", image, gt, None)]  # a model without a seg head shows the image
+    one = plot_examples(rows[:1], tmp_path / "one.png", ("irf", "srf", "ped"))
+    two = plot_examples(rows, tmp_path / "two.png")
+    assert _is_png(one) and _is_png(two)
+    assert Image.open(two).height > Image.open(one).height
+    with pytest.raises(ValueError, match="at least one"):
+        plot_examples([], tmp_path / "none.png")
+

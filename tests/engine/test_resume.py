@@ -65,3 +65,22 @@ def test_resume_refuses_a_changed_config(tmp_path):
     train(config.replace(stop_after_steps=1), None, tmp_path)
     with pytest.raises(ValueError, match=r"differs from the saved run in \['epochs', 'lr'\]"):
         train(config.replace(lr=0.5, epochs=3), None, tmp_path, resume=True)
+
+
+def test_time_limited_run_saves_and_resumes_to_the_same_weights(tmp_path):
+    # a limit that is up after every step: each call trains one step (or finishes an epoch), saves and returns
+    config = tiny_config(epochs=2, max_steps_per_epoch=3)
+    reference = train(config, None, tmp_path / "reference")
+    boxed = config.replace(time_limit_min=1e-9)
+    calls = [train(boxed, None, tmp_path / "boxed")]
+    while calls[-1]["stopped_early"]:
+        assert (tmp_path / "boxed" / "last.safetensors").is_file()
+        calls.append(train(boxed, None, tmp_path / "boxed", resume=True))
+        assert len(calls) <= 6, "the time-limited run does not advance"
+    # stops after steps 1, 2, 4 and 5; steps 3 and 6 end an epoch, which validates and goes on
+    assert [c["global_step"] for c in calls] == [1, 2, 4, 5, 6]
+    assert calls[-1]["epochs_completed"] == 2 and reference["global_step"] == 6
+    _assert_same_tensors(
+        load_file(tmp_path / "reference" / "last.safetensors"), load_file(tmp_path / "boxed" / "last.safetensors")
+    )
+    assert _losses(tmp_path / "reference") == _losses(tmp_path / "boxed")

@@ -142,6 +142,14 @@ def test_split_seed_fixes_the_carved_split_across_run_seeds(tmp_path):
     assert record["val_ids"] == list(val_ids()) and len(record["train_ids"]) == 12
 
 
+def test_two_class_fluid_head_trains_with_named_metrics(tmp_path, manifest_root):
+    options = {"subset": "duke", "task": "fluid-2class", "fractions": [2, 1, 1]}
+    result = train(tiny_config(data="oct", data_options=options, batch_size=2), manifest_root, tmp_path / "run")
+    assert {"val_dsc_fluid", "val_ji_fluid", "val_auc_fluid"} <= set(result["history"][-1])
+    model, meta = load_model(tmp_path / "run" / "best.safetensors")
+    assert model.config.seg_classes == 2 and meta["seg_class_names"] == ["fluid"]
+
+
 def test_non_finite_loss_stops_with_step_and_components(tmp_path, monkeypatch):
     from fastmtl.losses import MTLLoss
 
