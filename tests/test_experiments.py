@@ -138,3 +138,25 @@ def test_canonical_command_leaves_out_output_folders(run):
     assert run.canonical_command(args) == (
         "python experiments/run.py oct --model unet_resnet34 --seed 2 --variant alpha1 --set epochs=3 --threads 1"
     )
+
+
+def test_time_boxed_paper_run_resumes_until_done_then_writes_its_row(run, tmp_path, capsys):
+    """The GPU protocol runner on a tiny CPU stand-in: each command trains until its time is up, saves, and the
+    same command carries on; the result JSON appears only once the run is complete."""
+    small = ['data="synthetic"', "data_options={n=16}", "img_size=32", "epochs=2", "max_steps_per_epoch=2",
+             "batch_size=4", 'device="cpu"', "num_workers=0", 'cache_dir="off"']  # fmt: skip
+    argv = ["isic-paper", "--model", "unet_resnet34_mtl", "--seed", "3", "--data-root", str(tmp_path)]
+    argv += [a for s in small for a in ("--set", s)] + ["--time-limit", "1e-9", "--threads", "1"]
+    argv += ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--figures", str(tmp_path)]
+    result = tmp_path / "results" / "isic-paper" / "unet_resnet34_mtl-s3.json"
+    calls = 0
+    while not result.exists():
+        calls += 1
+        assert calls <= 4, "the time-boxed run does not finish"
+        run.main(argv)
+    # 2 epochs of 2 steps: stop after step 1, after step 3 (step 2 ends epoch 1 and validates), finish with step 4
+    assert calls == 3 and "run the same command again to continue" in capsys.readouterr().out
+    row = json.loads(result.read_text())
+    assert row["global_steps"] == 4 and row["epochs"] == 2 and row["time_limit_min"] == 1e-9
+    assert row["wall_time_s"] > 0 and "--time-limit 1e-09" in row["command"]
+    assert (tmp_path / "isic-paper-unet_resnet34_mtl-s3-examples.png").is_file()
