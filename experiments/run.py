@@ -1,15 +1,20 @@
 """Reproducible accuracy experiments: one command per table row, and a report builder for docs/RESULTS.md.
 
     python experiments/run.py isic --model resformer_mtl --seed 1       # trains, writes one result JSON
+    python experiments/run.py isic --model resformer_mtl --variant head1 --seed 1     # an ablation
     python experiments/run.py oct --model resformer_mtl --seed 1
+    python experiments/run.py retouch-sample --model resformer_mtl --seed 1
+    python experiments/run.py isic-paper --model resformer_mtl --seed 1234            # GPU, 9 min per command
     python experiments/run.py report                                    # rebuilds the tables in docs/RESULTS.md
 
-A run trains with :func:`fastmtl.engine.train.train` on ``experiments/configs/<exp>_cpu.toml`` (plus ``--set``
-overrides, recorded), keeps its run folder under ``--runs`` (default /tmp, never the repository) and writes
-``experiments/results/<exp>/<model>-s<seed>.json``: the validation metrics of the selected (best validation JI)
-epoch, wall time, training throughput, the exact command, the resolved config, the git commit and versions.
-It also copies the learning curves and, for models with a classification head, a validation ROC plot into
-``docs/figures/``. ``report`` reads only the result JSONs and rewrites the part of RESULTS.md between the markers.
+A run trains with :func:`fastmtl.engine.train.train` on its experiment's config (plus the variant's and
+``--set`` overrides, recorded), keeps its run folder under ``--runs`` (default /tmp, never the repository) and
+writes ``experiments/results/<exp>/<model>[+<variant>]-s<seed>.json``: the validation metrics of the selected
+(best validation JI) epoch, wall time, training throughput, the command that regenerates it, the resolved config,
+the git commit and versions. It also writes the learning curves, a validation ROC plot (models that classify) and
+example overlays (models that segment) into ``docs/figures/``. A time-boxed run (``--time-limit``; the default for
+``isic-paper``) stops after that many minutes, saves, and the same command resumes it; its JSON is written when
+it completes. ``report`` reads only the result JSONs and rewrites the part of RESULTS.md between the markers.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ EXPERIMENTS = {
         "data_root": DATA / "isic2017",
         "overrides": ["channels_last=true", "num_workers=8", "progress=false"],
         "time_limit": 9.0,
+        "gpu": True,
     },
 }
 MODELS = ("resformer_mtl", "resformer_mtl_nodfe", "resformer_mtl_serial", "unet_resnet34_mtl", "unet_resnet34",
@@ -142,6 +148,7 @@ def run_experiment(args: argparse.Namespace) -> Path:
     """Trains one (experiment, model, seed) and writes its result JSON and figures; returns the JSON path."""
     import torch
 
+    from fastmtl.engine.checkpoint import atomic_write_bytes
     from fastmtl.engine.train import train
     from fastmtl.engine.train_config import load_config
 
@@ -161,7 +168,7 @@ def run_experiment(args: argparse.Namespace) -> Path:
     run_dir = Path(args.runs) / (stem if limit else f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     resume = bool(limit) and (run_dir / "last.safetensors").is_file()
     torch.set_num_threads(args.threads) if args.threads else None
-    if config.device != "cpu" and not torch.cuda.is_available() and args.exp.endswith("paper"):
+    if exp.get("gpu") and not torch.cuda.is_available():
         print("warning: no CUDA device; the paper protocol on CPU takes days (it still runs, in chunks)", flush=True)
     started = time.perf_counter()
     summary = train(config, data_root, run_dir, resume=resume)
@@ -205,11 +212,12 @@ def run_experiment(args: argparse.Namespace) -> Path:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "gpu": torch.cuda.get_device_name() if config.device != "cpu" and torch.cuda.is_available() else None,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(args.results) / args.exp / f"{name}-s{args.seed}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_clean(result), indent=2) + "\n")
+    atomic_write_bytes(out, (json.dumps(_clean(result), indent=2) + "\n").encode())
+    out.chmod(0o644)  # mkstemp's private mode otherwise
     print(f"wrote {out} (best epoch {result['best_epoch']}, {wall:.0f} s)", flush=True)
     return out
 
