@@ -126,7 +126,7 @@ def _figures(run_dir: Path, config: Any, data_root: Path, stem: str, figures: Pa
         cols = [data.class_names.index(n) for n in names]
         probs, labels = state.cls.probs.numpy()[:, cols], state.cls.labels.numpy()[:, cols]
         written.append(plot_roc(np.asarray(probs), np.asarray(labels), names, figures / f"{stem}-roc.png"))
-    if model.config.seg_classes:
+    if predict_sample(model, data.val[0]["image"], config.normalize, "cpu")[1] is not None:  # it segments
         # up to 6 validation images with foreground, evenly spaced over the split: the same ones for every model
         candidates = [i for i, has in enumerate(data.val.has_masks) if has]
         candidates = [i for i in candidates if bool(data.val[i]["mask"].any())]
