@@ -47,6 +47,7 @@ def test_two_process_gloo_run_writes_one_checkpoint_and_log(tmp_path):
         "last.train.safetensors",
         "log.csv",
         "log.jsonl",
+        "split.json",
     ]
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
