@@ -71,7 +71,7 @@ VARIANTS = {
 }
 TITLES = {
     "isic": "ISIC 2017 (validation split carved from Training)",
-    "oct": "Duke DME binary fluid (validation subjects)",
+    "oct": "Duke DME fluid segmentation (background/fluid head, 2 validation subjects)",
     "retouch-sample": "RETOUCH sample, 4-class configuration (qualitative: 6 training / 3 validation B-scans)",
     "isic-paper": "ISIC 2017, the paper's protocol on one GPU (224 px, 150 epochs)",
 }
@@ -272,8 +272,10 @@ def _mean_sd(runs: list[dict[str, Any]], key: str) -> tuple[float, float] | None
     return mean, math.sqrt(var)
 
 
-def _fmt_mean_sd(stats: tuple[float, float] | None) -> str:
-    return "-" if stats is None else f"{stats[0]:.1f} ± {stats[1]:.1f}"
+def _fmt_mean_sd(stats: tuple[float, float] | None, n: int) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats[0]:.1f} ± {stats[1]:.1f}" if n > 1 else f"{stats[0]:.1f}"
 
 
 def build_table(exp: str, rows: list[dict[str, Any]]) -> str:
@@ -289,7 +291,11 @@ def build_table(exp: str, rows: list[dict[str, Any]]) -> str:
             cells += [f"{r['best_epoch']}/{r['epochs']}", str(r["train_images"]), _fmt(r.get("train_images_per_s"))]
             lines.append("| " + " | ".join([*cells, _fmt(r["wall_time_s"] / 60)]) + " |")
         if len(runs) > 1:
-            cells = [f"`{name}`", f"mean ± sd of {len(runs)}", *(_fmt_mean_sd(_mean_sd(runs, k)) for _, k in columns)]
+            cells = [
+                f"`{name}`",
+                f"mean ± sd of {len(runs)}",
+                *(_fmt_mean_sd(_mean_sd(runs, k), len(runs)) for _, k in columns),
+            ]
             lines.append("| " + " | ".join(cells) + " |" + " |" * 4)
     return "\n".join(lines)
 
@@ -307,8 +313,8 @@ def _delta(value: float | None, reference: float | None) -> str:
 
 
 def build_ablation_table(exp: str, rows: list[dict[str, Any]]) -> str:
-    """Mean ± sd over seeds of each ResFormer-MTL ablation that has runs, with the JI difference to the reference
-    seed by seed (paired: same split, same seeds); empty when only the reference ran."""
+    """Mean ± sd over seeds (the value alone for one seed) of each ResFormer-MTL ablation that has runs, with the JI
+    difference to the reference seed by seed (paired: same split, same seeds); empty when only the reference ran."""
     groups = {name: [r for r in rows if _name(r) == name] for name in ABLATIONS}
     groups = {name: runs for name, runs in groups.items() if runs}
     if len(groups) < 2 or "resformer_mtl" not in groups:
@@ -320,7 +326,7 @@ def build_ablation_table(exp: str, rows: list[dict[str, Any]]) -> str:
     for name, runs in groups.items():
         deltas = [_delta(r["metrics"].get("ji"), reference.get(r["seed"])) for r in runs]
         cells = [f"`{name}`", ABLATIONS[name], ",".join(str(r["seed"]) for r in runs)]
-        cells += [_fmt_mean_sd(_mean_sd(runs, key)) for _, key in columns]
+        cells += [_fmt_mean_sd(_mean_sd(runs, key), len(runs)) for _, key in columns]
         cells.append("" if name == "resformer_mtl" else " / ".join(deltas))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -340,7 +346,8 @@ def build_report(results: dict[str, list[dict[str, Any]]]) -> str:
         ablations = build_ablation_table(exp, rows)
         if ablations:
             parts += ["Ablations of `resformer_mtl` (mean ± sd over seeds):\n", ablations, ""]
-            others = [r for r in rows if r not in models]
+            order = {name: i for i, name in enumerate(ABLATIONS)}
+            others = sorted((r for r in rows if r not in models), key=lambda r: (order.get(_name(r), 99), r["seed"]))
             parts += ["Their runs:\n", build_table(exp, others), ""] if others else []
         commits = sorted({r["git_commit"][:10] + ("+dirty" if r.get("git_dirty") else "") for r in rows})
         torches = sorted({r["torch"] for r in rows})
