@@ -32,7 +32,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
-# name -> config file, default data folder, fixed overrides, default time limit per command (minutes, 0 = none)
+# name -> config file, default data folder, fixed overrides, default time limit per command (minutes, 0 = none),
+# and whether it is meant for a GPU (a warning without one)
 EXPERIMENTS = {
     "isic": {"config": REPO / "experiments" / "configs" / "isic_cpu.toml", "data_root": DATA / "isic2017"},
     "oct": {"config": REPO / "experiments" / "configs" / "oct_cpu.toml", "data_root": DATA / "oct"},
