@@ -152,4 +152,3 @@ def test_example_grid_has_a_row_per_example(tmp_path):
     assert Image.open(two).height > Image.open(one).height
     with pytest.raises(ValueError, match="at least one"):
         plot_examples([], tmp_path / "none.png")
-
