@@ -118,7 +118,6 @@ def _figures(run_dir: Path, config: Any, data_root: Path, stem: str, figures: Pa
 
     model, _ = load_model(run_dir / "best.safetensors")
     data = build_run_data(config, data_root)
-    written = []
     if roc and model.config.cls_head != "none":
         loader = DataLoader(data.val, batch_size=config.resolved_eval_batch_size, num_workers=0)
         seg_classes = max(int(model.config.seg_classes), 1)  # a classification-only model yields no seg logits
@@ -126,23 +125,19 @@ def _figures(run_dir: Path, config: Any, data_root: Path, stem: str, figures: Pa
         names = [n for n in data.class_names if n != "nevus"]  # nevus = neither; the paper reports MEL and SK
         cols = [data.class_names.index(n) for n in names]
         probs, labels = state.cls.probs.numpy()[:, cols], state.cls.labels.numpy()[:, cols]
-        written.append(plot_roc(np.asarray(probs), np.asarray(labels), names, figures / f"{stem}-roc.png"))
-    if predict_sample(model, data.val[0]["image"], config.normalize, "cpu")[1] is not None:  # it segments
-        # up to 6 validation images with foreground, evenly spaced over the split: the same ones for every model
-        candidates = [i for i, has in enumerate(data.val.has_masks) if has]
-        candidates = [i for i in candidates if bool(data.val[i]["mask"].any())]
-        picks = (
-            [candidates[round(k * (len(candidates) - 1) / 5)] for k in range(6)] if len(candidates) > 6 else candidates
-        )
-        rows = []
-        for i in dict.fromkeys(picks):
-            sample = data.val[i]
-            image, pred = predict_sample(model, sample["image"], config.normalize, "cpu")
-            rows.append((sample["id"], image, sample["mask"].numpy(), pred))
-        if rows:
-            written.append(plot_examples(rows, figures / f"{stem}-examples.png", data.seg_class_names))
-    for figure in written:
-        figure.chmod(0o644)  # written through a private temporary file
+        plot_roc(np.asarray(probs), np.asarray(labels), names, figures / f"{stem}-roc.png")
+    # up to 6 validation images with foreground, evenly spaced over the split: the same ones for every model
+    candidates = [i for i, has in enumerate(data.val.has_masks) if has and bool(data.val[i]["mask"].any())]
+    picks = [candidates[round(k * (len(candidates) - 1) / 5)] for k in range(6)] if len(candidates) > 6 else candidates
+    rows = []
+    for i in dict.fromkeys(picks):
+        sample = data.val[i]
+        image, pred = predict_sample(model, sample["image"], config.normalize, "cpu")
+        if pred is None:  # a classification-only model: nothing to overlay
+            return
+        rows.append((sample["id"], image, sample["mask"].numpy(), pred))
+    if rows:
+        plot_examples(rows, figures / f"{stem}-examples.png", data.seg_class_names)
 
 
 def run_experiment(args: argparse.Namespace) -> Path:
@@ -218,7 +213,6 @@ def run_experiment(args: argparse.Namespace) -> Path:
     }
     out = Path(args.results) / args.exp / f"{name}-s{args.seed}.json"
     atomic_write_bytes(out, (json.dumps(_clean(result), indent=2) + "\n").encode())
-    out.chmod(0o644)  # mkstemp's private mode otherwise
     print(f"wrote {out} (best epoch {result['best_epoch']}, {wall:.0f} s)", flush=True)
     return out
 
@@ -263,20 +257,16 @@ def _name(row: dict[str, Any]) -> str:
     return row["model"] + (f"+{row['variant']}" if row.get("variant") else "")
 
 
-def _mean_sd(runs: list[dict[str, Any]], key: str) -> tuple[float, float] | None:
-    """Mean and sample standard deviation over seeds (sd 0 for one run); None when a run lacks the metric."""
+def _mean_sd(runs: list[dict[str, Any]], key: str) -> str:
+    """ "mean ± sample sd" over seeds (the value alone for one run); "-" when a run lacks the metric."""
     values = [r["metrics"].get(key) for r in runs]
     if any(v is None for v in values):
-        return None
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
-def _fmt_mean_sd(stats: tuple[float, float] | None, n: int) -> str:
-    if stats is None:
         return "-"
-    return f"{stats[0]:.1f} ± {stats[1]:.1f}" if n > 1 else f"{stats[0]:.1f}"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.1f} ± {sd:.1f}"
 
 
 def build_table(exp: str, rows: list[dict[str, Any]]) -> str:
@@ -292,11 +282,7 @@ def build_table(exp: str, rows: list[dict[str, Any]]) -> str:
             cells += [f"{r['best_epoch']}/{r['epochs']}", str(r["train_images"]), _fmt(r.get("train_images_per_s"))]
             lines.append("| " + " | ".join([*cells, _fmt(r["wall_time_s"] / 60)]) + " |")
         if len(runs) > 1:
-            cells = [
-                f"`{name}`",
-                f"mean ± sd of {len(runs)}",
-                *(_fmt_mean_sd(_mean_sd(runs, k), len(runs)) for _, k in columns),
-            ]
+            cells = [f"`{name}`", f"mean ± sd of {len(runs)}", *(_mean_sd(runs, k) for _, k in columns)]
             lines.append("| " + " | ".join(cells) + " |" + " |" * 4)
     return "\n".join(lines)
 
@@ -327,7 +313,7 @@ def build_ablation_table(exp: str, rows: list[dict[str, Any]]) -> str:
     for name, runs in groups.items():
         deltas = [_delta(r["metrics"].get("ji"), reference.get(r["seed"])) for r in runs]
         cells = [f"`{name}`", ABLATIONS[name], ",".join(str(r["seed"]) for r in runs)]
-        cells += [_fmt_mean_sd(_mean_sd(runs, key), len(runs)) for _, key in columns]
+        cells += [_mean_sd(runs, key) for _, key in columns]
         cells.append("" if name == "resformer_mtl" else " / ".join(deltas))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
