@@ -143,8 +143,11 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
     options = dict(config.data_options)
 
     def build(split: str, train: bool):
+        # the device input path stores the training images at store_size and resizes while it augments
+        size = config.store_size if train and config.input_pipeline == "device" and config.store_size else None
         try:
-            return build_dataset(kind, root, split, train=train, **common, **dict(options))
+            return build_dataset(kind, root, split, train=train, **{**common, "img_size": size or config.img_size},
+                                 **dict(options))  # fmt: skip
         except TypeError as e:  # an option the dataset's constructor does not take
             raise ValueError(f"data_options {options} do not fit the {kind} dataset: {e}") from e
 
@@ -157,6 +160,8 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         full_train, full_eval = build("train", True), build("train", False)
         train_idx, val_idx = split_indices(full_eval, config.val_fraction, config.split_seed)
         train_set, val_set, source = subset(full_train, train_idx), subset(full_eval, val_idx), "carve"
+    if config.max_train_images and config.max_train_images < len(train_set):
+        train_set = subset(train_set, range(config.max_train_images))
     for name, ds in (("training", train_set), ("validation", val_set)):
         if len(ds) == 0:
             raise ValueError(f"the {name} split of the {kind} data at {root} is empty")

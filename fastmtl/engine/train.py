@@ -8,6 +8,11 @@ Outputs in ``out_dir``: ``config.json`` / ``config.toml`` (the resolved config),
 ``checkpoint_every_steps`` steps, with optimizer and RNG state for ``resume=True``), ``best.safetensors``,
 ``log.jsonl`` / ``log.csv`` (one row per epoch) and ``curves.png``. Under torchrun only rank 0 writes.
 
+Fast path (``input_pipeline = "device"``, ``device_step = true``): the training and validation splits are decoded
+once into uint8 tensors on the training device and augmented there in batches
+(:mod:`fastmtl.engine.device_loader`), and the step never waits for the device
+(:mod:`fastmtl.engine.device_step`); the epoch order, augmentation draws and resume are the same as above.
+
 Exact resume: the checkpoint holds the weights, the optimizer, the step counters and every RNG state (per
 rank); the data order and augmentation are functions of (seed, epoch, index) (see :mod:`fastmtl.engine.loaders`),
 so a run killed at any point and resumed from ``last`` ends with the same weights as an uninterrupted run.
@@ -38,6 +43,8 @@ from fastmtl.engine.checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader, decode_split
+from fastmtl.engine.device_step import DeviceStep, evaluate_split
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
 from fastmtl.engine.loaders import (
     RunData,
@@ -52,7 +59,7 @@ from fastmtl.engine.loop import StepContext, amp_dtype, run_epoch, validate
 from fastmtl.engine.records import plot_curves, write_logs
 from fastmtl.engine.schedule import poly_lr
 from fastmtl.engine.state import RunState, capture_rng, restore_rng
-from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, save_config
+from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, config_from_dict, save_config
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model, model_options
 
@@ -117,7 +124,10 @@ def _resume(out_dir: Path, model: nn.Module, optimizer, config: TrainConfig, wor
     stem = out_dir / "last"
     sidecar = load_training_state(stem, optimizer)
     saved = sidecar.get("train_config", {})
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS and saved.get(k) != v)
+    defaults = config_from_dict({}).to_dict()  # a run saved before a field existed ran with its default
+    changed = sorted(
+        k for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS and saved.get(k, defaults[k]) != v
+    )
     if changed:
         raise ValueError(
             f"cannot resume {out_dir}: the config differs from the saved run in {changed}; resume with the saved "
@@ -138,10 +148,18 @@ class Run:
     data: RunData
     ctx: StepContext
     state: RunState
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: DataLoader | DeviceTrainLoader
+    val_loader: DataLoader | DeviceSplit
     steps: int  # optimizer steps per epoch
     started: float = field(default_factory=time.monotonic)  # when this process started the run (time limit)
+    step: DeviceStep | None = None  # the device step (device_step = true)
+
+    def read_losses(self) -> None:
+        """Brings the device step's summed losses into ``state.running`` (a host sync); no-op otherwise."""
+        if self.step is not None:
+            state = self.state
+            where = f"epoch {state.epoch + 1} step {state.step_in_epoch} (global step {state.global_step})"
+            self.step.read(self.state, self.config.batch_size * self.ctx.world.world_size, where)
 
     @property
     def total_steps(self) -> int:
@@ -169,6 +187,7 @@ def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
 def _save_last(run: Run) -> None:
     """Saves ``last`` with optimizer and RNG state. Collective: every rank must call it (RNG states are gathered)."""
     ctx, state = run.ctx, run.state
+    run.read_losses()
     rngs = all_gather_objects(ctx.world, capture_rng())
     if not ctx.world.is_main:
         return
@@ -178,41 +197,51 @@ def _save_last(run: Run) -> None:
     save_checkpoint(run.out_dir / "last", ctx.raw_model, meta=meta, optimizer=ctx.optimizer, train_state=train_state)
 
 
-def _finish_epoch(run: Run, val: dict[str, Any], lr: float) -> None:
-    """Records the epoch, saves ``best`` if the selection metric improved, then ``last`` and the logs."""
-    state = run.state
-    key = "ji" if "ji" in val else "auc_mean"
-    value = float(val.get(key, math.nan))
+def _finish_epoch(run: Run, val: dict[str, Any] | None, lr: float, extra: dict[str, Any] | None = None) -> None:
+    """Records the epoch, saves ``best`` if the selection metric improved (``val`` None: not validated this epoch),
+    then ``last`` (every ``checkpoint_every_epochs`` epochs and after the last one) and the logs."""
+    state, config = run.state, run.config
+    key = "ji" if val is not None and "ji" in val else "auc_mean"
+    value = float(val.get(key, math.nan)) if val is not None else math.nan
     previous = -math.inf if state.best_value is None or math.isnan(state.best_value) else state.best_value
-    improved = state.best_epoch is None or value > previous
-    row = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": lr, **state.epoch_means()}
-    row.update({f"val_{k}": v for k, v in val.items()})
-    row.update({"selection_metric": f"val_{key}", "time_s": state.running.get("seconds", 0.0)})
+    improved = val is not None and (state.best_epoch is None or value > previous)
+    row = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": lr, **state.epoch_means(), **(extra or {})}
+    if val is not None:
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row["selection_metric"] = f"val_{key}"
+    row["time_s"] = state.running.get("seconds", 0.0)
     state.history.append(row)
     state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, {}
     if improved:
         state.best_value, state.best_epoch = value, state.epoch
         if run.ctx.world.is_main:
             save_checkpoint(run.out_dir / "best", run.ctx.raw_model, meta=_meta(run, row))
-    _save_last(run)
+    every = config.checkpoint_every_epochs
+    if state.epoch >= config.epochs or (every and state.epoch % every == 0):
+        _save_last(run)
     if run.ctx.world.is_main:
         write_logs(state.history, run.out_dir)
-        if run.config.progress:
+        if config.progress:
             _print_epoch(run, row, key, improved)
 
 
 def _print_epoch(run: Run, row: dict[str, Any], key: str, improved: bool) -> None:
-    value = row.get(f"val_{key}", math.nan)
+    val = ""
+    if "val_loss" in row:
+        value = row.get(f"val_{key}", math.nan)
+        val = f"val loss {row['val_loss']:.4f}, val {key} {value:.2f}{' (best)' if improved else ''}, "
     tqdm.write(
         f"epoch {row['epoch']}/{run.config.epochs}: train loss {row.get('train_loss', math.nan):.4f}, "
-        f"val loss {row['val_loss']:.4f}, val {key} {value:.2f}{' (best)' if improved else ''}, "
-        f"{row['images_per_s']:.1f} images/s"
+        f"{val}{row['images_per_s']:.1f} images/s"
     )
 
 
 def _context(config: TrainConfig, model: nn.Module, data: RunData, world: DistInfo) -> StepContext:
+    # The device step uses fused AdamW (one launch for all parameters, a device learning rate, the scaler's inf
+    # check without a host read); the classic step keeps PyTorch's default implementation.
+    fused = True if config.device_step else None
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+        model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused
     )
     dtype = amp_dtype(config.amp, world.device)
     weights = class_weights_for(data) if config.class_weights else None
@@ -227,7 +256,8 @@ def _wrap(ctx: StepContext, config: TrainConfig) -> None:
     if ctx.world.distributed:
         device_ids = [ctx.world.device.index] if ctx.world.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=device_ids)
-    ctx.model = torch.compile(model) if config.compile else model
+    # the device step compiles its forward + loss itself
+    ctx.model = torch.compile(model, mode=config.compile_mode) if config.compile and not config.device_step else model
 
 
 def train(
@@ -273,13 +303,35 @@ def _setup(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: D
     if state.scaler:
         ctx.scaler.load_state_dict(state.scaler)
     _wrap(ctx, config)
-    train_loader = make_train_loader(data, config, world)
-    steps = steps_per_epoch(train_loader, config)
+    if config.input_pipeline == "device":
+        train_loader, val_loader = _device_loaders(config, data, world)
+        steps = min(train_loader.full_batches(), config.max_steps_per_epoch or train_loader.full_batches())
+    else:
+        train_loader, val_loader = make_train_loader(data, config, world), make_val_loader(data, config, world)
+        steps = steps_per_epoch(train_loader, config)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir)
         atomic_write_json(out_dir / "split.json", split_record(config, data))
-    return Run(config, out_dir, data, ctx, state, train_loader, make_val_loader(data, config, world), steps)
+    run = Run(config, out_dir, data, ctx, state, train_loader, val_loader, steps)
+    if config.device_step:
+        mode = config.compile_mode if config.compile else None
+        run.step = DeviceStep(ctx, base_lr=config.lr, total_steps=run.total_steps, power=config.poly_power,
+                              global_step=state.global_step, compile_mode=mode, log=tqdm.write)  # fmt: skip
+    return run
+
+
+def _device_loaders(config: TrainConfig, data: RunData, world: DistInfo) -> tuple[DeviceTrainLoader, DeviceSplit]:
+    """The training and validation splits decoded onto the device; the training loader augments there."""
+    transform = data.train.transform  # the dataset's PairTransform: the same augmentation settings
+    augment = {"hflip_p": transform.hflip_p, "rotate_p": transform.rotate_p, "degrees": transform.degrees}
+    train_split = decode_split(data.train, world.device, config.num_workers)
+    loader = DeviceTrainLoader(
+        train_split, batch_size=config.batch_size, seed=config.seed, world=world,
+        img_size=(config.img_size, config.img_size), normalize=config.normalize, augment=augment,
+        drop_last=config.drop_last, channels_last=config.channels_last,
+    )  # fmt: skip
+    return loader, decode_split(data.val, world.device, config.num_workers)
 
 
 def _after_step(run: Run) -> bool:
@@ -320,17 +372,75 @@ def _epoch(run: Run) -> bool:
     started = time.perf_counter()
     last_iteration = state.global_step + run.steps - state.step_in_epoch - 1
     lr = poly_lr(config.lr, max(last_iteration, 0), run.total_steps, config.poly_power)
-    completed = run_epoch(run.ctx, state, run.train_loader, base_lr=config.lr, steps=run.steps,
-                          total_steps=run.total_steps, poly_power=config.poly_power,
-                          after_step=lambda _: _after_step(run),
-                          progress=config.progress and run.ctx.world.is_main)  # fmt: skip
+    extra: dict[str, Any] = {}
+    if run.step is not None:
+        completed, extra = _device_epoch(run)
+    else:
+        completed = run_epoch(run.ctx, state, run.train_loader, base_lr=config.lr, steps=run.steps,
+                              total_steps=run.total_steps, poly_power=config.poly_power,
+                              after_step=lambda _: _after_step(run),
+                              progress=config.progress and run.ctx.world.is_main)  # fmt: skip
     if completed:
         state.running["seconds"] = state.running.get("seconds", 0.0) + time.perf_counter() - started
-        data = run.data
-        val = validate(run.ctx, run.val_loader, data.class_names, data.seg_classes, config.max_val_steps,
-                       data.seg_class_names)  # fmt: skip
-        _finish_epoch(run, val, lr)
+        last = state.epoch + 1 >= config.epochs
+        val = None
+        if last or (state.epoch + 1) % config.val_every_epochs == 0:
+            validation_started = time.perf_counter()
+            val = _validate(run)
+            extra["val_time_s"] = time.perf_counter() - validation_started
+        _finish_epoch(run, val, lr, extra)
     return completed
+
+
+def _validate(run: Run) -> dict[str, Any]:
+    data, config = run.data, run.config
+    if isinstance(run.val_loader, DeviceSplit):
+        return evaluate_split(run.ctx.raw_model, run.val_loader, ctx=run.ctx, img_size=(config.img_size,) * 2,
+                              normalize=config.normalize, batch_size=config.resolved_eval_batch_size,
+                              class_names=data.class_names, seg_classes=data.seg_classes,
+                              seg_class_names=data.seg_class_names, max_steps=config.max_val_steps)  # fmt: skip
+    return validate(run.ctx, run.val_loader, data.class_names, data.seg_classes, config.max_val_steps,
+                    data.seg_class_names)  # fmt: skip
+
+
+def _device_epoch(run: Run) -> tuple[bool, dict[str, Any]]:
+    """One epoch (or its rest) of the device step: the host only queues work, reading the losses every
+    ``sync_every`` steps; returns (completed, throughput facts for the log row)."""
+    state, config, step = run.state, run.config, run.step
+    assert step is not None
+    loader = run.train_loader
+    loader.set_epoch(state.epoch, state.step_in_epoch)
+    run.ctx.model.train()
+    step.marks.clear()
+    first = state.global_step
+    per_step = config.batch_size * run.ctx.world.world_size
+    warm = min(10, max(run.steps // 4, 1))  # steps before the steady-state clock starts (compile, autotune)
+    bar = tqdm(total=run.steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}",
+               disable=not (config.progress and run.ctx.world.is_main), leave=False)  # fmt: skip
+    try:
+        for _, batch in zip(range(run.steps - state.step_in_epoch), loader, strict=False):
+            step(batch)
+            state.step_in_epoch += 1
+            state.global_step += 1
+            bar.update(1)
+            if state.step_in_epoch % config.sync_every == 0 or state.step_in_epoch in (warm, run.steps):
+                run.read_losses()
+            if _after_step(run):
+                return False, {}
+    finally:
+        bar.close()
+    run.read_losses()
+    return True, _steady(step.marks, first + warm, per_step)
+
+
+def _steady(marks: list[tuple[float, int]], from_step: int, per_step: int) -> dict[str, Any]:
+    """Images/s from the first read at or after global step ``from_step`` (past compile and autotuning) to the
+    epoch's last read; both reads waited for the device, so this is what the device sustained."""
+    marks = [m for m in marks if m[1] >= from_step]
+    if len(marks) < 2 or marks[-1][0] <= marks[0][0]:
+        return {}
+    (t0, s0), (t1, s1) = marks[0], marks[-1]
+    return {"steady_images_per_s": (s1 - s0) * per_step / (t1 - t0)}
 
 
 def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo) -> dict[str, Any]:

@@ -41,8 +41,10 @@ _CHOICES = {
     "val_source": ("auto", "dataset", "carve"),
     "normalize": ("imagenet", "raw", "unit"),
     "data": ("auto", "isic2017", "retouch", "oct", "folder", "synthetic"),
+    "input_pipeline": ("loader", "device"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
-_POSITIVE = ("img_size", "epochs", "batch_size")
+_POSITIVE = ("img_size", "epochs", "batch_size", "sync_every", "val_every_epochs")
 _NON_NEGATIVE = (
     "eval_batch_size",
     "num_workers",
@@ -53,9 +55,15 @@ _NON_NEGATIVE = (
     "time_limit_min",
     "grad_clip",
     "weight_decay",
+    "store_size",
+    "max_train_images",
+    "checkpoint_every_epochs",
 )
 # Fields that change how a run executes but not what it computes: a resumed run may change them.
-RUNTIME_FIELDS = frozenset({"num_workers", "cache_dir", "stop_after_steps", "time_limit_min", "progress", "device"})
+RUNTIME_FIELDS = frozenset(
+    {"num_workers", "cache_dir", "stop_after_steps", "time_limit_min", "progress", "device", "sync_every",
+     "checkpoint_every_epochs"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,9 @@ class TrainConfig:
             different seeds are measured on the same held-out cases (the case ids go to ``split.json``).
         amp: mixed precision: "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16" (with a grad scaler) or "off".
         channels_last: run the model in channels-last memory format.
-        compile: wrap the model with ``torch.compile``.
+        compile: wrap the model with ``torch.compile`` (with ``device_step``: the forward and loss of the step).
+        compile_mode: ``torch.compile`` mode; "reduce-overhead" adds CUDA graphs (static shapes: keep
+            ``drop_last``).
         grad_clip: max global gradient norm (0 = no clipping).
         deterministic: deterministic algorithms (bit-exact reruns on one device), no cuDNN autotuning.
         device: "auto" (CUDA when available), "cpu" or "cuda".
@@ -102,6 +112,21 @@ class TrainConfig:
             ``--resume`` continues exactly there (0 = no limit); for time-boxed jobs.
         drop_last: drop the last incomplete training batch of each epoch.
         progress: show a tqdm progress bar.
+        input_pipeline: "loader" (DataLoader workers, per-sample augmentation) or "device" (the training split
+            decoded once into uint8 tensors on the training device and augmented there in batches, see
+            :mod:`fastmtl.engine.device_loader`; validation is decoded and evaluated on the device too).
+        store_size: side of the stored training images on the device path (0 = ``img_size``); larger than
+            ``img_size``, the augmentation's single resampling also resizes (e.g. 256 -> 224).
+        device_step: the step without host round trips (:mod:`fastmtl.engine.device_step`): fused AdamW on CUDA,
+            the poly learning rate computed on the device, losses summed there and read every ``sync_every``
+            steps.
+        sync_every: with ``device_step``, read the summed losses (and check them for NaN / inf) every this many
+            steps; a non-finite loss then stops the run up to this many steps late.
+        val_every_epochs: validate every this many epochs (and always after the last one); checkpoint selection
+            only sees validated epochs.
+        checkpoint_every_epochs: save ``last`` at the end of every this many epochs (0 = only when the run ends
+            or stops); the periodic mid-epoch and time-limit saves are unaffected.
+        max_train_images: train on the first this many images of the training split (0 = all); for dry runs.
     """
 
     model: str = "resformer_mtl"
@@ -139,6 +164,14 @@ class TrainConfig:
     time_limit_min: float = 0.0
     drop_last: bool = True
     progress: bool = True
+    input_pipeline: str = "loader"
+    store_size: int = 0
+    device_step: bool = False
+    sync_every: int = 1
+    compile_mode: str = "default"
+    val_every_epochs: int = 1
+    checkpoint_every_epochs: int = 1
+    max_train_images: int = 0
 
     def __post_init__(self) -> None:
         for key, valid in _CHOICES.items():
@@ -157,6 +190,8 @@ class TrainConfig:
             raise ValueError(f"config lr must be a positive finite number, got {self.lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"config betas must be two numbers in [0, 1), got {self.betas}")
+        if self.store_size and self.store_size < self.img_size:
+            raise ValueError(f"config store_size={self.store_size} is smaller than img_size={self.img_size}")
 
     @property
     def resolved_eval_batch_size(self) -> int:

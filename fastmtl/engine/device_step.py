@@ -1,0 +1,248 @@
+"""The training step without host round trips (``device_step = true``) and evaluation on the device.
+
+The classic step (:func:`fastmtl.engine.loop.train_step`) reads every step's loss on the host to check it,
+which waits for the device each step. :class:`DeviceStep` never waits:
+
+- the poly learning rate is computed on the device from a device step counter and written into the
+  optimizer's tensor learning rates (fused AdamW on CUDA reads them there; no recompilation, no copy);
+- the loss terms are summed on the device and read (and checked for NaN / inf) every ``sync_every`` steps,
+  before every checkpoint and at the end of an epoch;
+- optionally the forward and loss run under ``torch.compile`` (``compile_mode = "reduce-overhead"`` adds CUDA
+  graphs); a compile failure prints one line and the step carries on eagerly.
+
+:func:`evaluate_split` runs a model over a :class:`~fastmtl.engine.device_loader.DeviceSplit` keeping every
+per-image count on the device and reads them once at the end, giving the same metrics as the meters of
+:mod:`fastmtl.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastmtl.backend import use_triton
+from fastmtl.engine.device_loader import DeviceSplit, eval_batches
+from fastmtl.engine.distributed import all_gather_objects
+from fastmtl.engine.loop import NonFiniteLossError, StepContext, _reduce
+from fastmtl.engine.state import RunState
+from fastmtl.layers.swin import WindowAttention
+from fastmtl.metrics import ClassificationMeter, SegmentationMeter
+
+__all__ = ["DeviceStep", "evaluate_split", "layer_paths", "tensor_learning_rates"]
+
+_ATTENTION = (WindowAttention,)
+
+
+def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Turns every group's learning rate into a 0-d float32 tensor on ``device`` (kept across resumes: the
+    checkpoint stores it as a number)."""
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        value = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+        group["lr"] = torch.tensor(value, dtype=torch.float32, device=device)
+
+
+class DeviceStep:
+    """Forward, loss, backward and optimizer step with the host never waiting on the device.
+
+    Args:
+        ctx: the run's model, optimizer and settings; the optimizer's learning rates become device tensors.
+        base_lr: the poly schedule's base learning rate.
+        total_steps: the schedule's length in steps.
+        power: the schedule's exponent.
+        global_step: steps done so far (a resumed run starts there).
+        compile_mode: ``torch.compile`` mode for the forward and loss, or None for eager.
+        log: where the compile fallback message goes.
+    """
+
+    def __init__(
+        self,
+        ctx: StepContext,
+        *,
+        base_lr: float,
+        total_steps: int,
+        power: float,
+        global_step: int,
+        compile_mode: str | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        device = ctx.world.device
+        self.ctx, self.base_lr, self.total, self.power, self.log = ctx, base_lr, total_steps, power, log
+        self.step_t = torch.tensor(float(global_step), dtype=torch.float64, device=device)
+        tensor_learning_rates(ctx.optimizer, device)
+        self.sums: torch.Tensor | None = None  # (T,) loss terms summed since the last read
+        self.names: list[str] = []
+        self.pending = 0  # steps since the last read
+        self.compiled = torch.compile(self._forward_loss, mode=compile_mode) if compile_mode else None
+        self.compile_status = f"torch.compile(mode={compile_mode!r})" if compile_mode else "eager"
+        self.marks: list[tuple[float, int]] = []  # (host time, global step) at each read: the device was done
+
+    def _forward_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ctx = self.ctx
+        with ctx.autocast():
+            output = ctx.model(batch["image"])
+        return ctx.loss_fn(output, batch["mask"], batch["label"], batch["has_mask"], batch["has_label"])
+
+    def _terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.compiled is None:
+            return self._forward_loss(batch)
+        try:
+            return self.compiled(batch)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, never kill the run
+            self.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); running eagerly")
+            self.compiled, self.compile_status = None, f"eager (compile failed: {type(e).__name__})"
+            self.ctx.optimizer.zero_grad(set_to_none=True)
+            return self._forward_loss(batch)
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> None:
+        """One optimizer step on a batch that is already on the device."""
+        ctx = self.ctx
+        remaining = torch.clamp(1.0 - self.step_t / self.total, min=0.0)
+        lr = (self.base_lr * remaining**self.power).float()
+        for group in ctx.optimizer.param_groups:
+            group["lr"].copy_(lr)
+        terms = self._terms(batch)
+        values = torch.stack([t.detach().float() for t in terms.values()])  # (T,)
+        if ctx.world.distributed:
+            dist.all_reduce(values)  # queued on the device: no host wait
+            values = values / ctx.world.world_size
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.scale(terms["loss"]).backward()
+        if ctx.grad_clip > 0:
+            ctx.scaler.unscale_(ctx.optimizer)
+            torch.nn.utils.clip_grad_norm_(ctx.raw_model.parameters(), ctx.grad_clip, foreach=True)
+        ctx.scaler.step(ctx.optimizer)  # fused AdamW takes the scaler's inf check on the device
+        ctx.scaler.update()
+        self.names = list(terms)
+        self.sums = values if self.sums is None else self.sums + values
+        self.pending += 1
+        self.step_t += 1
+
+    def read(self, state: RunState, images_per_step: int, where: str) -> None:
+        """Waits for the device, adds the summed terms to ``state.running`` and checks them.
+
+        Raises:
+            NonFiniteLossError: a loss since the last read was NaN or infinite (named by the step window).
+        """
+        if self.pending == 0 or self.sums is None:
+            return
+        values = self.sums.tolist()  # the host sync
+        sums = dict(zip(self.names, values, strict=True))
+        if not all(math.isfinite(v) for v in values):
+            detail = ", ".join(f"{k}={v:.6g}" for k, v in sums.items())
+            raise NonFiniteLossError(
+                f"non-finite training loss in the {self.pending} step(s) up to {where}: summed {detail}; lower the "
+                "learning rate, enable grad_clip or amp='off', or check the data"
+            )
+        for key, value in sums.items():
+            state.running[key] = state.running.get(key, 0.0) + value
+        state.running["steps"] = state.running.get("steps", 0) + self.pending
+        state.running["images"] = state.running.get("images", 0) + self.pending * images_per_step
+        self.sums, self.pending = None, 0
+        self.marks.append((time.perf_counter(), state.global_step))
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module,
+    split: DeviceSplit,
+    *,
+    ctx: StepContext,
+    img_size: tuple[int, int],
+    normalize: str,
+    batch_size: int,
+    class_names: tuple[str, ...],
+    seg_classes: int,
+    seg_class_names: tuple[str, ...] | None = None,
+    max_steps: int = 0,
+) -> dict[str, Any]:
+    """Loss and the SPEC section 6 metrics of ``model`` on a device split, reduced over ranks (each rank takes
+    rows ``rank::world_size``); one host read at the end.
+
+    Returns:
+        Flat dict as :func:`fastmtl.engine.loop.validate`: ``loss`` plus the meters' metrics.
+    """
+    seg_meter = SegmentationMeter(seg_classes, seg_class_names)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.images.device)
+    counts, keep, probs, labels = [], [], [], []
+    n = 0
+    world = ctx.world
+    try:
+        shard = (world.rank, world.world_size)
+        batches = eval_batches(split, batch_size, img_size, normalize, ctx.channels_last, shard)
+        for i, batch in enumerate(batches):
+            if max_steps and i >= max_steps:
+                break
+            with ctx.autocast():
+                out = model(batch["image"])
+            terms = ctx.loss_fn(out, batch["mask"], batch["label"], batch["has_mask"], batch["has_label"])
+            b = batch["image"].shape[0]
+            loss_sum += terms["loss"].double() * b
+            n += b
+            if out.seg_logits is not None:
+                pred, truth = seg_meter._binarise(out.seg_logits, batch["mask"])  # (B, K, H, W) each
+                counts.append(torch.stack([(pred & truth).sum((2, 3)), (pred & ~truth).sum((2, 3)),
+                                           (~pred & truth).sum((2, 3))], dim=1))  # fmt: skip
+                keep.append(batch["has_mask"])
+            if out.cls_logits is not None:
+                probs.append(torch.sigmoid(out.cls_logits.float()))
+                labels.append(torch.cat([batch["label"], batch["has_label"][:, None].float()], dim=1))
+    finally:
+        model.train(was_training)
+    meters: dict[str, Any] = {}
+    if counts:
+        has = torch.cat(keep).cpu()
+        if bool(has.any()):
+            seg_meter.counts = torch.cat(counts).to(torch.int64).cpu()[has]
+            meters["seg"] = seg_meter
+    if probs and class_names:
+        table = torch.cat(labels).cpu()
+        rows = table[:, -1] > 0.5
+        if bool(rows.any()):
+            meter = ClassificationMeter(class_names)
+            meter.probs = torch.cat(probs).float().cpu()[rows]  # (M, K), as ClassificationMeter.update stores them
+            meter.labels = (table[rows, :-1] > 0.5).long()
+            meters["cls"] = meter
+    states = all_gather_objects(world, ({k: m.to_state() for k, m in meters.items()}, float(loss_sum), n))
+    return _reduce(states)
+
+
+def layer_paths(model: nn.Module, device: torch.device, compile_status: str, dtype: torch.dtype | None) -> dict:
+    """Which implementation each kind of layer of ``model`` takes in training on ``device`` (for run records)."""
+    cuda = torch.device(device).type == "cuda"
+    counts: dict[str, list[int]] = {}
+    inside: set[int] = set()  # modules a Triton kernel runs instead of their own forward
+    for module in model.modules():
+        if hasattr(module, "kernels") and isinstance(module.kernels, str):
+            triton = use_triton(module.kernels, cuda)
+            counts.setdefault(type(module).__name__, [0, 0])[0 if triton else 1] += 1
+            if triton and not isinstance(module, _ATTENTION):  # attention keeps its qkv / proj linears
+                inside.update(id(m) for m in module.modules())
+    described = {
+        "WindowAttention": "Triton window attention, forward and backward",
+        "DFE": "Triton fused DFE branches + merge forward (BN unfolded), PyTorch/cuDNN backward",
+        "DFE3": "Triton fused DFE3 forward, PyTorch/cuDNN backward",
+    }
+    math_lib = "cuDNN / cuBLAS" if cuda else "ATen CPU (oneDNN / BLAS)"
+    paths: dict[str, str] = {}
+    for name, (triton, reference) in sorted(counts.items()):
+        if triton:
+            paths[f"{name} x{triton}"] = described.get(name, "Triton kernels")
+        if reference:
+            paths[f"{name} x{reference}" + (" (reference)" if triton else "")] = f"PyTorch reference ({math_lib})"
+    rest = [m for m in model.modules() if id(m) not in inside]
+    convs = sum(isinstance(m, nn.modules.conv._ConvNd) for m in rest)
+    linears = sum(isinstance(m, nn.Linear) for m in rest)
+    precision = "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+    paths[f"Conv x{convs}"] = f"{math_lib}, {precision}"
+    paths[f"Linear x{linears}"] = f"{math_lib}, {precision}"
+    paths["step"] = compile_status
+    return paths
