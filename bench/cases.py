@@ -53,6 +53,11 @@ QUICK_BATCHES = (1,)
 QUICK_INFER = ("eager", "autocast-bf16", "compile", "fastmtl", *PEERS)
 QUICK_TRAIN = ("eager", "compile", "fastmtl", *PEERS)
 
+# The GPU suite's subset (``--bench-suite``), most important first: inference at 224 px batch 64 and training at the
+# paper's batch 8 then 64, each as bf16 eager autocast (the baseline), bf16 compiled, and the fastmtl path.
+SUITE_PROVIDERS = ("autocast-bf16", "fastmtl", "compile-bf16")
+SUITE_SHAPES = {"infer": ((224, 64),), "train": ((224, 8), (224, 64))}
+
 
 def env_flag(name: str) -> bool:
     """True when environment variable ``name`` is set to something other than "", "0", "false", "no", "off"."""
@@ -90,8 +95,11 @@ class ModelCase:
         return self.provider.endswith("-bf16")
 
 
-def cases(mode: str, quick: bool) -> list[ModelCase]:
-    """Every case of ``mode``: the full GPU matrix, or the quick smoke set (img 32/64, batch 1)."""
+def cases(mode: str, quick: bool, suite: bool = False) -> list[ModelCase]:
+    """Every case of ``mode``: the full GPU matrix, the GPU suite's subset, or the quick smoke set (img 32/64,
+    batch 1)."""
+    if suite and not quick:
+        return [ModelCase(mode, p, s, b) for s, b in SUITE_SHAPES[mode] for p in SUITE_PROVIDERS]
     if quick:
         providers, sizes = (QUICK_INFER, QUICK_IMG_SIZES) if mode == "infer" else (QUICK_TRAIN, QUICK_TRAIN_SIZES)
         return [ModelCase(mode, p, s, b) for s in sizes for b in QUICK_BATCHES for p in providers]

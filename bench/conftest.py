@@ -4,6 +4,11 @@
   1) for CI, usually with ``--benchmark-disable``; ``--bench-cpu-compile`` (``FASTMTL_BENCH_CPU_COMPILE=1``)
   includes ``torch.compile`` providers on CPU; ``--bench-checkpoint`` / ``--bench-data`` / ``--bench-split``
   (``FASTMTL_BENCH_CHECKPOINT`` / ``_DATA`` / ``_SPLIT``) feed the accuracy group.
+- Options used by ``python -m bench.gpu_suite``: ``--bench-suite`` (``FASTMTL_BENCH_SUITE=1``) keeps only the cases
+  its goals are judged on, most important first; ``--bench-budget-s`` (``FASTMTL_BENCH_BUDGET_S``) sets the seconds
+  of timed rounds per case (time-boxing itself is the ``bench.deadline`` plugin's);
+  ``--bench-compile-mode`` (``FASTMTL_BENCH_COMPILE_MODE``, default ``max-autotune``) is the mode of the
+  "max-autotune" baselines, lighter where autotuning does not fit the budget.
 - ``measure`` fixture: times one callable with ``benchmark.pedantic`` (CUDA synchronised inside the timed
   region, an untimed first call for compile/autotune, warm-up rounds, rounds sized to a time budget) and fills
   ``benchmark.extra_info`` with provider, ms, images/s, TFLOP/s, peak CUDA memory and NVML clocks/power.
@@ -45,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="dataset folder for the checkpoint evaluation")  # fmt: skip
     group.addoption("--bench-split", default=os.environ.get("FASTMTL_BENCH_SPLIT", "test"),
                     help="dataset split for the checkpoint evaluation (default test)")  # fmt: skip
+    group.addoption("--bench-suite", action="store_true", default=env_flag("FASTMTL_BENCH_SUITE"),
+                    help="only the cases the GPU suite's goals use, most important first")  # fmt: skip
+    group.addoption("--bench-budget-s", type=float, default=float(os.environ.get("FASTMTL_BENCH_BUDGET_S", 0)),
+                    help="seconds of timed rounds per case (0 = the device's default)")  # fmt: skip
+    group.addoption("--bench-compile-mode", default=os.environ.get("FASTMTL_BENCH_COMPILE_MODE", "max-autotune"),
+                    help="torch.compile mode of the max-autotune baselines")  # fmt: skip
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -60,6 +71,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "device_slug": telemetry.device_slug(info),
         "bench_quick": bool(config.getoption("bench_quick")),
         "load_avg_start": _SESSION.get("load_avg_start"),
+        "compile_mode": config.getoption("bench_compile_mode"),
     }
 
 
@@ -68,6 +80,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
     output_json.setdefault("machine_info", {}).setdefault("fastmtl", {}).update(
         wall_s=round(time.perf_counter() - _SESSION.get("start", time.perf_counter()), 1),
         load_avg_end=[round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        kernel_configs=telemetry.kernel_configs(),
     )
 
 
@@ -83,6 +96,16 @@ def bench_device() -> torch.device:
 @pytest.fixture(scope="session")
 def bench_quick(pytestconfig: pytest.Config) -> bool:
     return bool(pytestconfig.getoption("bench_quick"))
+
+
+@pytest.fixture(scope="session")
+def bench_suite(pytestconfig: pytest.Config) -> bool:
+    return bool(pytestconfig.getoption("bench_suite"))
+
+
+@pytest.fixture(scope="session")
+def bench_compile_mode(pytestconfig: pytest.Config) -> str:
+    return pytestconfig.getoption("bench_compile_mode")
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +134,7 @@ def _first_call(fn: Callable[[], Any], what: str) -> float:
 
 
 @pytest.fixture
-def measure(benchmark, bench_device: torch.device, bench_quick: bool):
+def measure(benchmark, bench_device: torch.device, bench_quick: bool, pytestconfig: pytest.Config):
     """``measure(fn, *, group, provider, items=None, flops=None, compiled=False, **extra)`` times ``fn``.
 
     ``items`` is the number of images per call (gives images/s), ``flops`` the FLOPs per call or a function that
@@ -131,6 +154,7 @@ def measure(benchmark, bench_device: torch.device, bench_quick: bool):
         info["first_call_s"] = round(_first_call(timed, what), 3)
         estimate = _first_call(timed, what) if compiled else info["first_call_s"]
         budget, lo, hi, warmup = _BUDGETS["quick" if bench_quick else bench_device.type]
+        budget = pytestconfig.getoption("bench_budget_s") or budget
         rounds = int(min(hi, max(lo, budget // max(estimate, 1e-6))))
         telemetry.reset_peak_memory(bench_device)
         cpu_start = time.process_time()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 IMG_SIZES = (224, 512)
 GPU_BATCHES = (1, 8, 64)
+SUITE_BATCH = 64  # the batch the GPU suite judges kernel and inference goals at
 CPU_BATCHES = (1, 8)
 WIDTHS = (64, 128, 256, 512)
 SWIN_HEADS = (2, 4, 8, 16)

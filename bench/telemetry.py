@@ -139,6 +139,18 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def kernel_configs() -> dict[str, Any]:
+    """The Triton kernel configurations autotuning picked in this process, per kernel and shape key ({} if none).
+
+    Only kernel modules already imported are asked: reading the choice never imports (or launches) a kernel.
+    """
+    import sys
+
+    kernels = sys.modules.get("fastmtl.kernels")
+    chosen = getattr(kernels, "chosen_configs", None)
+    return chosen() if callable(chosen) else {}
+
+
 def _slug(text: str) -> str:
     text = re.sub(r"\(r\)|\(tm\)|\bcpu\b|@.*$", "", text.lower())
     return re.sub(r"[^a-z0-9.]+", "-", text).strip("-")

@@ -1,27 +1,30 @@
-"""DFE benchmarks: Triton kernels vs eager (cuDNN) vs ``torch.compile(mode="max-autotune")`` of the reference.
+"""DFE benchmarks: Triton kernels vs eager (cuDNN) vs ``torch.compile`` of the reference (``--bench-compile-mode``,
+default max-autotune).
 
-One group per DFE level and input size (``bench.shapes.dfe_shapes()``), batches 1/8/64, forward (eval) and
-forward+backward (training), fp16. Each test times one synchronised callable; ``extra_info`` carries the median
-ms, the effective TFLOP/s (dense conv FLOPs of SPEC.md §7, dead taps included, backward = 2x forward) and, on the
-Triton rows, the speedups over the two baselines measured earlier in the same session.
-Run: ``pytest bench/test_dfe.py --benchmark-only`` on a CUDA machine.
+One group per DFE level, input size, batch and mode (``bench.shapes.dfe_shapes()``; batches 1/8/64, or 64 only
+with ``--bench-suite``), forward (eval) and forward+backward (training), bf16 as in the model's fast paths. Each
+test times one synchronised callable with the shared ``measure`` fixture; ``extra_info`` carries the median ms,
+the effective TFLOP/s (dense conv FLOPs of SPEC.md §7, dead taps included, backward = 2x forward); the session
+adds ``speedup_vs_eager`` / ``speedup_vs_compiled`` to each row.
+On CPU only ``--bench-quick`` runs (one tiny fp32 level; the Triton provider through the interpreter when
+``TRITON_INTERPRET=1``), so that the benchmark's code cannot rot where no GPU is at hand.
+Run: ``pytest bench/test_dfe.py`` on a CUDA machine.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from bench.shapes import DILATIONS, GPU_BATCHES, DFEShape, dfe_shapes
+from bench.cases import CPU_COMPILE_REASON
+from bench.shapes import DILATIONS, GPU_BATCHES, SUITE_BATCH, DFEShape, dfe_shapes
 from fastmtl.layers.dfe import DFE
 
-if not torch.cuda.is_available():
-    pytest.skip("DFE benchmarks time CUDA kernels; no CUDA device here", allow_module_level=True)
-
-PROVIDERS = ("eager", "compiled", "triton")  # triton last: its rows report speedups over the other two
-DTYPE = torch.float16
+PROVIDERS = ("eager", "compiled", "triton")
+QUICK_SHAPE = DFEShape(img_size=32, level=0, channels=16, side=8)
 
 
 @dataclass(frozen=True)
@@ -41,52 +44,54 @@ class Case:
         return 2.0 * macs * (3 if self.backward else 1)
 
 
-CASES = [Case(s, b, bw) for s in dfe_shapes() for b in GPU_BATCHES for bw in (False, True)]
-_COMPILED: dict[tuple, torch.nn.Module] = {}
-_MEDIAN_MS: dict[tuple[str, str], float] = {}
+def cases(quick: bool, suite: bool) -> list[Case]:
+    if quick:
+        return [Case(QUICK_SHAPE, 2, bw) for bw in (False, True)]
+    batches = (SUITE_BATCH,) if suite else GPU_BATCHES
+    return [Case(s, b, bw) for s in dfe_shapes() for b in batches for bw in (False, True)]
 
 
-def _module(case: Case, provider: str) -> torch.nn.Module:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" in metafunc.fixturenames:
+        found = cases(bool(metafunc.config.getoption("bench_quick")), bool(metafunc.config.getoption("bench_suite")))
+        metafunc.parametrize("case", found, ids=[c.name for c in found])
+
+
+def _skip_reason(device: torch.device, quick: bool, provider: str, cpu_compile: bool) -> str | None:
+    if device.type == "cuda":
+        return None
+    if not quick:
+        return "DFE benchmarks time CUDA kernels; on CPU only the --bench-quick smoke runs"
+    if provider == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "the Triton provider needs CUDA or TRITON_INTERPRET=1"
+    if provider == "compiled" and not cpu_compile:
+        return CPU_COMPILE_REASON
+    return None
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_dfe(case: Case, provider: str, measure, bench_device, bench_quick, bench_cpu_compile, bench_compile_mode):
+    reason = _skip_reason(bench_device, bench_quick, provider, bench_cpu_compile)
+    if reason:
+        pytest.skip(reason)
+    dtype = torch.bfloat16 if bench_device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     kernels = "triton" if provider == "triton" else "reference"
-    module = DFE(case.shape.channels, DILATIONS, kernels=kernels).cuda().to(DTYPE).train(case.backward)
-    if provider != "compiled":
-        return module
-    key = (case.shape, case.backward)  # compile once per level and mode; batches reuse it (recompiling as needed)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(module, mode="max-autotune")
-    return _COMPILED[key]
+    module = DFE(case.shape.channels, DILATIONS, kernels=kernels).to(bench_device, dtype).train(case.backward)
+    if provider == "compiled":
+        torch._dynamo.reset()
+        module = torch.compile(module, mode=bench_compile_mode)
+    x = torch.randn(case.batch, case.shape.channels, case.shape.side, case.shape.side, device=bench_device)
+    x = x.to(dtype).requires_grad_(case.backward)
 
-
-def _step(module: torch.nn.Module, case: Case):
-    x = torch.randn(case.batch, case.shape.channels, case.shape.side, case.shape.side, device="cuda", dtype=DTYPE)
-    if case.backward:
-        x.requires_grad_()
-
-    def run():
+    def run() -> None:
         if case.backward:
             module(x).float().sum().backward()
         else:
             with torch.no_grad():
                 module(x)
-        torch.cuda.synchronize()
 
-    return run
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_dfe(benchmark, case: Case, provider: str):
-    benchmark.group = f"dfe-{case.shape.name}"
-    run = _step(_module(case, provider), case)
-    benchmark.pedantic(run, warmup_rounds=3, rounds=20, iterations=1)
-    ms = benchmark.stats.stats.median * 1e3
-    _MEDIAN_MS[(case.name, provider)] = ms
-    info = {"provider": provider, "batch": case.batch, "mode": "fwd+bwd" if case.backward else "fwd", "ms": ms,
-            "tflops": case.flops() / (ms * 1e-3) / 1e12, "dtype": str(DTYPE).split(".")[-1]}  # fmt: skip
-    if provider == "triton":
-        for base in ("eager", "compiled"):
-            if (case.name, base) in _MEDIAN_MS:
-                info[f"speedup_vs_{base}"] = _MEDIAN_MS[(case.name, base)] / ms
-    benchmark.extra_info.update(info)
+    extra = {"compile_mode": bench_compile_mode} if provider == "compiled" else {}
+    measure(run, group=f"dfe-{case.name}", provider=provider, items=case.batch, flops=case.flops(),
+            compiled=provider == "compiled", mode="fwd+bwd" if case.backward else "fwd", batch=case.batch,
+            dtype=str(dtype).split(".")[-1], level=case.shape.level, img_size=case.shape.img_size, **extra)  # fmt: skip

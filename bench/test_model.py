@@ -32,9 +32,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     mode = _MODES.get(metafunc.function.__name__)
     if mode is None or "case" not in metafunc.fixturenames:
         return
-    quick = bool(metafunc.config.getoption("bench_quick"))
+    quick, suite = bool(metafunc.config.getoption("bench_quick")), bool(metafunc.config.getoption("bench_suite"))
     params = []
-    for case in cases(mode, quick):
+    for case in cases(mode, quick, suite):
         reason = cpu_skip_reason(case, quick, cpu_compile=True) or ""
         marks = [pytest.mark.gpu] if reason.startswith("needs CUDA") else []
         params.append(pytest.param(case, id=case.id, marks=marks))

@@ -1,28 +1,28 @@
-"""Fused window attention vs eager Swin, compiled eager, SDPA, FlexAttention and xformers (GPU only).
+"""Fused window attention vs eager Swin, compiled eager, SDPA, FlexAttention and xformers.
 
-One timed callable per test: ``provider`` x stage shape (``bench.shapes.window_attention_shapes()``, 224 and 512)
-x batch 1/8/64 x forward or forward+backward, fp16. Every baseline does its own roll / window partition / bias
-gather / seam mask / reverse in PyTorch, since the kernel's point is to fuse them. ``extra_info`` holds ms,
-TFLOP/s (attention matmuls only) and the speedups of the fused kernel over eager and compiled eager PyTorch.
-Run: ``pytest bench/test_window_attention.py --benchmark-group-by=group``.
+One timed callable per test (the shared ``measure`` fixture): ``provider`` x stage shape
+(``bench.shapes.window_attention_shapes()``, 224 and 512) x batch 1/8/64 x forward or forward+backward, bf16. With
+``--bench-suite`` only batch 64 forward+backward, the goal's case. Every baseline does its own roll / window
+partition / bias gather / seam mask / reverse in PyTorch, since the kernel's point is to fuse them. ``extra_info``
+holds ms and TFLOP/s (attention matmuls only); the session adds the speedups over eager and compiled eager.
+On CPU only ``--bench-quick`` runs (one tiny fp32 stage, eager / SDPA, and the kernel through the interpreter when
+``TRITON_INTERPRET=1``). Run: ``pytest bench/test_window_attention.py --benchmark-group-by=group``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.shapes import GPU_BATCHES, window_attention_shapes
-
-if not torch.cuda.is_available():
-    pytest.skip("window-attention benchmarks need a CUDA GPU", allow_module_level=True)
-
-from fastmtl.kernels.window_attention import window_attention  # noqa: E402
-from fastmtl.layers.swin import (  # noqa: E402
+from bench.cases import CPU_COMPILE_REASON
+from bench.shapes import GPU_BATCHES, SUITE_BATCH, WindowAttentionShape, window_attention_shapes
+from fastmtl.kernels.window_attention import window_attention
+from fastmtl.layers.swin import (
     relative_position_index,
     seam_mask,
     window_attention_ref,
@@ -30,8 +30,9 @@ from fastmtl.layers.swin import (  # noqa: E402
     window_reverse,
 )
 
-DTYPE = torch.float16
-PROVIDERS = ["triton", "eager", "compiled", "sdpa", "flex", "xformers"]
+PROVIDERS = ["triton", "eager", "flex", "sdpa", "compiled", "xformers"]  # most important first
+QUICK_SHAPE = WindowAttentionShape(img_size=32, stage=0, side=8, window=4, heads=2, head_dim=16)
+_COMPILED = frozenset({"compiled", "flex"})
 
 
 def _windows(qkv, window, shift):
@@ -110,56 +111,73 @@ def _provider_fn(provider):
     }[provider]
 
 
-def _step(fn, qkv, table, shape, backward):
-    shift = shape.window // 2 if shape.shifted else 0
+def _skip_reason(provider: str, device: torch.device, quick: bool, cpu_compile: bool) -> str | None:
+    if provider == "xformers" and importlib.util.find_spec("xformers") is None:
+        return "xformers is not installed"
+    if device.type == "cuda":
+        return None
+    if not quick:
+        return "window-attention benchmarks time CUDA kernels; on CPU only the --bench-quick smoke runs"
+    if provider == "xformers":
+        return "xformers runs on CUDA only"
+    if provider == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "the Triton provider needs CUDA or TRITON_INTERPRET=1"
+    if provider in _COMPILED and not cpu_compile:
+        return CPU_COMPILE_REASON
+    return None
 
-    def run():
+
+def _provider_fn(provider):
+    return {
+        "triton": lambda q, t, w, s: window_attention(q, t, window=w, shift=s),
+        "eager": window_attention_ref,
+        "compiled": torch.compile(window_attention_ref, fullgraph=True),
+        "sdpa": _sdpa,
+        "flex": _flex,
+        "xformers": _xformers,
+    }[provider]
+
+
+def _params(quick: bool, suite: bool) -> list:
+    if quick:
+        return [pytest.param(QUICK_SHAPE, 2, mode, id=f"{QUICK_SHAPE.name}-b2-{mode}") for mode in ("fwd", "fwd+bwd")]
+    modes, batches = (("fwd+bwd",), (SUITE_BATCH,)) if suite else (("fwd", "fwd+bwd"), GPU_BATCHES)
+    return [
+        pytest.param(s, b, m, id=f"{s.name}-b{b}-{m}")
+        for s in window_attention_shapes()
+        for b in batches
+        for m in modes
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "shape" in metafunc.fixturenames:
+        quick, suite = metafunc.config.getoption("bench_quick"), metafunc.config.getoption("bench_suite")
+        metafunc.parametrize(("shape", "batch", "mode"), _params(bool(quick), bool(suite)))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_window_attention(provider, shape, batch, mode, measure, bench_device, bench_quick, bench_cpu_compile):
+    reason = _skip_reason(provider, bench_device, bench_quick, bench_cpu_compile)
+    if reason:
+        pytest.skip(reason)
+    dtype = torch.bfloat16 if bench_device.type == "cuda" else torch.float32
+    gen = torch.Generator(device=bench_device).manual_seed(0)
+    size = (batch, shape.side, shape.side, 3, shape.heads, shape.head_dim)
+    qkv = torch.randn(size, device=bench_device, generator=gen).to(dtype).requires_grad_()
+    table = 0.02 * torch.randn((2 * shape.window - 1) ** 2, shape.heads, device=bench_device, generator=gen)
+    table = table.to(dtype).requires_grad_()
+    backward = mode == "fwd+bwd"
+    fn, shift = _provider_fn(provider), shape.window // 2 if shape.shifted else 0
+
+    def run() -> None:
         out = fn(qkv, table, shape.window, shift)
         if backward:
             torch.autograd.grad(out, (qkv, table), torch.ones_like(out))
-        torch.cuda.synchronize()
 
-    return run
-
-
-def _ms(run, reps=10) -> float:
-    run()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("batch", GPU_BATCHES)
-@pytest.mark.parametrize("shape", window_attention_shapes(), ids=lambda s: s.name)
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_window_attention(benchmark, provider, shape, batch, mode):
-    benchmark.group = f"window_attention-{shape.name}-b{batch}-{mode}"
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    size = (batch, shape.side, shape.side, 3, shape.heads, shape.head_dim)
-    qkv = torch.randn(size, device="cuda", generator=gen).to(DTYPE).requires_grad_()
-    table = (0.02 * torch.randn((2 * shape.window - 1) ** 2, shape.heads, device="cuda")).to(DTYPE)
-    table.requires_grad_()
-    backward = mode == "fwd+bwd"
-    run = _step(_provider_fn(provider), qkv, table, shape, backward)
-    try:
-        benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=3)
-    except torch.cuda.OutOfMemoryError:
-        pytest.skip(f"{provider} runs out of memory at {shape.name} batch {batch}")
-    ms = benchmark.stats.stats.mean * 1e3
     n = shape.window**2
     flops = 4 * batch * (shape.side // shape.window) ** 2 * shape.heads * n * n * shape.head_dim
     flops *= 3.5 if backward else 1.0  # backward: five matmuls of the same size as the forward's two
-    benchmark.extra_info.update(ms=ms, tflops=flops / ms / 1e9, dtype=str(DTYPE))
-    if provider == "triton":
-        for baseline in ("eager", "compiled"):
-            try:
-                base_ms = _ms(_step(_provider_fn(baseline), qkv, table, shape, backward))
-            except torch.cuda.OutOfMemoryError:
-                continue
-            benchmark.extra_info[f"speedup_vs_{baseline}"] = base_ms / ms
+    measure(run, group=f"window_attention-{shape.name}-b{batch}-{mode}", provider=provider, items=batch,
+            flops=flops, compiled=provider in _COMPILED, mode=mode, batch=batch,
+            dtype=str(dtype).split(".")[-1], img_size=shape.img_size, stage=shape.stage)  # fmt: skip
