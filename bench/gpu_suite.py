@@ -348,6 +348,29 @@ def _status(code: int | None, counts: dict[str, int]) -> str:
     return "failed"
 
 
+def ingest(src: Path, results: Path) -> Path:
+    """Files a returned suite folder under ``results``: the kernel and model rows merged into one
+    ``<device-slug>.json`` (what :mod:`bench.report` renders), the rest into ``<device-slug>/gpu-suite/``; then
+    regenerates ``results/README.md``. Returns the JSON's path."""
+    from bench.report import write_readme
+
+    parts = [json.loads((src / f"{n}.json").read_text()) for n in ("kernels", "model") if (src / f"{n}.json").is_file()]
+    if not parts:
+        raise SystemExit(f"{src} holds neither kernels.json nor model.json: is it a gpu_suite --out folder?")
+    merged = {**parts[-1], "benchmarks": [b for p in parts for b in p["benchmarks"]]}
+    slug = merged["machine_info"]["fastmtl"]["device_slug"]
+    results.mkdir(parents=True, exist_ok=True)
+    target = results / f"{slug}.json"
+    _write_atomic(target, json.dumps(merged, indent=1))
+    extras = results / slug / "gpu-suite"
+    extras.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.md", "suite.json", "correctness.xml", "sanitizer.txt", "paper.json", "suite.log"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, extras / name)
+    write_readme(results)
+    return target
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -356,7 +379,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_suite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="result folder (at most 8 files)")
+    parser.add_argument("--out", help="result folder (at most 8 files)")
     parser.add_argument("--data", default=None, help=f"ISIC 2017 folder for the paper step (default {SHARED_ISIC})")
     parser.add_argument("--budget-min", type=float, default=6.0, help="minutes the steps share (default 6)")
     parser.add_argument(
@@ -373,8 +396,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "autotuning does not fit a 6-minute budget)",
     )
     parser.add_argument("--dry-run", action="store_true", help="the same steps on CPU with tiny shapes")
+    parser.add_argument(
+        "--ingest",
+        metavar="DIR",
+        help="file a returned --out folder under bench/results/ (merged JSON + suite files) and "
+        "regenerate its README; runs nothing",
+    )
+    parser.add_argument("--results", default=str(REPO / "bench" / "results"), help="where --ingest files results")
     parser.add_argument("--verbose", action="store_true", help="also print every step's output (always in suite.log)")
     args = parser.parse_args(argv)
+    if not args.out and not args.ingest:
+        parser.error("give --out DIR (run the suite) or --ingest DIR (file a returned run)")
     if args.budget_min <= 0 or args.hard_limit_min < args.budget_min:
         parser.error(f"--budget-min must be > 0 and <= --hard-limit-min; got {args.budget_min} / {args.hard_limit_min}")
     return args
@@ -382,6 +414,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ingest:
+        suite_json = Path(args.ingest) / "suite.json"
+        dry = suite_json.is_file() and json.loads(suite_json.read_text()).get("env", {}).get("dry_run")
+        if dry and Path(args.results).resolve() == (REPO / "bench" / "results").resolve():
+            raise SystemExit(f"{args.ingest} is a dry run: it does not belong in bench/results (use --results DIR)")
+        print(f"filed {ingest(Path(args.ingest), Path(args.results))}")
+        return 0
     suite = Suite(args)
     chosen = [s for s in STEPS if args.only is None or s.name in args.only]
     if "env" not in [s.name for s in chosen]:

@@ -96,3 +96,16 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     kernels = json.loads((out / "kernels.json").read_text())
     providers = {b["extra_info"]["provider"] for b in kernels["benchmarks"]}
     assert {"triton", "eager"} <= providers  # the kernels ran (interpreter) next to their baselines
+
+    # Filing the returned folder: one merged JSON for bench.report, the suite's own files beside it.
+    results = tmp_path / "results"
+    ingest = [sys.executable, "-m", "bench.gpu_suite", "--ingest", str(out), "--results", str(results)]
+    proc = subprocess.run(ingest, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (merged,) = results.glob("*.json")
+    rows = json.loads(merged.read_text())["benchmarks"]
+    assert {r["group"].split("-")[0] for r in rows} >= {"dfe", "window_attention", "infer"}
+    assert (results / merged.stem / "gpu-suite" / "summary.md").is_file()
+    assert merged.stem in (results / "README.md").read_text()
+    refused = subprocess.run(ingest[:-2], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "is a dry run" in refused.stderr
