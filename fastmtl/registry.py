@@ -1,41 +1,25 @@
-"""A tiny model registry: ``@register_model`` entrypoints, :func:`create_model`, :func:`list_models`."""
+"""Building models: :func:`create_model`, :func:`create_model_from_config`, and the table's :func:`list_models` /
+:func:`register_model` (the table itself is :mod:`fastmtl.models._registry`; importing :mod:`fastmtl.models`
+fills it)."""
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from fastmtl.config import CONFIG_OPTIONS, ModelConfig
+import fastmtl.models  # noqa: F401  (registers the entrypoints)
+from fastmtl.config import ModelConfig
+from fastmtl.models._registry import ENTRYPOINTS, OPTIONS, check_name, list_models, register_model
+from fastmtl.weights import load_trunk_weights
 
-_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
-_OPTIONS: dict[str, tuple[str, ...]] = {}
-
-
-def register_model(options: tuple[str, ...] = CONFIG_OPTIONS) -> Callable:
-    """Registers ``fn`` under its own name; ``options`` are the keyword overrides the model accepts."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _ENTRYPOINTS[fn.__name__] = fn
-        _OPTIONS[fn.__name__] = tuple(options)
-        return fn
-
-    return wrap
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of the registered models matching a shell-style ``pattern``."""
-    _ensure_registered()
-    return sorted(n for n in _ENTRYPOINTS if fnmatch.fnmatch(n, pattern))
+__all__ = ["create_model", "create_model_from_config", "list_models", "model_options", "register_model"]
 
 
 def model_options(name: str) -> tuple[str, ...]:
     """The constructor options model ``name`` accepts."""
-    _ensure_registered()
-    _check_name(name)
-    return _OPTIONS[name]
+    check_name(name)
+    return OPTIONS[name]
 
 
 def create_model(name: str, *, trunk_weights: str | None = None, **overrides: Any) -> nn.Module:
@@ -52,15 +36,12 @@ def create_model(name: str, *, trunk_weights: str | None = None, **overrides: An
     Raises:
         ValueError: unknown model name or option (the message lists the valid ones), or an invalid value.
     """
-    _ensure_registered()
-    _check_name(name)
-    unknown = sorted(set(overrides) - set(_OPTIONS[name]))
+    check_name(name)
+    unknown = sorted(set(overrides) - set(OPTIONS[name]))
     if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {unknown}; valid options: {', '.join(_OPTIONS[name])}")
-    model = _ENTRYPOINTS[name](**overrides)
+        raise ValueError(f"model {name!r} has no option(s) {unknown}; valid options: {', '.join(OPTIONS[name])}")
+    model = ENTRYPOINTS[name](**overrides)
     if trunk_weights is not None:
-        from fastmtl.weights import load_trunk_weights
-
         model.trunk_weights_report = load_trunk_weights(model, trunk_weights)
     return model
 
@@ -71,15 +52,5 @@ def create_model_from_config(config: ModelConfig | dict[str, Any]) -> nn.Module:
         config = config.to_dict()
     config = dict(config)
     name = config.pop("name")
-    _ensure_registered()
-    _check_name(name)
-    return _ENTRYPOINTS[name](**{k: v for k, v in config.items() if k in _OPTIONS[name]})
-
-
-def _check_name(name: str) -> None:
-    if name not in _ENTRYPOINTS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(_ENTRYPOINTS))}")
-
-
-def _ensure_registered() -> None:
-    import fastmtl.models  # noqa: F401  (registers the entrypoints)
+    check_name(name)
+    return ENTRYPOINTS[name](**{k: v for k, v in config.items() if k in OPTIONS[name]})

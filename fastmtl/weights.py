@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastmtl.models.resformer import ResNet34Trunk
+
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +56,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _find_trunk(model: nn.Module) -> nn.Module:
-    from fastmtl.models.resformer import ResNet34Trunk
-
     for module in model.modules():
         if isinstance(module, ResNet34Trunk):
             return module

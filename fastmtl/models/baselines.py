@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from fastmtl.config import ModelConfig
+from fastmtl.models._registry import register_model
 from fastmtl.models.decoder import UNetDecoder
 from fastmtl.models.heads import ClassificationHead
 from fastmtl.models.resformer import WIDTHS, ResNet34Trunk
 from fastmtl.output import MTLOutput
-from fastmtl.registry import register_model
 
 _BASE_OPTIONS = ("img_size", "in_chans", "seg_classes", "cls_classes", "kernels")  # kernels: accepted, no kernel layers
 

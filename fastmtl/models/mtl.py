@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from fastmtl.config import ModelConfig
+from fastmtl.models._registry import register_model
 from fastmtl.models.decoder import UNetDecoder
 from fastmtl.models.heads import ClassificationHead
 from fastmtl.models.resformer import WIDTHS, ResFormerEncoder
 from fastmtl.output import MTLOutput
-from fastmtl.registry import register_model
 
 HEAD_LEVELS = {"multiscale": (2, 3), "single": (3,)}
 
