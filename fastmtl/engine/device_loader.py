@@ -67,6 +67,11 @@ class DeviceSplit:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def to(self, device: torch.device | str) -> DeviceSplit:
+        """The same split on ``device``."""
+        t = [x.to(device) for x in (self.images, self.masks, self.has_mask, self.labels, self.has_label)]
+        return DeviceSplit(*t, ids=self.ids)
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.images, self.masks, self.labels))
@@ -92,7 +97,7 @@ def _uint8_sample(dataset: Any, index: int) -> tuple[np.ndarray, np.ndarray | No
         luma = np.asarray(_LUMA, dtype=np.float32)[:, None, None]
         image = np.rint((image.astype(np.float32) * luma).sum(0, keepdims=True)).astype(np.uint8)
     mask = arrays.get("mask")
-    return np.ascontiguousarray(image), None if mask is None else np.asarray(mask, dtype=np.uint8)
+    return np.require(image, requirements=["C", "W"]), None if mask is None else np.require(mask, np.uint8, ["C", "W"])
 
 
 def decode_split(dataset: Any, device: torch.device | str, workers: int = 0) -> DeviceSplit:
@@ -242,8 +247,9 @@ class DeviceTrainLoader:
         self.split, self.batch_size, self.seed = split, int(batch_size), int(seed)
         self.img_size, self.channels_last = tuple(img_size), channels_last
         self.hflip_p, self.rotate_p, self.degrees = augment["hflip_p"], augment["rotate_p"], augment["degrees"]
-        self.sampler = ResumableSampler(range(len(split)), world, self.seed)
-        self.drop_last = drop_last and len(self.sampler) >= self.batch_size
+        self.world = world
+        self.per_rank = len(ResumableSampler(range(len(split)), world, self.seed))  # samples per rank and epoch
+        self.drop_last = drop_last and self.per_rank >= self.batch_size
         device = split.images.device
         self.mean, self.inv_std = _norm_stats(normalize, split.images.shape[1], device)
         self.epoch, self.skip = 0, 0
@@ -260,7 +266,7 @@ class DeviceTrainLoader:
 
     def full_batches(self) -> int:
         """Batches in a full epoch (no skip)."""
-        n = len(self.sampler) + self.sampler.skip
+        n = self.per_rank
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __len__(self) -> int:
@@ -268,8 +274,9 @@ class DeviceTrainLoader:
 
     def _plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(this rank's order of ``epoch`` (M,) int64, draws (M, 3)) on the CPU, pinned where that helps."""
-        self.sampler.set_epoch(epoch, 0)
-        order = list(self.sampler)
+        sampler = ResumableSampler(range(len(self.split)), self.world, self.seed)  # its own: this may run in a thread
+        sampler.set_epoch(epoch, 0)
+        order = list(sampler)
         draws = torch.empty(len(order), 3)
         for row, index in enumerate(order):  # the DataLoader path's per-sample stream, draw for draw
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastmtl.backend import use_triton
+from fastmtl.backend import set_kernel_backend, use_triton
 from fastmtl.engine.device_loader import DeviceSplit, eval_batches
 from fastmtl.engine.distributed import all_gather_objects
 from fastmtl.engine.loop import NonFiniteLossError, StepContext, _reduce
@@ -82,6 +82,7 @@ class DeviceStep:
         self.compiled = torch.compile(self._forward_loss, mode=compile_mode) if compile_mode else None
         self.compile_status = f"torch.compile(mode={compile_mode!r})" if compile_mode else "eager"
         self.marks: list[tuple[float, int]] = []  # (host time, global step) at each read: the device was done
+        self.checked = False  # the first step has run (the fallbacks apply only to it)
 
     def _forward_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ctx = self.ctx
@@ -89,25 +90,47 @@ class DeviceStep:
             output = ctx.model(batch["image"])
         return ctx.loss_fn(output, batch["mask"], batch["label"], batch["has_mask"], batch["has_label"])
 
-    def _terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.compiled is None:
-            return self._forward_loss(batch)
-        try:
-            return self.compiled(batch)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, never kill the run
-            self.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); running eagerly")
-            self.compiled, self.compile_status = None, f"eager (compile failed: {type(e).__name__})"
-            self.ctx.optimizer.zero_grad(set_to_none=True)
-            return self._forward_loss(batch)
-
     def __call__(self, batch: dict[str, torch.Tensor]) -> None:
-        """One optimizer step on a batch that is already on the device."""
+        """One optimizer step on a batch that is already on the device.
+
+        The first step falls back instead of failing: a ``torch.compile`` error runs the step eagerly, then a
+        Triton kernel error switches the model's kernel-backed layers to the PyTorch reference; each prints one
+        line and the step is redone (no optimizer step was taken). Later errors propagate.
+        """
+        if self.checked:
+            return self._step(batch)
+        try:
+            self._step(batch)
+        except Exception as e:  # noqa: BLE001 - compiler / kernel failures of any type: fall back, say so
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            if self.compiled is not None:
+                self.log(f"the compiled step failed ({reason}); running it eagerly")
+                self.compiled, self.compile_status = None, f"eager (compile failed: {type(e).__name__})"
+            elif self._uses_triton():
+                self.log(f"the Triton kernels failed in training ({reason}); using the PyTorch reference layers")
+                set_kernel_backend(self.ctx.raw_model, "reference")
+                self.compile_status += " (Triton kernels failed: reference layers)"
+            else:
+                raise
+            self.ctx.optimizer.zero_grad(set_to_none=True)
+            return self(batch)
+        self.checked = True
+
+    def _uses_triton(self) -> bool:
+        cuda = self.ctx.world.device.type == "cuda"
+        return any(
+            use_triton(m.kernels, cuda)
+            for m in self.ctx.raw_model.modules()
+            if isinstance(getattr(m, "kernels", None), str)
+        )
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> None:
         ctx = self.ctx
         remaining = torch.clamp(1.0 - self.step_t / self.total, min=0.0)
         lr = (self.base_lr * remaining**self.power).float()
         for group in ctx.optimizer.param_groups:
             group["lr"].copy_(lr)
-        terms = self._terms(batch)
+        terms = (self.compiled or self._forward_loss)(batch)
         values = torch.stack([t.detach().float() for t in terms.values()])  # (T,)
         if ctx.world.distributed:
             dist.all_reduce(values)  # queued on the device: no host wait

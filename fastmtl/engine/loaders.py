@@ -102,6 +102,7 @@ class RunData:
         class_names: classification class names.
         seg_classes: segmentation channels of the data (1 = binary).
         seg_class_names: foreground segmentation class names.
+        full_train_size: training images before ``max_train_images`` (what a full run would train on).
     """
 
     kind: str
@@ -111,6 +112,7 @@ class RunData:
     class_names: tuple[str, ...]
     seg_classes: int
     seg_class_names: tuple[str, ...]
+    full_train_size: int = 0
 
 
 def _cache(config: TrainConfig) -> str | bool | None:
@@ -160,13 +162,14 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         full_train, full_eval = build("train", True), build("train", False)
         train_idx, val_idx = split_indices(full_eval, config.val_fraction, config.split_seed)
         train_set, val_set, source = subset(full_train, train_idx), subset(full_eval, val_idx), "carve"
+    full_train_size = len(train_set)
     if config.max_train_images and config.max_train_images < len(train_set):
         train_set = subset(train_set, range(config.max_train_images))
     for name, ds in (("training", train_set), ("validation", val_set)):
         if len(ds) == 0:
             raise ValueError(f"the {name} split of the {kind} data at {root} is empty")
     names, seg_names = tuple(train_set.class_names), tuple(train_set.seg_class_names)
-    return RunData(kind, train_set, val_set, source, names, int(train_set.seg_classes), seg_names)
+    return RunData(kind, train_set, val_set, source, names, int(train_set.seg_classes), seg_names, full_train_size)
 
 
 def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
@@ -175,6 +178,8 @@ def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
     record: dict[str, Any] = {"kind": data.kind, "val_source": data.val_source}
     if data.val_source == "carve":
         record.update(split_seed=config.split_seed, val_fraction=config.val_fraction)
+    if config.max_train_images:
+        record.update(max_train_images=config.max_train_images, full_train_size=data.full_train_size)
     record.update(train_ids=list(data.train.ids), val_ids=list(data.val.ids))
     return record
 

@@ -153,6 +153,7 @@ class Run:
     steps: int  # optimizer steps per epoch
     started: float = field(default_factory=time.monotonic)  # when this process started the run (time limit)
     step: DeviceStep | None = None  # the device step (device_step = true)
+    deadline: float | None = None  # time.monotonic() at which to stop as with time_limit_min
 
     def read_losses(self) -> None:
         """Brings the device step's summed losses into ``state.running`` (a host sync); no-op otherwise."""
@@ -261,7 +262,12 @@ def _wrap(ctx: StepContext, config: TrainConfig) -> None:
 
 
 def train(
-    config: TrainConfig, data_root: str | Path | None = None, out_dir: str | Path = "runs/train", resume: bool = False
+    config: TrainConfig,
+    data_root: str | Path | None = None,
+    out_dir: str | Path = "runs/train",
+    resume: bool = False,
+    *,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Trains a model; see the module docstring for the protocol and the files written.
 
@@ -270,11 +276,13 @@ def train(
         data_root: dataset folder (None: synthetic data, or ``config.data`` must not need one).
         out_dir: output folder (created); must not hold a run unless ``resume``.
         resume: continue the run saved in ``out_dir/last`` exactly where it stopped.
+        deadline: a ``time.monotonic()`` value: stop there as ``time_limit_min`` does (saving ``last``); for a
+            caller whose budget includes the data decoding and what follows the training.
 
     Returns:
         Summary: ``out_dir``, ``best_checkpoint``, ``last_checkpoint``, ``selection_metric``, ``best_value``,
-        ``best_epoch``, ``epochs_completed``, ``global_step``, ``stopped_early``, ``metrics`` (last validation)
-        and ``history``.
+        ``best_epoch``, ``epochs_completed``, ``global_step``, ``stopped_early``, ``metrics`` (last validation),
+        ``history`` and ``step`` (which training step ran, compiled or eager).
 
     Raises:
         ValueError: invalid config or data (including :class:`~fastmtl.engine.loop.NonFiniteLossError`).
@@ -284,7 +292,7 @@ def train(
     world = init_distributed(config.device)
     try:
         with _determinism(config, world.device):
-            return _train(config, data_root, Path(out_dir), resume, world)
+            return _train(config, data_root, Path(out_dir), resume, world, deadline)
     finally:
         cleanup(world)
 
@@ -344,8 +352,9 @@ def _after_step(run: Run) -> bool:
     if state.step_in_epoch < run.steps and _time_is_up(run):  # an epoch's last step validates first
         _save_last(run)
         if run.ctx.world.is_main:
+            limit = f"of {run.config.time_limit_min:g} min " if run.config.time_limit_min else ""
             tqdm.write(
-                f"time limit of {run.config.time_limit_min:g} min reached at epoch {state.epoch + 1} step "
+                f"time limit {limit}reached at epoch {state.epoch + 1} step "
                 f"{state.step_in_epoch}/{run.steps} (global step {state.global_step}); saved {run.out_dir / 'last'}"
                 "; run again with --resume to continue"
             )
@@ -354,11 +363,13 @@ def _after_step(run: Run) -> bool:
 
 
 def _time_is_up(run: Run) -> bool:
-    """True once this process has trained ``time_limit_min``; every rank takes rank 0's decision."""
-    limit = run.config.time_limit_min
-    if not limit:
+    """True once this process has trained ``time_limit_min`` or passed the deadline; every rank takes rank 0's
+    decision."""
+    limit, now = run.config.time_limit_min, time.monotonic()
+    if not limit and run.deadline is None:
         return False
-    up = time.monotonic() - run.started >= 60.0 * limit
+    up = bool(limit) and now - run.started >= 60.0 * limit
+    up = up or (run.deadline is not None and now >= run.deadline)
     if run.ctx.world.distributed:
         flag = torch.tensor([float(up)], device=run.ctx.world.device)
         torch.distributed.broadcast(flag, src=0)
@@ -443,15 +454,23 @@ def _steady(marks: list[tuple[float, int]], from_step: int, per_step: int) -> di
     return {"steady_images_per_s": (s1 - s0) * per_step / (t1 - t0)}
 
 
-def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo) -> dict[str, Any]:
+def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo, deadline) -> dict[str, Any]:
     run = _setup(config, data_root, out_dir, resume, world)
+    run.deadline = deadline
     stopped = False
     while run.state.epoch < config.epochs and not stopped:
         stopped = not _epoch(run)
     barrier(world)
     if world.is_main and run.state.history:
         plot_curves(run.state.history, out_dir / "curves.png")
-    return _summary(out_dir, run.state, stopped)
+    summary = _summary(out_dir, run.state, stopped)
+    if run.step is not None:
+        summary["step"] = f"device step: {run.step.compile_status}, fused AdamW, losses read every {config.sync_every}"
+    else:
+        summary["step"] = "classic step: " + (
+            f"torch.compile(mode={config.compile_mode!r})" if config.compile else "eager"
+        )
+    return summary
 
 
 def _summary(out_dir: Path, state: RunState, stopped: bool) -> dict[str, Any]:

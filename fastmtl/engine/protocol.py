@@ -1,0 +1,319 @@
+"""A training protocol in one command under a wall-clock budget, evaluated on the device, with a compact record.
+
+:func:`run_protocol` trains with :func:`fastmtl.engine.train.train` on the fast path (device-resident input,
+the device step, ``torch.compile`` + CUDA graphs on CUDA), stops cleanly when the budget (minus a reserve for
+the evaluation) is spent, evaluates the selected model on the validation split and on any further data
+folders, and writes a bring-back folder of a few small files:
+
+    OUT/summary.json        what ran, how far it got, throughput, projection, layer paths, final metrics
+    OUT/metrics.json        the SPEC section 6 metrics of the selected model on the validation split
+    OUT/eval-<name>.json    the same on each further folder (one file per ``evals`` entry)
+    OUT/log.csv             one row per epoch (losses, validation metrics, throughput)
+    OUT/curves.png          learning curves
+
+The weights stay in the scratch run folder (``run_dir``), never in OUT. The projection of the full protocol's
+time comes from the measured steady-state images/s and the model's forward + backward FLOPs
+(:func:`train_flops_per_image`).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastmtl.engine.checkpoint import atomic_write_json, load_model
+from fastmtl.engine.device_loader import DeviceSplit, decode_split
+from fastmtl.engine.device_step import evaluate_split, layer_paths
+from fastmtl.engine.distributed import DistInfo
+from fastmtl.engine.loop import StepContext, amp_dtype
+from fastmtl.engine.train_config import TrainConfig
+
+__all__ = ["EvalTarget", "parse_eval", "project_minutes", "run_protocol", "train_flops_per_image"]
+
+PAPER_EPOCHS = 150
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """A further data folder to evaluate the final model on: ``root`` and its ``split``, written as ``name``."""
+
+    root: Path
+    split: str
+    name: str
+
+
+def parse_eval(spec: str, taken: set[str] | None = None) -> EvalTarget:
+    """``DIR:SPLIT`` (or ``DIR``, split "test") -> :class:`EvalTarget` with a file-safe unique name.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+    """
+    root, sep, split = spec.rpartition(":")
+    if not sep or not root or "/" in split:
+        root, split = spec, "test"
+    path = Path(root)
+    if not path.exists():
+        raise FileNotFoundError(f"--eval {spec!r}: data folder {path} not found")
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{path.name}-{split}").strip("_") or "eval"
+    name, k = base, 2
+    while taken is not None and name in taken:
+        name, k = f"{base}-{k}", k + 1
+    if taken is not None:
+        taken.add(name)
+    return EvalTarget(path, split, name)
+
+
+def train_flops_per_image(config: TrainConfig, seg_classes: int = 1, cls_classes: int = 3) -> float:
+    """FLOPs of one image's forward and backward pass at ``config.img_size`` (convolutions and matrix products,
+    one multiply-add = 2 FLOPs, as SPEC section 7), counted on the meta device: nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fastmtl.registry import create_model, model_options
+
+    opts = {k: v for k, v in config.model_options.items() if k != "kernels"}
+    accepted = model_options(config.model)
+    wanted = {"img_size": config.img_size, "seg_classes": seg_classes, "cls_classes": cls_classes}
+    opts.update({k: v for k, v in wanted.items() if k in accepted and k not in opts and v > 0})
+    if "kernels" in accepted:
+        opts["kernels"] = "reference"  # the Triton ops carry no FLOP formula; the arithmetic is the same
+    with torch.device("meta"):
+        model = create_model(config.model, **opts)
+    image = torch.empty(1, model.config.in_chans, config.img_size, config.img_size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        out = model(image)
+        total = sum(t.float().sum() for t in (out.seg_logits, out.cls_logits) if t is not None)
+        total.backward()
+    return float(counter.get_total_flops())
+
+
+def project_minutes(
+    images_per_epoch: int, steady_images_per_s: float, epochs: int = PAPER_EPOCHS, warmup_s: float = 0.0,
+    val_s: float = 0.0, val_every: int = 1,
+) -> float:  # fmt: skip
+    """Minutes for ``epochs`` epochs at the measured steady rate, plus the one-off warm-up and the validations."""
+    if not steady_images_per_s > 0:
+        return math.nan
+    validations = math.ceil(epochs / max(val_every, 1))
+    return (epochs * images_per_epoch / steady_images_per_s + warmup_s + validations * val_s) / 60.0
+
+
+def _decode_later(pool: ThreadPoolExecutor, config: TrainConfig, target: EvalTarget, limit: int) -> Future:
+    """Decodes an evaluation split to CPU tensors in the background (the training keeps the device busy)."""
+    from fastmtl.data import build_dataset, subset
+
+    def work() -> tuple[DeviceSplit, Any]:
+        cache = False if config.cache_dir == "off" else (config.cache_dir or None)
+        ds = build_dataset("auto", target.root, target.split, img_size=config.img_size, train=False,
+                           cache_dir=cache, normalize=config.normalize)  # fmt: skip
+        if limit and limit < len(ds):
+            ds = subset(ds, range(limit))
+        return decode_split(ds, "cpu", 2), ds
+
+    return pool.submit(work)
+
+
+def _selected_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The model to evaluate: ``best`` (selected on validation) when a validation ran, else ``last``."""
+    for stem in ("best", "last"):
+        path = run_dir / f"{stem}.safetensors"
+        if path.is_file():
+            model, _ = load_model(path)
+            return model.to(device), stem
+    raise FileNotFoundError(f"{run_dir} holds neither best.safetensors nor last.safetensors: nothing was trained")
+
+
+def _evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.device, meta: dict) -> dict[str, Any]:
+    """The SPEC section 6 metrics (and the loss, with the run's class weights) of ``model`` on ``split``."""
+    from fastmtl.losses import MTLLoss
+
+    weights = meta.get("class_weights")
+    loss_fn = MTLLoss(model.config.seg_classes, config.alpha, None if weights is None else torch.tensor(weights))
+    ctx = StepContext(model, model, None, None, loss_fn.to(device), DistInfo(device=device),
+                      amp_dtype(config.amp, device), config.channels_last)  # fmt: skip
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return evaluate_split(model, split.to(device), ctx=ctx, img_size=(config.img_size,) * 2,
+                          normalize=config.normalize, batch_size=config.resolved_eval_batch_size,
+                          class_names=tuple(meta["class_names"]), seg_classes=int(meta["seg_classes"]),
+                          seg_class_names=tuple(meta["seg_class_names"]))  # fmt: skip
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN / inf become None, tensors and numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+_HEADLINE = ("dsc", "ji", "global_dice", "acc", "sen", "spe", "auc_mean", "auc_melanoma", "auc_seborrheic_keratosis",
+             "loss", "n_seg_images", "n_cls_images")  # fmt: skip
+
+
+def throughput(history: list[dict[str, Any]], batch: int, full_images: int, val_every: int) -> dict[str, Any]:
+    """Per-epoch costs from the training log and the projection of the paper's 150 epochs from them."""
+    if not history:
+        return {"epoch_s": None, "train_images_per_s": None, "projected_150_epochs_min": None}
+    first, last = history[0], history[-1]
+    steps = [b["global_step"] - a["global_step"] for a, b in zip([{"global_step": 0}, *history], history)]
+    images = steps[-1] * batch
+    steady = last.get("steady_images_per_s") or last.get("images_per_s") or math.nan
+    full = (full_images // batch) * batch or images  # a full epoch of the configured data (before any limit)
+    warmup = max(first["time_s"] - steps[0] * batch / steady, 0.0) if steady > 0 else 0.0
+    vals = [r["val_time_s"] for r in history if "val_time_s" in r]
+    val_s = sum(vals) / len(vals) if vals else 0.0
+    projected = project_minutes(full, steady, PAPER_EPOCHS, warmup, val_s, val_every)
+    return {
+        "epoch_s": last["time_s"],
+        "first_epoch_s": first["time_s"],
+        "images_per_epoch": images,
+        "images_per_full_epoch": full,
+        "train_images_per_s": steady,
+        "train_images_per_s_incl_warmup": sum(steps) * batch / max(sum(r["time_s"] for r in history), 1e-9),
+        "warmup_s": warmup,
+        "val_s": val_s,
+        "val_share": val_s / val_every / (full / steady) if steady > 0 and full else None,
+        "epochs_per_s": steady / full if full else None,
+        "projected_150_epochs_min": projected,
+    }
+
+
+def run_protocol(
+    config: TrainConfig,
+    data_root: str | Path | None,
+    out_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    budget_min: float = 0.0,
+    reserve_s: float = 45.0,
+    evals: tuple[EvalTarget, ...] = (),
+    limit_images: int = 0,
+    extra: dict[str, Any] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Trains ``config`` into ``run_dir`` within ``budget_min`` minutes (0 = no budget) and writes OUT.
+
+    Args:
+        config: the run's config (the fast path's settings are the caller's choice).
+        data_root: the training data folder.
+        out_dir: the bring-back folder (summary.json, metrics.json, eval-<name>.json, log.csv, curves.png).
+        run_dir: scratch folder for checkpoints (weights stay there); must not hold a run.
+        budget_min: wall-clock budget of the whole call; training stops ``reserve_s`` before it.
+        reserve_s: seconds kept for loading the selected model, the evaluations and writing OUT.
+        evals: further folders to evaluate the selected model on.
+        limit_images: evaluate at most this many images of each further folder (0 = all); for dry runs.
+        extra: facts to add to summary.json (the command line, the versions).
+        log: where progress lines go.
+
+    Returns:
+        The summary written to ``OUT/summary.json``.
+    """
+    from fastmtl.engine.checkpoint import read_checkpoint_info
+    from fastmtl.engine.train import train
+
+    started = time.monotonic()
+    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = started + 60.0 * budget_min - reserve_s if budget_min else None
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = {t.name: (t, _decode_later(pool, config, t, limit_images)) for t in evals}
+    flops = train_flops_per_image(config)
+    result = train(config, data_root, run_dir, deadline=deadline)
+    trained = time.monotonic()
+    device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
+    model, which = _selected_model(run_dir, device)
+    _, meta = read_checkpoint_info(run_dir / f"{which}.safetensors")
+    history = result["history"]
+    split = _read_json(run_dir / "split.json")
+    stopped = bool(result["stopped_early"])
+    selected = next((r for r in history if r["epoch"] == result["best_epoch"]), None)
+    val = {k[4:]: v for k, v in selected.items() if k.startswith("val_")} if selected else {}
+    files = {"summary": "summary.json", "metrics": "metrics.json"}
+    atomic_write_json(out_dir / "metrics.json", _clean({
+        "split": f"validation ({split.get('val_source', '?')})", "model": which, "epoch": result["best_epoch"],
+        "n_images": len(split.get("val_ids", [])), "metrics": val,
+    }))  # fmt: skip
+    evaluated: dict[str, Any] = {}
+    for name, (target, future) in pending.items():
+        eval_split, _ = future.result()
+        metrics = _evaluate(model, eval_split, config, device, meta)
+        atomic_write_json(out_dir / f"eval-{name}.json", _clean({
+            "split": target.split, "data_root": str(target.root), "model": which, "epoch": result["best_epoch"],
+            "n_images": len(eval_split), "metrics": metrics,
+        }))  # fmt: skip
+        evaluated[name] = {"file": f"eval-{name}.json", **{k: metrics.get(k) for k in _HEADLINE if k in metrics}}
+        files[f"eval-{name}"] = f"eval-{name}.json"
+    pool.shutdown()
+    for name in ("log.csv", "curves.png"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+            files[name.split(".")[0]] = name
+    costs = throughput(history, config.batch_size, split.get("full_train_size", len(split.get("train_ids", []))),
+                       config.val_every_epochs)  # fmt: skip
+    steady = costs["train_images_per_s"] or math.nan
+    summary = {
+        "epochs_done": result["epochs_completed"],
+        "epochs_planned": config.epochs,
+        "steps_done": result["global_step"],
+        "stopped_by_budget": stopped,
+        "budget_min": budget_min,
+        "wall_s": time.monotonic() - started,
+        "train_s": sum(r["time_s"] for r in history),
+        "setup_and_train_s": trained - started,
+        **costs,
+        "train_gflops_per_image": flops / 1e9,
+        "achieved_tflops": steady * flops / 1e12 if steady > 0 else None,
+        "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.amp, device)),
+        "selected": which,
+        "selected_epoch": result["best_epoch"],
+        "metrics": {k: val.get(k) for k in _HEADLINE if k in val},
+        "last_epoch_metrics": {k[4:]: history[-1].get(k) for k in (f"val_{h}" for h in _HEADLINE) if history
+                               and k in history[-1]},
+        "eval": evaluated,
+        "files": files,
+        "run_dir": str(run_dir),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "config": config.to_dict(),
+        **(extra or {}),
+    }  # fmt: skip
+    atomic_write_json(out_dir / "summary.json", _clean(summary))
+    _report(summary, log)
+    return summary
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _report(summary: dict[str, Any], log) -> None:
+    done, planned = summary["epochs_done"], summary["epochs_planned"]
+    status = "stopped at the budget" if summary["stopped_by_budget"] else "completed"
+    rate = summary["train_images_per_s"]
+    log(f"{status}: {done}/{planned} epochs ({summary['steps_done']} steps) in {summary['wall_s']:.1f} s")
+    if rate and rate == rate:
+        log(f"sustained {rate:.2f} training images/s = {summary['epochs_per_s'] or 0:.4f} epochs/s "
+            f"({summary['achieved_tflops'] or 0:.3f} TFLOP/s at {summary['train_gflops_per_image']:.1f} GFLOP/image "
+            f"forward + backward); {PAPER_EPOCHS} epochs would take {summary['projected_150_epochs_min']:.1f} min "
+            "on this device")  # fmt: skip
+    metrics = summary["metrics"]
+    if metrics:
+        log("selected model (" + summary["selected"] + "): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))  # fmt: skip
