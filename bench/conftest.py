@@ -135,21 +135,26 @@ def _first_call(fn: Callable[[], Any], what: str) -> float:
 
 @pytest.fixture
 def measure(benchmark, bench_device: torch.device, bench_quick: bool, pytestconfig: pytest.Config):
-    """``measure(fn, *, group, provider, items=None, flops=None, compiled=False, **extra)`` times ``fn``.
+    """``measure(fn, *, group, provider, items=None, flops=None, compiled=False, once=False, **extra)`` times ``fn``.
 
     ``items`` is the number of images per call (gives images/s), ``flops`` the FLOPs per call or a function that
     counts them, called only when timing is on (gives TFLOP/s);
-    ``compiled`` adds an untimed call after the first so the round estimate excludes compilation.
+    ``compiled`` adds an untimed call after the first so the round estimate excludes compilation;
+    ``once`` times a single call with no untimed first call (long, stateful runs such as a training budget) and
+    returns its result.
     """
 
-    def run(fn, *, group: str, provider: str, items=None, flops=None, compiled: bool = False, **extra) -> None:
+    def run(fn, *, group: str, provider: str, items=None, flops=None, compiled=False, once=False, **extra) -> Any:
         benchmark.group = group
         info = benchmark.extra_info
         info.update(provider=provider, device=str(bench_device), **extra)
         timed = telemetry.synchronized(fn, bench_device)
-        if benchmark.disabled:  # smoke mode: one plain call, no statistics
-            benchmark.pedantic(timed, rounds=1)
-            return
+        if once or benchmark.disabled:  # one plain call: a long run, or smoke mode (no statistics)
+            box = {}
+            start = time.perf_counter()
+            benchmark.pedantic(lambda: box.setdefault("result", timed()), rounds=1, warmup_rounds=0, iterations=1)
+            info["wall_s"] = time.perf_counter() - start
+            return box.get("result")
         what = f"{group} {provider}"
         info["first_call_s"] = round(_first_call(timed, what), 3)
         estimate = _first_call(timed, what) if compiled else info["first_call_s"]
@@ -174,5 +179,6 @@ def measure(benchmark, bench_device: torch.device, bench_quick: bool, pytestconf
         if peak is not None:
             info["peak_mem_mib"] = peak
         info.update({f"gpu_{k}": v for k, v in telemetry.gpu_snapshot().items()})
+        return None
 
     return run

@@ -7,15 +7,14 @@
   the validation DSC / JI / AUC next to the run's wall time. The budget on a 2-core CPU (a few steps at 64 px)
   only proves the pipeline; the GPU budget (2 epochs at 224 px) gives numbers worth comparing between commits.
 
-Each timed callable runs once (one round): the runs are long and stateful. Skipped with the reason when the data,
-the checkpoint or the engine is missing.
+Each run is timed once by the shared ``measure`` fixture (``once=True``): the runs are long and stateful.
+Skipped with the reason when the data, the checkpoint or the engine is missing.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,40 +40,22 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _timed_once(benchmark, fn) -> tuple[Any, float]:
-    """Runs ``fn`` once inside ``benchmark.pedantic`` (or plainly when timing is disabled); (result, seconds)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        start = time.perf_counter()
-        box["result"] = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        box["seconds"] = time.perf_counter() - start
-
-    benchmark.pedantic(run, rounds=1, warmup_rounds=0, iterations=1)
-    return box["result"], box["seconds"]
-
-
-def test_train_budget(benchmark, bench_device, bench_quick, tmp_path) -> None:
+def test_train_budget(benchmark, measure, bench_device, bench_quick, tmp_path) -> None:
     engine = pytest.importorskip("fastmtl.engine.train", reason="fastmtl.engine.train is not available")
     if not ISIC_DATA.is_dir():
         pytest.skip(f"ISIC 2017 data not found at {ISIC_DATA} (the repository's ../shared/data/isic2017)")
     budget = {"num_workers": 0, **_budget(bench_device, bench_quick)}
     config = engine.TrainConfig(model="resformer_mtl", data="isic2017", val_source="carve", progress=False,
                                 cache_dir="off", device=bench_device.type, **budget)  # fmt: skip
-    benchmark.group = "accuracy-train-isic2017"
     out_dir = tmp_path / "run"
     try:
-        summary, seconds = _timed_once(benchmark, lambda: engine.train(config, ISIC_DATA, out_dir))
+        run = lambda: engine.train(config, ISIC_DATA, out_dir)  # noqa: E731
+        summary = measure(run, group="accuracy-train-isic2017", provider="resformer_mtl", once=True)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints with optimizer state: ~1 GB per run
     metrics = summary["metrics"]
     steps = summary["global_step"]
     benchmark.extra_info.update(
-        provider="resformer_mtl",
-        device=str(bench_device),
-        wall_s=seconds,
         steps=steps,
         images_seen=steps * config.batch_size,
         val_images=metrics.get("n_seg_images"),
@@ -83,7 +64,7 @@ def test_train_budget(benchmark, bench_device, bench_quick, tmp_path) -> None:
     )
 
 
-def test_evaluate_checkpoint(benchmark, pytestconfig, bench_device, tmp_path) -> None:
+def test_evaluate_checkpoint(benchmark, measure, pytestconfig, bench_device, tmp_path) -> None:
     checkpoint, data = pytestconfig.getoption("bench_checkpoint"), pytestconfig.getoption("bench_data")
     if not checkpoint:
         pytest.skip("no checkpoint: pass --bench-checkpoint PATH (or FASTMTL_BENCH_CHECKPOINT)")
@@ -95,22 +76,20 @@ def test_evaluate_checkpoint(benchmark, pytestconfig, bench_device, tmp_path) ->
         pytest.skip(f"dataset folder {data} does not exist")
     engine = pytest.importorskip("fastmtl.engine.evaluate", reason="fastmtl.engine.evaluate is not available")
     split = pytestconfig.getoption("bench_split")
-    benchmark.group = "accuracy-eval"
 
     def run() -> dict[str, Any]:
         return engine.evaluate(checkpoint, data, split, tmp_path / "eval", device=bench_device, worst_k=0,
                                num_workers=0 if bench_device.type == "cpu" else 4)  # fmt: skip
 
-    report, seconds = _timed_once(benchmark, run)
+    report = measure(run, group="accuracy-eval", provider="checkpoint", once=True)
     metrics = report["metrics"]
     n_images = metrics.get("n_images") or 0
+    seconds = benchmark.extra_info["wall_s"]
     benchmark.extra_info.update(
-        provider=report["model"],
-        device=str(bench_device),
+        model=report["model"],
         checkpoint=str(checkpoint),
         split=split,
         img_size=report["img_size"],
-        wall_s=seconds,
         n_images=n_images,
         eval_images_per_s=n_images / seconds if seconds else None,
         **{k: _clean(metrics.get(k)) for k in METRICS},
