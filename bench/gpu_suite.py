@@ -269,7 +269,17 @@ class Suite:
                 f"{budget / 60:.2f}",
             ]
             if not self.cuda:
-                cmd += ["--set", "img_size=32", "--set", "batch_size=2", "--limit-images", "8"]
+                cmd += [
+                    "--limit-images",
+                    "8",
+                    "--set",
+                    "img_size=32",
+                    "--set",
+                    "store_size=32",
+                    "--set",
+                    "batch_size=2",
+                ]
+                cmd += ["--set", "max_val_steps=2"]
             code = self.run_process("paper", cmd, budget, None if self.cuda else {"CUDA_VISIBLE_DEVICES": ""})
             summary = Path(tmp) / "summary.json"
             if summary.is_file():
