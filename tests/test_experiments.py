@@ -1,9 +1,11 @@
-"""The experiments report builder (experiments/run.py report): tables from result JSONs, no training."""
+"""The experiments runner: the report builder (tables from result JSONs), the time-boxed and the one-command paper
+protocol runs on tiny CPU stand-ins, the projection."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,90 @@ def test_time_boxed_paper_run_resumes_until_done_then_writes_its_row(run, tmp_pa
     assert row["global_steps"] == 4 and row["epochs"] == 2 and row["time_limit_min"] == 1e-9
     assert row["wall_time_s"] > 0 and "--time-limit 1e-09" in row["command"]
     assert (tmp_path / "isic-paper-unet_resnet34_mtl-s3-examples.png").is_file()
+
+
+def _paper_argv(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    small = ["img_size=32", "store_size=40", "batch_size=2", 'cache_dir="off"', 'device="cpu"']
+    argv = ["isic-paper", "--model", "unet_resnet34_mtl", "--seed", "5", "--data-root", str(root), "--threads", "1"]
+    argv += [a for s in small for a in ("--set", s)] + [
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    return argv + list(extra)
+
+
+SUMMARY_KEYS = {
+    "epochs_done", "epochs_planned", "steps_done", "stopped_by_budget", "budget_min", "wall_s", "train_s",
+    "epoch_s", "first_epoch_s", "images_per_epoch", "images_per_full_epoch", "train_images_per_s", "warmup_s", "val_s",
+    "val_share", "epochs_per_s", "projected_150_epochs_min", "train_gflops_per_image", "achieved_tflops",
+    "layer_paths", "selected", "selected_epoch", "metrics", "last_epoch_metrics", "eval", "files", "run_dir",
+    "device", "torch", "config", "command", "git_commit",
+}  # fmt: skip
+
+
+def test_paper_protocol_in_one_command_trains_evaluates_and_writes_a_small_folder(run, tmp_path, capsys):
+    from tests.engine.conftest import write_isic_split
+
+    root = write_isic_split(tmp_path / "isic", "Training", n=14)
+    write_isic_split(root, "Test_v2", n=5)
+    argv = _paper_argv(root, tmp_path, "--epochs", "2", "--budget-min", "20", "--limit-images", "8",
+                       "--val-every", "1", "--eval", f"{root}:test")  # fmt: skip
+    run.main(argv)
+    out = tmp_path / "out"
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["curves.png", "eval-isic-test.json", "log.csv", "metrics.json", "summary.json"]
+    assert all(p.is_file() and p.stat().st_size < 16 * 2**20 for p in out.iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert summary["epochs_done"] == summary["epochs_planned"] == 2 and not summary["stopped_by_budget"]
+    assert summary["steps_done"] == 8 and summary["images_per_epoch"] == 8 and summary["selected"] == "best"
+    assert summary["images_per_full_epoch"] == 12  # the carved training split without --limit-images
+    assert summary["projected_150_epochs_min"] > 0 and summary["train_gflops_per_image"] > 0
+    assert summary["layer_paths"]["step"].startswith("device step: eager")  # no compile on CPU by default
+    assert summary["config"]["input_pipeline"] == "device" and summary["config"]["max_train_images"] == 8
+    assert "--budget-min 20" in summary["command"]
+    evaluated = json.loads((out / "eval-isic-test.json").read_text())
+    assert evaluated["n_images"] == 5 and evaluated["split"] == "test" and "ji" in evaluated["metrics"]
+    assert summary["eval"]["isic-test"]["ji"] == evaluated["metrics"]["ji"]
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["ji"] == summary["metrics"]["ji"]
+    assert (Path(summary["run_dir"]) / "best.safetensors").is_file()  # the weights stay in the scratch folder
+    printed = capsys.readouterr().out
+    assert "completed: 2/2 epochs" in printed and "epochs/s" in printed and "150 epochs would take" in printed
+
+
+def test_paper_protocol_stops_at_the_budget_and_says_so(run, tmp_path, capsys):
+    from tests.engine.conftest import write_isic_split
+
+    root = write_isic_split(tmp_path / "isic", "Training", n=10)
+    run.main(_paper_argv(root, tmp_path, "--budget-min", "0.001", "--reserve-s", "0", "--limit-images", "4"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stopped_by_budget"] and summary["epochs_done"] == 0 and summary["steps_done"] == 1
+    assert summary["selected"] == "last" and summary["epochs_planned"] == 150
+    assert "stopped at the budget: 0/150 epochs (1 steps)" in capsys.readouterr().out
+
+
+def test_paper_protocol_rejects_missing_folders(run, tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        run.main(_paper_argv(tmp_path / "nowhere", tmp_path, "--budget-min", "1"))
+    (tmp_path / "isic").mkdir()
+    with pytest.raises(SystemExit, match=r"--eval .*missing.*not found"):
+        run.main(_paper_argv(tmp_path / "isic", tmp_path, "--budget-min", "1", "--eval", f"{tmp_path}/missing:test"))
+
+
+def test_projection_and_eval_names():
+    from fastmtl.engine.protocol import parse_eval, project_minutes, throughput
+
+    # 150 epochs of 1800 images at 600 images/s: 450 s, + 30 s warm-up + 30 validations of 2 s = 540 s = 9 min
+    assert project_minutes(1800, 600.0, 150, warmup_s=30.0, val_s=2.0, val_every=5) == pytest.approx(9.0)
+    assert math.isnan(project_minutes(1800, 0.0))
+    first = {"epoch": 1, "global_step": 225, "time_s": 40.0, "steady_images_per_s": 600.0}
+    history = [first, {"epoch": 2, "global_step": 450, "time_s": 3.0, "steady_images_per_s": 600.0, "val_time_s": 2.0}]
+    costs = throughput(history, 8, 1800, 5)
+    assert costs["warmup_s"] == pytest.approx(37.0) and costs["epoch_s"] == 3.0 and costs["images_per_epoch"] == 1800
+    assert costs["projected_150_epochs_min"] == pytest.approx((450 + 37 + 30 * 2.0) / 60)
+    taken: set[str] = set()
+    here = Path(__file__).parent
+    names = [parse_eval(f"{here}:validation", taken).name, parse_eval(f"{here}:validation", taken).name]
+    assert names == ["tests-validation", "tests-validation-2"] and parse_eval(str(here)).split == "test"
