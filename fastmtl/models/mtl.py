@@ -14,14 +14,15 @@ from fastmtl.models.heads import ClassificationHead
 from fastmtl.models.resformer import WIDTHS, ResFormerEncoder
 from fastmtl.output import MTLOutput
 
-HEAD_LEVELS = {"multiscale": (2, 3), "single": (3,)}
+HEAD_LEVELS = {"multiscale": (2, 3), "single": (3,), "none": ()}
 
 
 class ResFormerMTL(nn.Module):
     """Multi-task ResFormer UNet (Bui et al., arXiv 2412.00351).
 
     ``forward(x)`` returns :class:`MTLOutput` with seg logits (B, seg_classes, H, W) and multi-label class
-    logits (B, cls_classes). The head reads the raw encoder outputs; the decoder reads the DFE outputs.
+    logits (B, cls_classes), or ``None`` with ``cls_head="none"`` (segmentation only). The head reads the raw encoder
+    outputs; the decoder reads the DFE outputs.
 
     Args:
         config: see :class:`fastmtl.config.ModelConfig`.
@@ -32,14 +33,15 @@ class ResFormerMTL(nn.Module):
         self.config = config
         self.encoder = ResFormerEncoder(config)
         self.decoder = UNetDecoder(WIDTHS, config.seg_classes, config.dfe, config.dilations, config.kernels)
-        self.cls_head = ClassificationHead(WIDTHS, config.cls_classes, HEAD_LEVELS[config.cls_head])
+        levels = HEAD_LEVELS[config.cls_head]
+        self.cls_head = ClassificationHead(WIDTHS, config.cls_classes, levels) if levels else None
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder outputs e0..e3: (B, 64, H/2, W/2) ... (B, 512, H/16, W/16)."""
         return self.encoder(x)
 
     def forward_head(self, feats: list[torch.Tensor]) -> MTLOutput:
-        return MTLOutput(self.decoder(feats), self.cls_head(feats))
+        return MTLOutput(self.decoder(feats), None if self.cls_head is None else self.cls_head(feats))
 
     def forward(self, x: torch.Tensor) -> MTLOutput:
         return self.forward_head(self.forward_features(x))

@@ -36,6 +36,16 @@ def test_in_chans_and_defaults() -> None:
     assert model.config.dilations == (6, 12, 18) and model.config.window == 2
 
 
+def test_every_head_choice_builds() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    for head, classes in (("multiscale", 3), ("single", 3), ("none", None)):
+        out = fastmtl.create_model("resformer_mtl", img_size=32, cls_head=head).eval()(x)
+        assert out.seg_logits.shape == (1, 1, 32, 32)
+        assert (out.cls_logits is None) if classes is None else out.cls_logits.shape == (1, classes)
+    with pytest.raises(ValueError, match="cls_head"):
+        fastmtl.create_model("resformer_mtl", cls_head="double")
+
+
 def test_unknown_name_and_option_list_valid_ones() -> None:
     with pytest.raises(ValueError, match="registered models: .*resformer_mtl"):
         fastmtl.create_model("resformer")
