@@ -253,7 +253,6 @@ class DeviceTrainLoader:
         device = split.images.device
         self.mean, self.inv_std = _norm_stats(normalize, split.images.shape[1], device)
         self.epoch, self.skip = 0, 0
-        self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending: dict[int, Future] = {}
 
     @property
@@ -289,7 +288,9 @@ class DeviceTrainLoader:
     def _planned(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         future = self._pending.pop(epoch, None)
         order, draws = future.result() if future is not None else self._plan(epoch)
-        self._pending = {epoch + 1: self._pool.submit(self._plan, epoch + 1)}  # the next epoch, in the background
+        pool = ThreadPoolExecutor(max_workers=1)  # plans the next epoch in the background, then its thread ends
+        self._pending = {epoch + 1: pool.submit(self._plan, epoch + 1)}
+        pool.shutdown(wait=False)
         return order, draws
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

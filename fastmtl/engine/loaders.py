@@ -225,8 +225,12 @@ def make_val_loader(data: RunData, config: TrainConfig, world: DistInfo) -> Data
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
-    """Points the training loader at ``epoch``, skipping its first ``skip_batches`` batches."""
+def set_epoch(loader: Any, epoch: int, skip_batches: int = 0) -> None:
+    """Points the training loader (a DataLoader over :class:`EpochSeeded` samples, or a device loader with its own
+    ``set_epoch``) at ``epoch``, skipping its first ``skip_batches`` batches."""
+    if not isinstance(loader, DataLoader):
+        loader.set_epoch(epoch, skip_batches)
+        return
     loader.dataset.set_epoch(epoch)
     loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
 

@@ -52,10 +52,11 @@ from fastmtl.engine.loaders import (
     class_weights_for,
     make_train_loader,
     make_val_loader,
+    set_epoch,
     split_record,
     steps_per_epoch,
 )
-from fastmtl.engine.loop import StepContext, amp_dtype, run_epoch, validate
+from fastmtl.engine.loop import StepContext, _to_device, amp_dtype, run_epoch, validate
 from fastmtl.engine.records import plot_curves, write_logs
 from fastmtl.engine.schedule import poly_lr
 from fastmtl.engine.state import RunState, capture_rng, restore_rng
@@ -420,7 +421,8 @@ def _device_epoch(run: Run) -> tuple[bool, dict[str, Any]]:
     state, config, step = run.state, run.config, run.step
     assert step is not None
     loader = run.train_loader
-    loader.set_epoch(state.epoch, state.step_in_epoch)
+    set_epoch(loader, state.epoch, state.step_in_epoch)
+    on_host = isinstance(loader, DataLoader)  # the DataLoader path's batches still have to reach the device
     run.ctx.model.train()
     step.marks.clear()
     first = state.global_step
@@ -430,7 +432,7 @@ def _device_epoch(run: Run) -> tuple[bool, dict[str, Any]]:
                disable=not (config.progress and run.ctx.world.is_main), leave=False)  # fmt: skip
     try:
         for _, batch in zip(range(run.steps - state.step_in_epoch), loader, strict=False):
-            step(batch)
+            step(_to_device(batch, run.ctx) if on_host else batch)
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)

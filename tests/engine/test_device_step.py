@@ -158,3 +158,10 @@ def test_compiled_step_trains_on_cpu(tmp_path):
     compiled = train(fast_config(epochs=1, max_steps_per_epoch=3, compile=True), None, tmp_path / "compiled")
     assert compiled["step"].startswith("device step: torch.compile(mode='default')")
     assert math.isclose(compiled["history"][0]["train_loss"], eager["history"][0]["train_loss"], rel_tol=1e-3)
+
+
+@pytest.mark.parametrize(("pipeline", "device_step"), [("device", False), ("loader", True)])
+def test_the_input_path_and_the_step_combine_freely(tmp_path, pipeline, device_step):
+    result = train(fast_config(input_pipeline=pipeline, device_step=device_step, epochs=2), None, tmp_path)
+    assert result["epochs_completed"] == 2 and all(math.isfinite(r["train_loss"]) for r in result["history"])
+    assert result["step"].startswith("device step" if device_step else "classic step")
