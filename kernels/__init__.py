@@ -1,5 +1,15 @@
 """Triton kernels of fastmtl, installed as ``fastmtl.kernels``.
 
 Nothing is compiled or launched at import time; each op module registers its ``torch.library`` ops when it is
-first imported (the layers import it lazily, only on the Triton path).
+first imported (the layers import it lazily, only on the Triton path). ``python -m fastmtl.kernels.aot`` prints the
+ahead-of-time compilation report (registers, spills, load kinds) of every kernel configuration.
 """
+
+import sys
+
+
+def chosen_configs() -> dict:
+    """Kernel name -> shape key -> the configuration autotuning chose in this process (JSON-able; ``{}`` when no
+    tuned kernel ran). Imports nothing: only kernels already used can have a choice."""
+    tuning = sys.modules.get(f"{__name__}.autotune")
+    return tuning.chosen_configs() if tuning is not None else {}

@@ -7,25 +7,22 @@ in ``layer.py`` folds BN into it on the fly. The fake implementation of each op 
 
 from __future__ import annotations
 
-import os
 from functools import reduce
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 from torch.nn import functional as F
 
 from fastmtl.layers.spatial_attention import spatial_attention_ref
 
+from ..autotune import INTERPRET, Tuned, split
 from ._kernels import _dfe_branches_kernel, _dfe_merge_kernel, _sa_gate_kernel, _sa_pool_kernel
 
 MAX_BRANCHES = 8  # rates travel packed 8 bits each in one integer kernel argument
 MAX_RATE = 255
-SA_CONFIG = {"BLOCK_M": 64, "BLOCK_C": 32, "num_warps": 4}
 
-
-# Read once, like ``@triton.jit`` does when it decides between compiled and interpreted kernels.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = INTERPRET  # kernels built by the interpreter (TRITON_INTERPRET=1 when the kernels were imported)
 
 
 def _run_kernels(x: torch.Tensor) -> bool:
@@ -94,21 +91,72 @@ def dfe_merge_ref(cat, x, weight, shortcut=None, bias=None, relu=False):
 
 
 # ------------------------------------------------------------------------------------------------------ launch plans
-def conv_config(c_in: int, c_out: int, dtype: torch.dtype) -> dict:
-    """Tile sizes of the implicit-GEMM kernels: 16-bit tiles feed tensor cores, fp32 tiles stay small.
+def conv_configs(c_in: int, c_out: int, dtype: torch.dtype) -> list[dict]:
+    """Autotuning candidates of the implicit-GEMM kernels, default first: 16-bit tiles feed tensor cores, fp32
+    tiles stay small (IEEE fp32 runs on the CUDA cores, and the tile of 64-bit input pointers bounds its size).
 
-    Chosen with the AOT report (``kernels/dfe/aot.py``) so that no configuration the model uses spills registers
-    on sm_80 or sm_90a; the 2D tile of 64-bit input pointers is what bounds the tile size.
+    Every candidate of every launch the model makes compiles without register spills on sm_90a (the AOT report,
+    ``kernels/dfe/aot.py``, and ``tests/kernels/test_dfe_aot.py``); the defaults also on sm_80.
     """
+    out = []
+    for params in _conv_configs(c_in, c_out, dtype):  # small channel counts make some candidates coincide
+        if params not in out:
+            out.append(params)
+    return out
+
+
+def _conv_configs(c_in: int, c_out: int, dtype: torch.dtype) -> list[dict]:
     np2 = triton.next_power_of_2
+
+    def cfg(block_m, block_n, block_k, warps, stages):
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+
     if dtype == torch.float32:
-        block_n, block_k, block_m, stages = min(64, max(16, np2(c_out))), min(32, max(16, np2(c_in))), 64, 1
-        warps = 8 if c_out >= 128 and c_in <= c_out else 4  # the split without ptxas spills (AOT report)
-    elif c_out >= 128:
-        block_n, block_k, block_m, warps, stages = 128, min(32, max(16, np2(c_in))), 128, 8, 3
-    else:
-        block_n, block_k, block_m, warps, stages = max(16, np2(c_out)), min(64, max(16, np2(c_in))), 64, 4, 3
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+        # No spills with the ptxas of triton 3.6 (12.8) and of 3.8 (12.9, --regAllocOptLevel=2): 3.6's allocates
+        # only 80-96 registers here and spilled 64 x 64 tiles over 4 or 8 warps (the AOT report).
+        block_n, block_k = min(64, max(16, np2(c_out))), min(32, max(16, np2(c_in)))
+        return [cfg(32, block_n, 16, 4, 1), cfg(64, block_n, block_k, 2, 1), cfg(32, min(32, block_n), block_k, 4, 1)]
+    if c_out >= 128:
+        k32, k64 = min(32, max(16, np2(c_in))), min(64, max(16, np2(c_in)))
+        return [cfg(128, 128, k32, 8, 3), cfg(128, 128, k64, 8, 3), cfg(64, 128, k64, 4, 4)]
+    block_n, k64, k32 = max(16, np2(c_out)), min(64, max(16, np2(c_in))), min(32, max(16, np2(c_in)))
+    return [cfg(64, block_n, k64, 4, 3), cfg(128, block_n, k64, 8, 3), cfg(64, block_n, k32, 4, 4)]
+
+
+def conv_config(c_in: int, c_out: int, dtype: torch.dtype) -> dict:
+    """The default (first) candidate of :func:`conv_configs`: what the interpreter runs."""
+    return conv_configs(c_in, c_out, dtype)[0]
+
+
+def sa_configs() -> list[dict]:
+    """Autotuning candidates of the two spatial-attention kernels (memory bound), default first."""
+    return [{"BLOCK_M": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 3},
+            {"BLOCK_M": 128, "BLOCK_C": 32, "num_warps": 8, "num_stages": 3},
+            {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 3}]  # fmt: skip
+
+
+def branches_candidates(args: dict) -> list[dict]:
+    """Candidates of one ``_dfe_branches_kernel`` launch (its arguments by name)."""
+    return conv_configs(args["c_in"], args["c_out"], args["x_ptr"].dtype)
+
+
+def merge_candidates(args: dict) -> list[dict]:
+    """Candidates of one ``_dfe_merge_kernel`` launch (its arguments by name)."""
+    return conv_configs(args["c_cat"], args["c_out"], args["cat_ptr"].dtype)
+
+
+_POW2 = [2**i for i in range(11)]  # every channel count maps onto one of these in conv_configs
+_ALL_CONV = [c for dt in (torch.float32, torch.float16) for i in _POW2 for o in _POW2 for c in conv_configs(i, o, dt)]
+BRANCHES = Tuned(_dfe_branches_kernel, branches_candidates, _ALL_CONV,
+                 key=["c_in", "c_out", "height", "width", "n_branches", "stride_xc", "SUM_BRANCHES"])  # fmt: skip
+MERGE = Tuned(_dfe_merge_kernel, merge_candidates, _ALL_CONV,
+              key=["c_cat", "c_in", "c_out", "height", "width", "stride_cc", "HAS_SHORTCUT"])  # fmt: skip
+SA_POOL = Tuned(
+    _sa_pool_kernel, lambda args: sa_configs(), sa_configs(), key=["channels", "height", "width", "stride_xc"]
+)
+SA_GATE = Tuned(
+    _sa_gate_kernel, lambda args: sa_configs(), sa_configs(), key=["channels", "height", "width", "stride_xc"]
+)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -120,45 +168,53 @@ def _strides(t: torch.Tensor, prefix: str) -> dict:
 
 
 def branches_plan(x, weight, bias, out, counts, rates, sum_branches, relu):
-    """Grid, arguments, constexprs and launch options of one ``_dfe_branches_kernel`` launch (meta tensors ok)."""
+    """Grid (a function of the config), arguments and constexprs (the tuned ones excluded) of one
+    ``_dfe_branches_kernel`` launch; meta tensors are fine."""
     nb, n_taps, c_in, c_out = weight.shape
-    cfg = dict(conv_config(c_in, c_out, x.dtype))
-    opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-    tiles = x.shape[0] * triton.cdiv(x.shape[2] * x.shape[3], cfg["BLOCK_M"]) * (1 if sum_branches else nb)
+    batch, n_pix, per_tile = x.shape[0], x.shape[2] * x.shape[3], 1 if sum_branches else nb
+
+    def grid(meta):
+        return batch * triton.cdiv(n_pix, meta["BLOCK_M"]) * per_tile, triton.cdiv(c_out, meta["BLOCK_N"])
+
     args = {"x_ptr": x, "w_ptr": weight, "bias_ptr": out if bias is None else bias, "out_ptr": out,
             "count_ptr": out if counts is None else counts, "c_in": c_in, "c_out": c_out, "height": x.shape[2],
             "width": x.shape[3], "n_branches": nb, "rates_packed": sum(r << (8 * i) for i, r in enumerate(rates)),
             **_strides(x, "x"), "stride_wb": n_taps * c_in * c_out, "stride_wt": c_in * c_out,
             **_strides(out, "o")}  # fmt: skip
     const = {"SUM_BRANCHES": sum_branches, "HAS_BIAS": bias is not None, "RELU": relu,
-             "COUNT_TAPS": counts is not None, "DOT_PRECISION": _precision(x.dtype), **cfg}  # fmt: skip
-    return (tiles, triton.cdiv(c_out, cfg["BLOCK_N"])), args, const, opts
+             "COUNT_TAPS": counts is not None, "DOT_PRECISION": _precision(x.dtype)}  # fmt: skip
+    return grid, args, const
 
 
 def merge_plan(cat, x, weight, shortcut, bias, out, relu):
-    """Grid, arguments, constexprs and launch options of one ``_dfe_merge_kernel`` launch (meta tensors ok)."""
+    """Grid (a function of the config), arguments and constexprs (the tuned ones excluded) of one
+    ``_dfe_merge_kernel`` launch; meta tensors are fine."""
     _, c_cat, c_out = weight.shape
-    cfg = dict(conv_config(c_cat, c_out, cat.dtype))
-    opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-    tiles = cat.shape[0] * triton.cdiv(cat.shape[2] * cat.shape[3], cfg["BLOCK_M"])
+    batch, n_pix = cat.shape[0], cat.shape[2] * cat.shape[3]
+
+    def grid(meta):
+        return batch * triton.cdiv(n_pix, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
+
     args = {"cat_ptr": cat, "x_ptr": x, "w_ptr": weight, "ws_ptr": weight if shortcut is None else shortcut,
             "bias_ptr": out if bias is None else bias, "out_ptr": out, "c_cat": c_cat, "c_in": x.shape[1],
             "c_out": c_out, "height": cat.shape[2], "width": cat.shape[3], **_strides(cat, "c"), **_strides(x, "x"),
             **_strides(out, "o")}  # fmt: skip
     const = {"HAS_SHORTCUT": shortcut is not None, "HAS_BIAS": bias is not None, "RELU": relu,
-             "DOT_PRECISION": _precision(cat.dtype), **cfg}  # fmt: skip
-    return (tiles, triton.cdiv(c_out, cfg["BLOCK_N"])), args, const, opts
+             "DOT_PRECISION": _precision(cat.dtype)}  # fmt: skip
+    return grid, args, const
 
 
 def sa_plans(x, weight, pooled, out):
-    """Grids, arguments and constexprs of the two spatial-attention launches (pool, then gate)."""
-    cfg = dict(SA_CONFIG)
-    opts = {"num_warps": cfg.pop("num_warps")}
-    grid = (x.shape[0] * triton.cdiv(x.shape[2] * x.shape[3], cfg["BLOCK_M"]),)
+    """Grid, arguments and constexprs (the tuned ones excluded) of the two spatial-attention launches (pool, gate)."""
+    batch, n_pix = x.shape[0], x.shape[2] * x.shape[3]
+
+    def grid(meta):
+        return (batch * triton.cdiv(n_pix, meta["BLOCK_M"]),)
+
     shape = {"channels": x.shape[1], "height": x.shape[2], "width": x.shape[3], **_strides(x, "x")}
-    pool = (grid, {"x_ptr": x, "pooled_ptr": pooled, **shape}, cfg, opts)
+    pool = (grid, {"x_ptr": x, "pooled_ptr": pooled, **shape}, {})
     gate_args = {"x_ptr": x, "pooled_ptr": pooled, "w_ptr": weight, "out_ptr": out, **shape, **_strides(out, "o")}
-    return pool, (grid, gate_args, {"KSIZE": weight.shape[-1], **cfg}, opts)
+    return pool, (grid, gate_args, {"KSIZE": weight.shape[-1]})
 
 
 # ------------------------------------------------------------------------------------------------------- validation
@@ -216,8 +272,8 @@ def dfe_branches(
     if not _run_kernels(x):
         return dfe_branches_ref(x, weight, bias, rates, sum_branches, relu)
     out = _out_like(x, weight.shape[-1] * (1 if sum_branches else weight.shape[0]))
-    grid, args, const, opts = branches_plan(x, weight.contiguous(), bias, out, None, rates, sum_branches, relu)
-    wrap_triton(_dfe_branches_kernel)[grid](**args, **const, **opts)
+    grid, args, const = branches_plan(x, weight.contiguous(), bias, out, None, rates, sum_branches, relu)
+    BRANCHES.launch(grid, **args, **const)
     return out
 
 
@@ -239,8 +295,8 @@ def dfe_merge(
         return dfe_merge_ref(cat, x, weight, shortcut, bias, relu)
     out = _out_like(cat, weight.shape[-1])
     sc = None if shortcut is None else shortcut.contiguous()
-    grid, args, const, opts = merge_plan(cat, x, weight.contiguous(), sc, bias, out, relu)
-    wrap_triton(_dfe_merge_kernel)[grid](**args, **const, **opts)
+    grid, args, const = merge_plan(cat, x, weight.contiguous(), sc, bias, out, relu)
+    MERGE.launch(grid, **args, **const)
     return out
 
 
@@ -253,9 +309,9 @@ def spatial_attention(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return spatial_attention_ref(x, weight)
     pooled = torch.empty((x.shape[0], 2, x.shape[2] * x.shape[3]), dtype=torch.float32, device=x.device)
     out = torch.empty_like(x)
-    (g1, a1, c1, o1), (g2, a2, c2, o2) = sa_plans(x, weight.contiguous(), pooled, out)
-    wrap_triton(_sa_pool_kernel)[g1](**a1, **c1, **o1)
-    wrap_triton(_sa_gate_kernel)[g2](**a2, **c2, **o2)
+    (g1, a1, c1), (g2, a2, c2) = sa_plans(x, weight.contiguous(), pooled, out)
+    SA_POOL.launch(g1, **a1, **c1)
+    SA_GATE.launch(g2, **a2, **c2)
     return out
 
 
@@ -368,11 +424,13 @@ def live_tap_counts(batch, height, width, rates, block_m, sum_branches=False) ->
 
 
 def branch_tap_counts(x, weight, bias, rates, sum_branches=False, relu=False):
-    """Debug launch of ``_dfe_branches_kernel`` with its tap counter on: returns (output, taps per program row)."""
+    """Debug launch of ``_dfe_branches_kernel`` (default tiles) with its tap counter on: returns (output, taps per
+    program row)."""
     _check_branches(x, weight, bias, rates, sum_branches)
     out = _out_like(x, weight.shape[-1] * (1 if sum_branches else weight.shape[0]))
-    grid, args, const, opts = branches_plan(x, weight.contiguous(), bias, out, None, rates, sum_branches, relu)
-    counts = torch.full(grid, -1, dtype=torch.int32, device=x.device)
+    grid, args, const = branches_plan(x, weight.contiguous(), bias, out, None, rates, sum_branches, relu)
+    tiles, options = split(conv_config(x.shape[1], weight.shape[-1], x.dtype))  # the default tiles
+    counts = torch.full(grid(tiles), -1, dtype=torch.int32, device=x.device)
     args["count_ptr"], const["COUNT_TAPS"] = counts, True
-    _dfe_branches_kernel[grid](**args, **const, **opts)
+    _dfe_branches_kernel[grid](**args, **const, **tiles, **options)
     return out, counts[:, 0]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..aot import compile_kernel
+from ..autotune import split
 from . import triton_kernels as tk
-from .op import NUM_WARPS, _blocks, _constexprs, _kernel_args
+from .op import _constexprs, _kernel_args, configs
 
 KERNELS = {
     "fwd": tk._window_attention_fwd_kernel,
@@ -23,7 +24,8 @@ KERNELS = {
 
 
 def launch_args(kernel: str, shape, dtype: torch.dtype, shifted: bool, batch: int = 1) -> tuple[dict, dict]:
-    """(arguments by name, constexprs) of ``kernel`` launched for one ``bench.shapes.WindowAttentionShape``."""
+    """(arguments by name, constexprs but the tiles) of ``kernel`` launched for one
+    ``bench.shapes.WindowAttentionShape``."""
     window, heads, d = shape.window, shape.heads, shape.head_dim
     shift = window // 2 if shifted else 0
     n = window * window
@@ -43,7 +45,7 @@ def launch_args(kernel: str, shape, dtype: torch.dtype, shifted: bool, batch: in
     else:
         positional = (qkv, table, tokens, stats, stats, torch.empty_like(qkv), *sizes, *tail)
     args = dict(zip(KERNELS[kernel].arg_names, positional, strict=False))
-    return args, _constexprs(dtype, window, d, shift, *_blocks(n))
+    return args, _constexprs(dtype, window, d, shift)
 
 
 def variants(shapes, dtypes=(torch.float16, torch.bfloat16)) -> list[tuple[str, object, torch.dtype, bool]]:
@@ -60,7 +62,17 @@ def variants(shapes, dtypes=(torch.float16, torch.bfloat16)) -> list[tuple[str, 
     ]
 
 
-def kernel_resources(kernel: str, shape, dtype: torch.dtype, shifted: bool, capability: int = 90) -> dict:
-    """Registers, spills, shared memory and tensor-core use of one launch compiled for ``sm_<capability>``."""
+def candidates(shape) -> list[dict]:
+    """Autotuning candidates (config dicts, default first) of every kernel at ``shape``."""
+    return configs(shape.window**2)
+
+
+def kernel_resources(
+    kernel: str, shape, dtype: torch.dtype, shifted: bool, capability: int = 90, candidate: int = 0
+) -> dict:
+    """Registers, spills, shared memory, tensor-core use and PTX load / MMA counts of one launch with autotuning
+    candidate ``candidate`` (0: the default) compiled for ``sm_<capability>``."""
     args, constexprs = launch_args(kernel, shape, dtype, shifted)
-    return compile_kernel(KERNELS[kernel], args, constexprs, {"num_warps": NUM_WARPS}, capability)
+    tiles, options = split(candidates(shape)[candidate])
+    info = compile_kernel(KERNELS[kernel], args, {**constexprs, **tiles}, options, capability)
+    return {**tiles, **options, **info}

@@ -13,6 +13,7 @@ from torch.library import triton_op, wrap_triton
 
 from fastmtl.layers.swin import relative_position_index, seam_mask, window_partition, window_reverse
 
+from ..autotune import Tuned
 from .triton_kernels import (
     LOG2E,
     _window_attention_bwd_dbias_kernel,
@@ -24,6 +25,7 @@ from .triton_kernels import (
 HEAD_DIMS = (16, 32, 64, 128)  # tl.dot needs a power-of-two inner dimension of at least 16
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_PROGRAMS = 1024  # target grid size of the bias-gradient kernel, which sums over window groups
+NUM_WARPS = 4
 
 
 def _interpreted() -> bool:
@@ -34,13 +36,29 @@ def _interpreted() -> bool:
 
 
 def _blocks(n: int) -> tuple[int, int]:
-    """(query, key) token tiles for a window of n tokens; smaller only for tiny windows.
+    """Default (query, key) token tiles for a window of n tokens; smaller only for tiny windows.
 
     64 x 32 score tiles keep every kernel under ~170 registers per thread without spills on sm_80 and sm_90a
     (64 x 64 tiles need 200-255: the gathered bias tile carries one 64-bit address per element).
     """
     size = triton.next_power_of_2(n)
     return max(16, min(64, size)), max(16, min(32, size))
+
+
+def configs(n: int) -> list[dict]:
+    """Autotuning candidates of all four kernels for a window of n tokens, default first: the default tiles with 3
+    and 2 stages, and half the query tile (twice the programs: small grids at batch 1). All compile without spills
+    on sm_90a (``tests/kernels/test_window_attention_aot.py``)."""
+    block_m, block_n = _blocks(n)
+    out = [{"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": NUM_WARPS, "num_stages": s} for s in (3, 2)]
+    if block_m > 16:
+        out.append({"BLOCK_M": block_m // 2, "BLOCK_N": block_n, "num_warps": NUM_WARPS, "num_stages": 3})
+    return out
+
+
+def candidates(args: dict) -> list[dict]:
+    """Candidates of one launch of any of the four kernels (its arguments by name)."""
+    return configs(args["WINDOW"] * args["WINDOW"])
 
 
 def _check(qkv: torch.Tensor, bias_table: torch.Tensor, window: int, shift: int) -> None:
@@ -67,44 +85,55 @@ def _kernel_args(qkv: torch.Tensor, bias_table: torch.Tensor, window: int, shift
     return (*qkv.stride(), *bias_table.stride(), h, w, heads, w // window, (h // window) * (w // window))
 
 
-NUM_WARPS = 4
-
-
-def _constexprs(dtype: torch.dtype, window: int, head_dim: int, shift: int, block_m: int, block_n: int) -> dict:
-    """Compile-time arguments of all four kernels (``DOT_PRECISION`` keeps fp32 exact; ignored for fp16/bf16)."""
+def _constexprs(dtype: torch.dtype, window: int, head_dim: int, shift: int) -> dict:
+    """Compile-time arguments of all four kernels but the tiles (``DOT_PRECISION`` keeps fp32 exact; ignored for
+    fp16/bf16)."""
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    return dict(
-        WINDOW=window,
-        HEAD_DIM=head_dim,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        SHIFTED=shift > 0,
-        DOT_PRECISION=precision,
+    return dict(WINDOW=window, HEAD_DIM=head_dim, SHIFTED=shift > 0, DOT_PRECISION=precision)
+
+
+_KEY = ["WINDOW", "HEAD_DIM", "SHIFTED", "n_heads", "height", "width"]
+_ALL = [c for n in (2**i for i in range(1, 13)) for c in configs(n)]
+TUNED = {
+    name: Tuned(fn, candidates, _ALL, _KEY)
+    for name, fn in (
+        ("fwd", _window_attention_fwd_kernel),
+        ("bwd_dkdv", _window_attention_bwd_dkdv_kernel),
+        ("bwd_dq", _window_attention_bwd_dq_kernel),
+        ("bwd_dbias", _window_attention_bwd_dbias_kernel),
     )
+}
+
+
+def _launch(name: str, grid, positional: tuple, constexprs: dict, blocks: tuple[int | None, int | None]) -> None:
+    """Launches kernel ``name``: autotuned, or with the given (block_m, block_n) tiles and :data:`NUM_WARPS`."""
+    tuned = TUNED[name]
+    args = dict(zip(tuned.fn.arg_names, positional, strict=False))
+    if blocks == (None, None):
+        tuned.launch(grid, **args, **constexprs)
+        return
+    n = constexprs["WINDOW"] ** 2
+    block_m, block_n = blocks[0] or _blocks(n)[0], blocks[1] or _blocks(n)[1]
+    kernel = tuned.fn if _interpreted() else wrap_triton(tuned.fn)  # torch 2.11 wraps no interpreted kernel
+    kernel[grid](**args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
 
 
 def forward(
     qkv, bias_table, window: int, shift: int, scale: float, block_m: int | None = None, block_n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launches the forward kernel: (out (B, H, W, heads*d), lse (B, H, W, heads) fp32, log2 domain)."""
+    """Launches the forward kernel: (out (B, H, W, heads*d), lse (B, H, W, heads) fp32, log2 domain).
+
+    Autotuned unless ``block_m`` / ``block_n`` are given (tests use small tiles to span several of them)."""
     b, h, w, _, heads, d = qkv.shape
-    n = window * window
-    default_m, default_n = _blocks(n)
-    block_m, block_n = block_m or default_m, block_n or default_n
+    n, programs = window * window, b * heads * (h // window) * (w // window)
     out = torch.empty((b, h, w, heads * d), dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty((b, h, w, heads), dtype=torch.float32, device=qkv.device)
-    grid = (b * heads * (h // window) * (w // window), triton.cdiv(n, block_m))
-    wrap_triton(_window_attention_fwd_kernel)[grid](
-        qkv,
-        bias_table,
-        out,
-        lse,
-        *_kernel_args(qkv, bias_table, window, shift),
-        shift,
-        scale,
-        **_constexprs(qkv.dtype, window, d, shift, block_m, block_n),
-        num_warps=NUM_WARPS,
-    )
+
+    def grid(meta):
+        return programs, triton.cdiv(n, meta["BLOCK_M"])
+
+    positional = (qkv, bias_table, out, lse, *_kernel_args(qkv, bias_table, window, shift), shift, scale)
+    _launch("fwd", grid, positional, _constexprs(qkv.dtype, window, d, shift), (block_m, block_n))
     return out, lse
 
 
@@ -120,29 +149,35 @@ def backward(
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launches the three backward kernels: (dqkv (B, H, W, 3, heads, d) contiguous, dtable like bias_table)."""
+    """Launches the three backward kernels: (dqkv (B, H, W, 3, heads, d) contiguous, dtable like bias_table).
+
+    Autotuned unless ``block_m`` / ``block_n`` are given."""
     b, h, w, _, heads, d = qkv.shape
     n, n_windows = window * window, b * (h // window) * (w // window)
-    default_m, default_n = _blocks(n)
-    block_m, block_n = block_m or default_m, block_n or default_n
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).view(b, h, w, heads, d).sum(-1)  # (B, H, W, heads) = rowsum(dO * O)
     dqkv = torch.empty((b, h, w, 3, heads, d), dtype=qkv.dtype, device=qkv.device)
-    tiles = triton.cdiv(n, block_m) * triton.cdiv(n, block_n)
-    groups = max(1, min(n_windows, MAX_PROGRAMS // (tiles * heads)))
+    # Window groups of the bias gradient from the default tiles, so the partials' buffer does not depend on the
+    # tiles autotuning picks.
+    default_m, default_n = _blocks(n)
+    groups = max(1, min(n_windows, MAX_PROGRAMS // (triton.cdiv(n, default_m) * triton.cdiv(n, default_n) * heads)))
     dscore = torch.empty((groups, heads, n, n), dtype=torch.float32, device=qkv.device)
     args = (qkv, bias_table, dout, lse, delta)
     sizes = _kernel_args(qkv, bias_table, window, shift)
-    meta = dict(_constexprs(qkv.dtype, window, d, shift, block_m, block_n), num_warps=NUM_WARPS)
-    wrap_triton(_window_attention_bwd_dkdv_kernel)[(n_windows * heads, triton.cdiv(n, block_n))](
-        *args, dqkv, *sizes, shift, scale, **meta
-    )
-    wrap_triton(_window_attention_bwd_dq_kernel)[(n_windows * heads, triton.cdiv(n, block_m))](
-        *args, dqkv, *sizes, shift, scale, **meta
-    )
-    wrap_triton(_window_attention_bwd_dbias_kernel)[(tiles, heads, groups)](
-        *args, dscore, *sizes, n_windows, shift, scale, **meta
-    )
+    const, blocks = _constexprs(qkv.dtype, window, d, shift), (block_m, block_n)
+
+    def grid_dkdv(meta):
+        return n_windows * heads, triton.cdiv(n, meta["BLOCK_N"])
+
+    def grid_dq(meta):
+        return n_windows * heads, triton.cdiv(n, meta["BLOCK_M"])
+
+    def grid_dbias(meta):
+        return triton.cdiv(n, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), heads, groups
+
+    _launch("bwd_dkdv", grid_dkdv, (*args, dqkv, *sizes, shift, scale), const, blocks)
+    _launch("bwd_dq", grid_dq, (*args, dqkv, *sizes, shift, scale), const, blocks)
+    _launch("bwd_dbias", grid_dbias, (*args, dscore, *sizes, n_windows, shift, scale), const, blocks)
     return dqkv, table_grad(dscore.sum(0), window).to(bias_table.dtype)
 
 

@@ -1,5 +1,6 @@
 """GPU readiness without a GPU: every DFE kernel configuration compiles ahead of time for sm_90a and sm_80, uses
-tensor-core instructions for 16-bit tiles and spills no registers (``ptxas -v``, which Triton ships).
+tensor-core instructions for 16-bit tiles and spills no registers (``ptxas -v``, which Triton ships). Every
+autotuning candidate of a launch is compiled for sm_90a (the GPU target), the default candidate for sm_80 too.
 
 The default run compiles a representative set (smallest and widest level at 224, both conv kernels in fp16 and
 fp32, bf16 and the attention kernels once); the ``slow`` test sweeps every configuration of ``dfe_shapes()``.
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from fastmtl.kernels.aot import PTX_OPS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}  # opt-in shared memory per block
@@ -39,14 +42,21 @@ def _report(calls: str) -> list[dict]:
 def _check(rows):
     assert rows
     for row in rows:
-        where = f"{row['shape']} {row['launch']} {row['dtype']} sm_{row['capability']}"
+        where = f"{row['shape']} {row['launch']} {row['dtype']} sm_{row['capability']} candidate {row['candidate']}"
         assert row["n_spills"] == 0, f"{where} spills {row['n_spills']} bytes ({row['n_regs']} registers)"
         assert 0 < row["n_regs"] <= 255, where
         assert row["shared"] <= SHARED_LIMIT[row["capability"]], f"{where} needs {row['shared']} B of shared memory"
+        assert set(row["ptx_ops"]) == {*PTX_OPS, "wgmma_wait_min_pending"}, where
+        ops = row["ptx_ops"]
+        assert ops["ld_global"] + ops["cp_async"] + ops["cp_async_bulk_tensor"] > 0, f"{where} loads nothing"
         if row["dtype"] != "float32" and not row["launch"].startswith("sa-"):
             assert row["has_tensor_cores"], f"{where} issues no tensor-core instruction"
+            if row["capability"] == 90:
+                assert ops["wgmma"] > 0 and ops["wgmma_wait"] > 0, where
         if row["dtype"] == "float32":  # fp32 stays IEEE (no TF32), so no tensor cores there
             assert not row["has_tensor_cores"], where
+        if row["capability"] == 80:  # autotuning candidates other than the default target sm_90a only
+            assert row["candidate"] == 0, where
 
 
 def test_aot_representative():
@@ -57,7 +67,14 @@ def test_aot_representative():
     )
     _check(rows)
     assert {r["arch"] for r in rows} == {"sm_80", "sm_90a"}
-    assert len(rows) == 22
+    # Each launch: its default for sm_80, and every candidate of it for sm_90a.
+    for launch, dtype in (("branches", "float16"), ("merge", "float32"), ("sa-pool", "float16")):
+        candidates = sorted(r["candidate"] for r in rows if r["launch"] == launch and r["dtype"] == dtype)
+        sm90 = sorted(
+            r["candidate"] for r in rows if r["launch"] == launch and r["dtype"] == dtype and r["capability"] == 90
+        )
+        assert len(sm90) >= 2 * (launch != "sa-pool") + 2 * (launch == "sa-pool"), (launch, candidates)
+        assert sorted(set(sm90)) == list(range(max(sm90) + 1)), (launch, sm90)
 
 
 @pytest.mark.slow
