@@ -241,7 +241,8 @@ def test_projection_and_eval_names():
     assert project_minutes(1800, 600.0, 150, warmup_s=30.0, val_s=2.0, val_every=5) == pytest.approx(9.0)
     assert math.isnan(project_minutes(1800, 0.0))
     first = {"epoch": 1, "global_step": 225, "time_s": 40.0, "steady_images_per_s": 600.0}
-    history = [first, {"epoch": 2, "global_step": 450, "time_s": 3.0, "steady_images_per_s": 600.0, "val_time_s": 2.0}]
+    second = {"epoch": 2, "global_step": 450, "time_s": 3.0, "steady_images_per_s": 600.0, "validation_s": 2.0}
+    history = [first, second]
     costs = throughput(history, 8, 1800, 5)
     assert costs["warmup_s"] == pytest.approx(37.0) and costs["epoch_s"] == 3.0 and costs["images_per_epoch"] == 1800
     assert costs["projected_150_epochs_min"] == pytest.approx((450 + 37 + 30 * 2.0) / 60)

@@ -174,7 +174,7 @@ def throughput(history: list[dict[str, Any]], batch: int, full_images: int, val_
     steady = last.get("steady_images_per_s") or last.get("images_per_s") or math.nan
     full = (full_images // batch) * batch or images  # a full epoch of the configured data (before any limit)
     warmup = max(first["time_s"] - steps[0] * batch / steady, 0.0) if steady > 0 else 0.0
-    vals = [r["val_time_s"] for r in history if "val_time_s" in r]
+    vals = [r["validation_s"] for r in history if "validation_s" in r]
     val_s = sum(vals) / len(vals) if vals else 0.0
     projected = project_minutes(full, steady, PAPER_EPOCHS, warmup, val_s, val_every)
     return {

@@ -399,7 +399,7 @@ def _epoch(run: Run) -> bool:
         if last or (state.epoch + 1) % config.val_every_epochs == 0:
             validation_started = time.perf_counter()
             val = _validate(run)
-            extra["val_time_s"] = time.perf_counter() - validation_started
+            extra["validation_s"] = time.perf_counter() - validation_started
         _finish_epoch(run, val, lr, extra)
     return completed
 

@@ -60,7 +60,7 @@ def test_validation_cadence_and_epoch_end_checkpoints(tmp_path):
     result = train(fast_config(epochs=3, val_every_epochs=2, checkpoint_every_epochs=0), None, tmp_path / "run")
     validated = [r["epoch"] for r in result["history"] if "val_ji" in r]
     assert validated == [2, 3] and result["best_epoch"] in (2, 3)  # every 2nd epoch and the last
-    assert all("val_time_s" in r for r in result["history"] if r["epoch"] in validated)
+    assert all("validation_s" in r for r in result["history"] if r["epoch"] in validated)
     assert (tmp_path / "run" / "last.safetensors").is_file()  # written when the run ends
     # killed after epoch 1 without periodic checkpoints: nothing to resume from
     train(fast_config(epochs=3, checkpoint_every_epochs=0, stop_after_steps=5), None, tmp_path / "killed")
