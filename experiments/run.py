@@ -27,10 +27,11 @@ there and on every ``--eval DIR[:SPLIT]`` folder, prints the epochs/s it sustain
 
     OUT/summary.json   OUT/metrics.json   OUT/eval-<name>.json (one per --eval)   OUT/log.csv   OUT/curves.png
 
-GPU (the paper's protocol; data folder copied into the checkout, e.g. data/isic2017, git-ignored):
+GPU (the paper's protocol; the data copied into the checkout's git-ignored .gpu-data/, results in gpu-out/):
 
     python experiments/run.py isic-paper --model resformer_mtl --seed 1234 --budget-min 9 \
-        --data-root data/isic2017 --out out/paper [--eval data/isic2017:validation --eval data/isic2017:test]
+        --data-root .gpu-data/isic2017 --out gpu-out/paper \
+        [--eval .gpu-data/isic2017:validation --eval .gpu-data/isic2017:test]
 
 One epoch's cost (what ``bench.gpu_suite`` calls; ``--epochs 1`` plans one epoch, the poly schedule included):
 
