@@ -229,9 +229,17 @@ def test_paper_protocol_stops_at_the_budget_and_says_so(run, tmp_path, capsys):
 def test_paper_protocol_rejects_missing_folders(run, tmp_path):
     with pytest.raises(SystemExit, match="not found"):
         run.main(_paper_argv(tmp_path / "nowhere", tmp_path, "--budget-min", "1"))
-    (tmp_path / "isic").mkdir()
+    from tests.engine.conftest import write_isic_split
+
+    root = write_isic_split(tmp_path / "isic", "Training", n=4)
     with pytest.raises(SystemExit, match=r"--eval .*missing.*not found"):
-        run.main(_paper_argv(tmp_path / "isic", tmp_path, "--budget-min", "1", "--eval", f"{tmp_path}/missing:test"))
+        run.main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{tmp_path}/missing:test"))
+    # a folder without the split fails before any training, naming the folder it looked for
+    with pytest.raises(
+        SystemExit, match=r"--eval .*isic:validation: ISIC 2017 image folder .*Validation_Data not found"
+    ):
+        run.main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{root}:validation"))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out" / "summary.json").exists()
 
 
 def test_projection_and_eval_names():

@@ -23,7 +23,7 @@ import platform
 import re
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,15 @@ from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.loop import StepContext, amp_dtype
 from fastmtl.engine.train_config import TrainConfig
 
-__all__ = ["EvalTarget", "parse_eval", "project_minutes", "run_protocol", "train_flops_per_image"]
+__all__ = [
+    "EvalTarget",
+    "open_eval",
+    "parse_eval",
+    "project_minutes",
+    "run_protocol",
+    "throughput",
+    "train_flops_per_image",
+]
 
 PAPER_EPOCHS = 150
 
@@ -106,19 +114,22 @@ def project_minutes(
     return (epochs * images_per_epoch / steady_images_per_s + warmup_s + validations * val_s) / 60.0
 
 
-def _decode_later(pool: ThreadPoolExecutor, config: TrainConfig, target: EvalTarget, limit: int) -> Future:
-    """Decodes an evaluation split to CPU tensors in the background (the training keeps the device busy)."""
+def open_eval(config: TrainConfig, target: EvalTarget, limit: int = 0) -> Any:
+    """The evaluation split's dataset (at most ``limit`` images), opened now so that a wrong folder or split fails
+    before the training, not after it.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the folder, split or file.
+    """
     from fastmtl.data import build_dataset, subset
 
-    def work() -> tuple[DeviceSplit, Any]:
-        cache = False if config.cache_dir == "off" else (config.cache_dir or None)
+    cache = False if config.cache_dir == "off" else (config.cache_dir or None)
+    try:
         ds = build_dataset("auto", target.root, target.split, img_size=config.img_size, train=False,
                            cache_dir=cache, normalize=config.normalize)  # fmt: skip
-        if limit and limit < len(ds):
-            ds = subset(ds, range(limit))
-        return decode_split(ds, "cpu", 2), ds
-
-    return pool.submit(work)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"--eval {target.root}:{target.split}: {e}") from e
+    return subset(ds, range(limit)) if limit and limit < len(ds) else ds
 
 
 def _selected_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, str]:
@@ -229,8 +240,9 @@ def run_protocol(
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + 60.0 * budget_min - reserve_s if budget_min else None
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = {t.name: (t, _decode_later(pool, config, t, limit_images)) for t in evals}
+    opened = {t.name: (t, open_eval(config, t, limit_images)) for t in evals}
+    pool = ThreadPoolExecutor(max_workers=1)  # decodes the evaluation splits while the device trains
+    pending = {name: (t, pool.submit(decode_split, ds, "cpu", 2)) for name, (t, ds) in opened.items()}
     flops = train_flops_per_image(config)
     result = train(config, data_root, run_dir, deadline=deadline)
     trained = time.monotonic()
@@ -249,8 +261,13 @@ def run_protocol(
     }))  # fmt: skip
     evaluated: dict[str, Any] = {}
     for name, (target, future) in pending.items():
-        eval_split, _ = future.result()
-        metrics = _evaluate(model, eval_split, config, device, meta)
+        try:
+            eval_split = future.result()
+            metrics = _evaluate(model, eval_split, config, device, meta)
+        except Exception as e:  # noqa: BLE001 - one bad folder must not lose the run's other results
+            log(f"evaluation of {target.root}:{target.split} failed: {type(e).__name__}: {e}")
+            evaluated[name] = {"error": f"{type(e).__name__}: {e}"}
+            continue
         atomic_write_json(out_dir / f"eval-{name}.json", _clean({
             "split": target.split, "data_root": str(target.root), "model": which, "epoch": result["best_epoch"],
             "n_images": len(eval_split), "metrics": metrics,
