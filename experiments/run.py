@@ -46,15 +46,16 @@ CPU dry run at a tiny size (seconds to a few minutes):
 
 ``OUT/summary.json`` keys: ``epochs_done``, ``epochs_planned``, ``steps_done``, ``stopped_by_budget``,
 ``budget_min``, ``wall_s`` (the whole command), ``train_s`` (training, validation excluded), ``setup_and_train_s``,
-``epoch_s`` (the last epoch's training wall time), ``first_epoch_s`` (compilation included),
-``images_per_epoch``, ``images_per_full_epoch`` (without ``--limit-images``), ``train_images_per_s`` (steady
-state, after the warm-up steps), ``train_images_per_s_incl_warmup``, ``warmup_s``, ``val_s`` (one validation),
-``val_share`` (validation's share of the training time at ``val_every_epochs``), ``epochs_per_s``,
-``projected_150_epochs_min`` (150 full epochs at the steady rate + the warm-up + the validations, this device),
-``train_gflops_per_image`` (forward + backward), ``achieved_tflops``, ``layer_paths`` (which implementation each
-kind of layer takes), ``selected`` ("best" or "last"), ``selected_epoch``, ``metrics`` (headline validation
-metrics of the selected model: dsc, ji, global_dice, acc, sen, spe, auc_*, loss, n_*), ``last_epoch_metrics``,
-``eval`` ({name: {file, headline metrics}}), ``files``, ``run_dir``, ``device``, ``torch``, ``torch_threads``,
+``epoch_s`` (the last epoch's training wall time), ``first_epoch_s`` (compilation included), ``images_per_epoch``,
+``images_per_full_epoch`` (without ``--limit-images``), ``train_images_per_s`` (steady state, after the warm-up
+steps), ``train_images_per_s_incl_warmup``, ``warmup_s``, ``val_s`` (one validation), ``val_share`` (validation's
+share of the training time at ``val_every_epochs``), ``epochs_per_s``, ``projected_150_epochs_min`` (150 full
+epochs at the steady rate + the warm-up + the validations, this device), ``train_gflops_per_image`` (forward +
+backward), ``achieved_tflops``, ``tflops_needed_for_150_epochs_in_9_min``, ``layer_paths`` (which implementation
+each kind of layer takes, and the step: compiled or eager), ``selected`` ("best" or "last"), ``selected_epoch``,
+``metrics`` (headline validation metrics of the selected model: dsc, ji, global_dice, acc, sen, spe, auc_mean,
+auc_melanoma, auc_seborrheic_keratosis, loss, n_seg_images, n_cls_images), ``last_epoch_metrics``, ``eval``
+({name: {file, headline metrics} or {error}}), ``files``, ``run_dir``, ``device``, ``torch``, ``torch_threads``,
 ``config``, ``command``, ``git_commit``, ``python``. Exit status 0 also when the budget stopped the run
 (``stopped_by_budget`` says so); bad input exits with a message.
 """

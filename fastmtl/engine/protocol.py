@@ -294,6 +294,9 @@ def run_protocol(
         **costs,
         "train_gflops_per_image": flops / 1e9,
         "achieved_tflops": steady * flops / 1e12 if steady > 0 else None,
+        # what 150 full epochs in 9 minutes of training would need (the target), for comparison
+        "tflops_needed_for_150_epochs_in_9_min": PAPER_EPOCHS * costs["images_per_full_epoch"] * flops / 540 / 1e12
+        if costs.get("images_per_full_epoch") else None,
         "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.amp, device)),
         "selected": which,
         "selected_epoch": result["best_epoch"],
