@@ -140,15 +140,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def kernel_configs() -> dict[str, Any]:
-    """The Triton kernel configurations autotuning picked in this process, per kernel and shape key ({} if none).
+    """The Triton kernel configurations autotuning picked in this process, per kernel and shape key ({} if none)."""
+    from fastmtl.kernels import chosen_configs
 
-    Only kernel modules already imported are asked: reading the choice never imports (or launches) a kernel.
-    """
-    import sys
-
-    kernels = sys.modules.get("fastmtl.kernels")
-    chosen = getattr(kernels, "chosen_configs", None)
-    return chosen() if callable(chosen) else {}
+    return chosen_configs()
 
 
 def _slug(text: str) -> str:
