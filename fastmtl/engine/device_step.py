@@ -34,7 +34,14 @@ from fastmtl.engine.state import RunState
 from fastmtl.layers.swin import WindowAttention
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter
 
-__all__ = ["DeviceStep", "evaluate_split", "layer_paths", "tensor_learning_rates"]
+__all__ = [
+    "DeviceStep",
+    "evaluate_split",
+    "layer_paths",
+    "tensor_learning_rates",
+    "uses_triton",
+    "with_kernel_fallback",
+]
 
 _ATTENTION = (WindowAttention,)
 
@@ -46,6 +53,26 @@ def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device
         lr = group["lr"]
         value = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
         group["lr"] = torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def uses_triton(model: nn.Module, device: torch.device) -> bool:
+    """Whether any kernel-backed layer of ``model`` runs its Triton kernels on ``device``."""
+    cuda = torch.device(device).type == "cuda"
+    return any(use_triton(m.kernels, cuda) for m in model.modules() if isinstance(getattr(m, "kernels", None), str))
+
+
+def with_kernel_fallback(model: nn.Module, device: torch.device, fn: Callable[[], Any], log, what: str) -> Any:
+    """Runs ``fn()``; if it fails while ``model`` uses Triton kernels, switches the model to the PyTorch reference
+    layers (printing one line) and runs it again. Other failures propagate."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - kernel build / launch errors have many types
+        if not uses_triton(model, device):
+            raise
+        log(f"the Triton kernels failed in {what} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+            "using the PyTorch reference layers")  # fmt: skip
+        set_kernel_backend(model, "reference")
+        return fn()
 
 
 class DeviceStep:
@@ -106,7 +133,7 @@ class DeviceStep:
             if self.compiled is not None:
                 self.log(f"the compiled step failed ({reason}); running it eagerly")
                 self.compiled, self.compile_status = None, f"eager (compile failed: {type(e).__name__})"
-            elif self._uses_triton():
+            elif uses_triton(self.ctx.raw_model, self.ctx.world.device):
                 self.log(f"the Triton kernels failed in training ({reason}); using the PyTorch reference layers")
                 set_kernel_backend(self.ctx.raw_model, "reference")
                 self.compile_status += " (Triton kernels failed: reference layers)"
@@ -115,14 +142,6 @@ class DeviceStep:
             self.ctx.optimizer.zero_grad(set_to_none=True)
             return self(batch)
         self.checked = True
-
-    def _uses_triton(self) -> bool:
-        cuda = self.ctx.world.device.type == "cuda"
-        return any(
-            use_triton(m.kernels, cuda)
-            for m in self.ctx.raw_model.modules()
-            if isinstance(getattr(m, "kernels", None), str)
-        )
 
     def _step(self, batch: dict[str, torch.Tensor]) -> None:
         ctx = self.ctx

@@ -32,7 +32,7 @@ import torch
 
 from fastmtl.engine.checkpoint import atomic_write_json, load_model
 from fastmtl.engine.device_loader import DeviceSplit, decode_split
-from fastmtl.engine.device_step import evaluate_split, layer_paths
+from fastmtl.engine.device_step import evaluate_split, layer_paths, with_kernel_fallback
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.loop import StepContext, amp_dtype
 from fastmtl.engine.train_config import TrainConfig
@@ -152,10 +152,15 @@ def _evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.devi
                       amp_dtype(config.amp, device), config.channels_last)  # fmt: skip
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    return evaluate_split(model, split.to(device), ctx=ctx, img_size=(config.img_size,) * 2,
-                          normalize=config.normalize, batch_size=config.resolved_eval_batch_size,
-                          class_names=tuple(meta["class_names"]), seg_classes=int(meta["seg_classes"]),
-                          seg_class_names=tuple(meta["seg_class_names"]))  # fmt: skip
+    split = split.to(device)
+
+    def run() -> dict[str, Any]:
+        names = {"class_names": tuple(meta["class_names"]), "seg_class_names": tuple(meta["seg_class_names"])}
+        return evaluate_split(model, split, ctx=ctx, img_size=(config.img_size,) * 2, normalize=config.normalize,
+                              batch_size=config.resolved_eval_batch_size, seg_classes=int(meta["seg_classes"]),
+                              **names)  # fmt: skip
+
+    return with_kernel_fallback(model, device, run, print, "evaluation")
 
 
 def _clean(value: Any) -> Any:

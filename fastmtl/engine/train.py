@@ -44,7 +44,7 @@ from fastmtl.engine.checkpoint import (
     save_checkpoint,
 )
 from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader, decode_split
-from fastmtl.engine.device_step import DeviceStep, evaluate_split
+from fastmtl.engine.device_step import DeviceStep, evaluate_split, with_kernel_fallback
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
 from fastmtl.engine.loaders import (
     RunData,
@@ -405,6 +405,13 @@ def _epoch(run: Run) -> bool:
 
 
 def _validate(run: Run) -> dict[str, Any]:
+    """Validation metrics; a Triton kernel failure (eval mode uses other kernels than training) falls back to the
+    reference layers with a printed line instead of ending the run."""
+    model, device = run.ctx.raw_model, run.ctx.world.device
+    return with_kernel_fallback(model, device, lambda: _validate_once(run), tqdm.write, "validation")
+
+
+def _validate_once(run: Run) -> dict[str, Any]:
     data, config = run.data, run.config
     if isinstance(run.val_loader, DeviceSplit):
         return evaluate_split(run.ctx.raw_model, run.val_loader, ctx=run.ctx, img_size=(config.img_size,) * 2,

@@ -105,14 +105,15 @@ def test_a_compile_failure_falls_back_to_the_eager_step(tmp_path, monkeypatch, c
 
 
 class _FlakyKernel(nn.Module):
-    """A kernel-backed layer whose 'Triton' path raises, as a kernel that does not build on a new GPU would."""
+    """A kernel-backed layer whose 'Triton' path raises, as a kernel that does not build on a new GPU would;
+    ``only_eval``: only its inference kernels fail."""
 
-    def __init__(self) -> None:
+    def __init__(self, only_eval: bool = False) -> None:
         super().__init__()
-        self.kernels = "triton"
+        self.kernels, self.only_eval = "triton", only_eval
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels == "triton":
+        if self.kernels == "triton" and not (self.only_eval and self.training):
             raise RuntimeError("PassManager::run failed")
         return x
 
@@ -120,7 +121,7 @@ class _FlakyKernel(nn.Module):
 class _TinyWithKernel(TinyMTL):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.flaky = _FlakyKernel()
+        self.flaky = _FlakyKernel(only_eval=config.name == "tiny_eval_kernel_test")
 
     def forward(self, x: torch.Tensor) -> MTLOutput:
         return super().forward(self.flaky(x))
@@ -130,6 +131,18 @@ class _TinyWithKernel(TinyMTL):
 def tiny_kernel_test(**kwargs) -> _TinyWithKernel:
     """Test-only: the tiny model plus a kernel-backed layer that fails on its Triton path."""
     return _TinyWithKernel(ModelConfig(name="tiny_kernel_test", dfe="none", drop_path_rate=0.0, **kwargs))
+
+
+@register_model(("img_size", "in_chans", "seg_classes", "cls_classes"))
+def tiny_eval_kernel_test(**kwargs) -> _TinyWithKernel:
+    """Test-only: the tiny model plus a kernel-backed layer whose inference kernels fail."""
+    return _TinyWithKernel(ModelConfig(name="tiny_eval_kernel_test", dfe="none", drop_path_rate=0.0, **kwargs))
+
+
+def test_a_kernel_failure_in_validation_falls_back_too(tmp_path, capsys):
+    result = train(fast_config(model="tiny_eval_kernel_test", epochs=2), None, tmp_path)
+    assert result["epochs_completed"] == 2 and "val_ji" in result["history"][0]
+    assert capsys.readouterr().out.count("the Triton kernels failed in validation (RuntimeError") == 1
 
 
 def test_a_kernel_failure_falls_back_to_the_reference_layers(tmp_path, capsys):
