@@ -132,12 +132,15 @@ def report(
     capabilities=(90, 80),
     kernels=("dfe", "window_attention"),
     tuned_capabilities=(90,),
+    launches=None,
 ) -> dict:
     """The AOT report of every kernel configuration the model launches at ``img_sizes``, autotuning candidates too.
 
     Needs ``bench.shapes`` (run from the repository root) and a process where the kernels are JIT functions
     (``TRITON_INTERPRET`` unset when they were imported). Window attention compiles its 16-bit ``dtypes`` only
-    (its configurations depend on window, dtype and shift, so each stage's window is compiled once).
+    (its configurations depend on window, dtype and shift, so each stage's window is compiled once). ``launches``
+    restricts the report to these launch names (DFE: ``branches``, ``merge``, ``sa-pool``...; window attention:
+    ``fwd``, ``bwd_dkdv``, ``bwd_dq``, ``bwd_dbias``), None for all.
 
     Returns:
         ``{"torch", "triton", "rows", "spilling"}``: one row per compile with ``kernel`` ("dfe" or
@@ -154,12 +157,14 @@ def report(
     if "dfe" in kernels:
         rows += [
             {"kernel": "dfe", **r}
-            for r in aot_report(dfe_shapes(img_sizes), dtypes, capabilities, None, tuned_capabilities)
+            for r in aot_report(dfe_shapes(img_sizes), dtypes, capabilities, launches, tuned_capabilities)
         ]
     if "window_attention" in kernels:
         seen = set()
         low = [d for d in dtypes if d != torch.float32]
         for launch, shape, dtype, shifted in wa.variants(window_attention_shapes(img_sizes), low):
+            if launches is not None and launch not in launches:
+                continue
             for candidate in range(len(wa.candidates(shape))):
                 for cap in capabilities if candidate == 0 else [c for c in capabilities if c in tuned_capabilities]:
                     key = (launch, shape.window, dtype, shifted, candidate, cap)
@@ -186,10 +191,10 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", nargs="+", default=["dfe", "window_attention"])
     parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16", "float32"])
     parser.add_argument("--capabilities", type=int, nargs="+", default=[90, 80])
+    parser.add_argument("--launches", nargs="+", default=None, help="only these launches (default: all)")
     args = parser.parse_args(argv)
-    result = report(
-        tuple(args.img_sizes), tuple(getattr(torch, d) for d in args.dtypes), tuple(args.capabilities), args.kernels
-    )
+    dtypes = tuple(getattr(torch, d) for d in args.dtypes)
+    result = report(tuple(args.img_sizes), dtypes, tuple(args.capabilities), args.kernels, launches=args.launches)
     text = json.dumps(result, indent=1)
     if args.json == "-":
         print(text)
