@@ -103,7 +103,13 @@ def judge_paper(paper: dict[str, Any] | None, why_missing: str, dry_run: bool = 
     status = "holds" if projected <= PAPER_TARGET_MIN else "misses"
     if dry_run:
         status = "not judged: a dry run (CPU, tiny run)"
-    return {**row, "status": status, "projected_min": projected, "epoch_s": paper.get("epoch_s")}
+    return {
+        **row,
+        "status": status,
+        "projected_min": projected,
+        "images_per_s": paper.get("train_images_per_s"),
+        "epochs_done": paper.get("epochs_done"),
+    }
 
 
 def judge_all(out: Path, steps: dict[str, dict[str, Any]], dry_run: bool = False) -> list[dict[str, Any]]:
@@ -129,7 +135,7 @@ def _cell(row: dict[str, Any]) -> str:
             f"{row['worst']:.3g}x worst ({row['worst_group']}), {row['geomean']:.3g}x geomean of {len(row['groups'])}"
         )
     if "projected_min" in row:
-        return f"{row['projected_min']:.1f} min projected ({row['epoch_s']:.1f} s per epoch)"
+        return f"{row['projected_min']:.1f} min projected ({row['images_per_s'] or 0:.1f} training images/s steady)"
     return "-"
 
 

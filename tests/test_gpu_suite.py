@@ -48,8 +48,8 @@ def test_goal_without_both_providers_says_why() -> None:
     rows = [_row("window_attention-s-b64-fwd+bwd", "triton", 1.0)]  # flex was cut short
     verdict = judge(goal, rows, "step kernels timed out")
     assert verdict["status"] == "not measured: step kernels timed out"
-    assert judge_paper({"projected_150_epochs_min": 8.5, "epoch_s": 3.4}, "")["status"] == "holds"
-    assert judge_paper({"projected_150_epochs_min": 12.0, "epoch_s": 4.8}, "")["status"] == "misses"
+    assert judge_paper({"projected_150_epochs_min": 8.5, "train_images_per_s": 560.0}, "")["status"] == "holds"
+    assert judge_paper({"projected_150_epochs_min": 12.0, "train_images_per_s": 400.0}, "")["status"] == "misses"
     assert judge_paper(None, "no data")["status"] == "not measured: no data"
 
 
