@@ -183,22 +183,13 @@ def _git(*args: str) -> str:
         return ""
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN / inf become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def selected_metrics(row: dict[str, Any]) -> dict[str, Any]:
     """The headline validation metrics of one history row (``val_`` keys), per-class AUC/Dice included."""
     val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+    from fastmtl.files import json_safe
+
     keep = {k: v for k, v in val.items() if k in KEEP or k.startswith(("auc_", "dsc_", "ji_"))}
-    return _clean(keep)
+    return json_safe(keep)
 
 
 def _figures(run_dir: Path, config: Any, data_root: Path, stem: str, figures: Path, roc: bool) -> None:
@@ -240,9 +231,9 @@ def run_experiment(args: argparse.Namespace) -> Path:
     """Trains one (experiment, model, seed) and writes its result JSON and figures; returns the JSON path."""
     import torch
 
-    from fastmtl.engine.checkpoint import atomic_write_bytes
     from fastmtl.engine.train import train
     from fastmtl.engine.train_config import load_config
+    from fastmtl.files import atomic_write_json
 
     exp = EXPERIMENTS[args.exp]
     config_file = exp["config"]
@@ -308,7 +299,7 @@ def run_experiment(args: argparse.Namespace) -> Path:
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(args.results) / args.exp / f"{name}-s{args.seed}.json"
-    atomic_write_bytes(out, (json.dumps(_clean(result), indent=2) + "\n").encode())
+    atomic_write_json(out, result)
     print(f"wrote {out} (best epoch {result['best_epoch']}, {wall:.0f} s)", flush=True)
     return out
 

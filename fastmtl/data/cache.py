@@ -5,7 +5,8 @@ so each item is decoded and resized once and stored as an uncompressed ``.npz`` 
 hashes the source files' resolved paths, sizes and modification times plus whatever the caller adds (the
 target size, the mask rule), so touching a source file or changing the size makes a new entry. Entries are
 written to a temporary file and moved into place with ``os.replace``, so concurrent DataLoader workers and
-interrupted runs never leave a half-written entry behind. Stale entries are never read again; delete the
+interrupted runs never leave a half-written entry behind (:func:`fastmtl.files.replacing`; entries get the usual
+file mode, so a cache shared by a group stays readable). Stale entries are never read again; delete the
 folder to reclaim the space.
 """
 
@@ -14,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from fastmtl.files import replacing
 
 __all__ = ["CACHE_VERSION", "ArrayCache", "default_cache_dir", "source_key", "resize_image", "resize_mask"]
 
@@ -86,16 +88,8 @@ class ArrayCache:
         if self.root is None:
             self._memory[key] = arrays
             return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(self._path(key), prefix=f".{key[:8]}-") as tmp, open(tmp, "wb") as file:
+            np.savez(file, **arrays)
 
     def get_or_build(self, key: str, build: Callable[[], Arrays]) -> Arrays:
         """Returns the cached arrays for ``key``, calling ``build`` and storing its result on a miss."""

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from fastmtl.config import ModelConfig
+from fastmtl.files import atomic_write_json, json_dumps, replacing
 from fastmtl.registry import create_model_from_config
 
 
@@ -33,58 +31,8 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or belongs to another model."""
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp's temporaries are 0600)
-
-
-@contextmanager
-def _replacing(path: str | os.PathLike) -> Iterator[str]:
-    """Yields a temporary path in ``path``'s folder; on success it gets the usual file mode and replaces ``path``,
-    on any error it is removed, so ``path`` is either the old or the complete new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    with _replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    with _replacing(path) as tmp:
+    with replacing(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
@@ -127,14 +75,14 @@ def save_checkpoint(
     state = _unwrap(model).state_dict()
     metadata = {
         "fastmtl_config": json.dumps(config.to_dict()),
-        "fastmtl_meta": json.dumps(meta or {}, default=_json_default),
+        "fastmtl_meta": json_dumps(meta or {}, strict=False),
     }
     _atomic_save_tensors(state, weights, metadata)
     if optimizer is not None:
         opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
         _atomic_save_tensors(opt_tensors, stem.with_name(stem.name + ".train.safetensors"), {})
         sidecar = {"config": config.to_dict(), "meta": meta or {}, "optimizer": opt_json, **(train_state or {})}
-        atomic_write_json(stem.with_name(stem.name + ".json"), sidecar)
+        atomic_write_json(stem.with_name(stem.name + ".json"), sidecar, strict=False)
     return weights
 
 

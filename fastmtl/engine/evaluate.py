@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -31,9 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl.engine.checkpoint import atomic_write_json, load_model, model_config
+from fastmtl.engine.checkpoint import load_model, model_config
 from fastmtl.engine.overlay import draw_overlay, save_png
 from fastmtl.engine.plots import plot_confusion, plot_roc
+from fastmtl.files import atomic_write_json, safe_name
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter, format_table
 from fastmtl.output import MTLOutput
 
@@ -249,22 +249,6 @@ def evaluate_model(
     return state.metrics(), state.records
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf floats become None so metrics.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of an image id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"
-
-
 def _worst(records: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     scored = [r for r in records if r["has_mask"] and not math.isnan(r["dice"])]
     return sorted(scored, key=lambda r: (r["dice"], r["id"]))[: max(k, 0)]
@@ -390,7 +374,7 @@ def evaluate(
         "data_root": None if data_root is None else str(data_root),
         "split": split,
         "img_size": config.img_size,
-        "metrics": _json_safe(metrics),
+        "metrics": metrics,
         "worst": [{"id": r["id"], "dice": r["dice"]} for r in worst],
         "files": files,
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fastmtl.engine.checkpoint import atomic_write_bytes
+from fastmtl.files import atomic_write_bytes
 
 __all__ = ["GT_COLOR", "PRED_PALETTE", "draw_overlay", "mask_boundary", "save_png"]
 

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from fastmtl.engine.checkpoint import atomic_write_bytes
+from fastmtl.files import atomic_write_bytes
 
 __all__ = ["plot_confusion", "plot_examples", "plot_history", "plot_roc"]
 

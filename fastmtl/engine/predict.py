@@ -38,9 +38,10 @@ from tqdm.auto import tqdm
 from fastmtl.data.cache import resize_image
 from fastmtl.data.io import IMAGE_EXTENSIONS, ImageReadError, read_image
 from fastmtl.data.transforms import normalize_image
-from fastmtl.engine.checkpoint import atomic_write_bytes, load_model, model_config
-from fastmtl.engine.evaluate import autocast_context, safe_name, seg_to_classes
+from fastmtl.engine.checkpoint import load_model, model_config
+from fastmtl.engine.evaluate import autocast_context, seg_to_classes
 from fastmtl.engine.overlay import draw_overlay, save_png
+from fastmtl.files import atomic_write_bytes, safe_name
 from fastmtl.metrics import ISIC_CLASS_NAMES, default_seg_class_names
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]

@@ -30,12 +30,13 @@ from typing import Any
 
 import torch
 
-from fastmtl.engine.checkpoint import atomic_write_json, load_model
+from fastmtl.engine.checkpoint import load_model
 from fastmtl.engine.device_loader import DeviceSplit, decode_split
 from fastmtl.engine.device_step import evaluate_split, layer_paths, with_kernel_fallback
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.loop import StepContext, amp_dtype
 from fastmtl.engine.train_config import TrainConfig
+from fastmtl.files import atomic_write_json, json_safe
 
 __all__ = [
     "EvalTarget",
@@ -163,19 +164,6 @@ def _evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.devi
     return with_kernel_fallback(model, device, run, print, "evaluation")
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN / inf become None, tensors and numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 _HEADLINE = ("dsc", "ji", "global_dice", "acc", "sen", "spe", "auc_mean", "auc_melanoma", "auc_seborrheic_keratosis",
              "loss", "n_seg_images", "n_cls_images")  # fmt: skip
 
@@ -260,7 +248,7 @@ def run_protocol(
     selected = next((r for r in history if r["epoch"] == result["best_epoch"]), None)
     val = {k[4:]: v for k, v in selected.items() if k.startswith("val_")} if selected else {}
     files = {"summary": "summary.json", "metrics": "metrics.json"}
-    atomic_write_json(out_dir / "metrics.json", _clean({
+    atomic_write_json(out_dir / "metrics.json", json_safe({
         "split": f"validation ({split.get('val_source', '?')})", "model": which, "epoch": result["best_epoch"],
         "n_images": len(split.get("val_ids", [])), "metrics": val,
     }))  # fmt: skip
@@ -273,7 +261,7 @@ def run_protocol(
             log(f"evaluation of {target.root}:{target.split} failed: {type(e).__name__}: {e}")
             evaluated[name] = {"error": f"{type(e).__name__}: {e}"}
             continue
-        atomic_write_json(out_dir / f"eval-{name}.json", _clean({
+        atomic_write_json(out_dir / f"eval-{name}.json", json_safe({
             "split": target.split, "data_root": str(target.root), "model": which, "epoch": result["best_epoch"],
             "n_images": len(eval_split), "metrics": metrics,
         }))  # fmt: skip
@@ -317,7 +305,7 @@ def run_protocol(
         "config": config.to_dict(),
         **(extra or {}),
     }  # fmt: skip
-    atomic_write_json(out_dir / "summary.json", _clean(summary))
+    atomic_write_json(out_dir / "summary.json", json_safe(summary))
     _report(summary, log)
     return summary
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastmtl.engine.checkpoint import atomic_write_bytes
+from fastmtl.files import atomic_write_bytes, json_safe
 
 __all__ = ["plot_curves", "write_logs"]
 
@@ -24,17 +24,10 @@ _CURVES = (
 )
 
 
-def _clean(value: Any) -> Any:
-    """NaN/inf become None in JSON (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_logs(history: Sequence[dict[str, Any]], out_dir: str | Path) -> None:
     """Writes ``log.jsonl`` (one object per epoch) and ``log.csv`` (one row per epoch, union of keys)."""
     out_dir = Path(out_dir)
-    lines = [json.dumps({k: _clean(v) for k, v in row.items()}) for row in history]
+    lines = [json.dumps(json_safe(row)) for row in history]
     atomic_write_bytes(out_dir / "log.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
     columns: list[str] = []
     for row in history:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastmtl.engine.checkpoint import atomic_write_bytes
+from fastmtl.data import DATASET_KINDS
+from fastmtl.files import atomic_write_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +41,7 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "val_source": ("auto", "dataset", "carve"),
     "normalize": ("imagenet", "raw", "unit"),
-    "data": ("auto", "isic2017", "retouch", "oct", "folder", "synthetic"),
+    "data": ("auto", *DATASET_KINDS),
     "input_pipeline": ("loader", "device"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }

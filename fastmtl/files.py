@@ -1,0 +1,108 @@
+"""Writing files: atomic replacement with the usual file mode, strict JSON, and file-name-safe ids.
+
+Every file fastmtl writes (checkpoints, JSON reports, logs, masks, figures, cache entries) goes through
+:func:`replacing`: the content is written to a temporary file in the target's folder, given the mode ``open()``
+would give a new file (``0o666`` less the umask, not ``mkstemp``'s private ``0o600``) and moved into place with
+``os.replace``, so a reader sees the old or the complete new file, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "file_mode", "json_dumps", "json_safe", "replacing", "safe_name"]
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``os.umask`` sets it, which races with
+    threads creating files meanwhile, e.g. prediction's writer thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
+@contextmanager
+def replacing(path: str | os.PathLike, *, prefix: str | None = None) -> Iterator[str]:
+    """Yields a temporary path in ``path``'s folder (created); on success it gets :func:`file_mode` and replaces
+    ``path``, on any error it is removed, so ``path`` is either the old or the complete new file.
+
+    Args:
+        path: the file to write.
+        prefix: the temporary's name prefix (default ``.<name>.``): dot-names keep listings and globs clean.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through :func:`replacing` (flushed to disk before the rename)."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def json_safe(value: Any, *, strict: bool = True) -> Any:
+    """A JSON-ready version of ``value``: tensors and numpy values become plain numbers or lists, tuples and sets
+    lists, paths strings, mapping keys strings.
+
+    Args:
+        value: anything built from those, dicts, lists and JSON scalars.
+        strict: NaN / inf become None (strict JSON has no NaN). False keeps them, for files only Python reads
+            back (checkpoint metadata and sidecars, where a NaN metric must stay NaN on resume).
+    """
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, strict=strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v, strict=strict) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # torch / numpy arrays and scalars
+        return json_safe(value.tolist(), strict=strict)
+    if strict and isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_dumps(obj: Any, *, strict: bool = True, indent: int | None = None) -> str:
+    """``json.dumps`` of :func:`json_safe` ``obj`` with sorted keys."""
+    return json.dumps(json_safe(obj, strict=strict), indent=indent, sort_keys=True)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, strict: bool = True) -> None:
+    """Writes ``obj`` as indented, key-sorted JSON atomically (``strict``: see :func:`json_safe`)."""
+    atomic_write_bytes(path, (json_dumps(obj, strict=strict, indent=2) + "\n").encode())
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of an image id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"
