@@ -21,8 +21,7 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-_SPLITS = ("training", "validation", "test", "train", "val")
-_SHORT_SPLITS = {"training": "train", "validation": "val"}
+_SPLITS = ("training", "validation", "test", "train", "val")  # each dataset kind resolves these to its own names
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -139,19 +138,11 @@ def _print_train(result: dict[str, Any]) -> None:
     print(f"logs and curves: {result['out_dir']}/log.csv, {result['out_dir']}/curves.png")
 
 
-def _eval_split(split: str, data_root: str | None, kind: str | None) -> str:
-    """ISIC names its splits training/validation/test; the other kinds train/val/test."""
-    from fastmtl.data import detect_kind
-
-    if (kind or detect_kind(data_root)) == "isic2017":
-        return split
-    return _SHORT_SPLITS.get(split, split)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from fastmtl.data import dataset_class
     from fastmtl.engine.evaluate import evaluate
 
-    split = _eval_split(args.split, args.data_root, args.kind)
+    split = dataset_class(args.kind or "auto", args.data_root).resolve_split(args.split)
     report = evaluate(args.checkpoint, args.data_root, split, args.out, kind=args.kind, batch_size=args.batch_size,
                       num_workers=args.workers, device=_device(args.device))  # fmt: skip
     print(f"report: {args.out}/metrics.json")

@@ -154,3 +154,42 @@ def test_threads_option_sets_torch_threads_and_rejects_nonsense(capsys):
         torch.set_num_threads(before)
     assert main(["--threads", "0", "info"]) == 2
     assert "--threads must be a positive int" in capsys.readouterr().err
+
+
+def _layout(root: Path, kind: str) -> Path | None:
+    """Just enough of each kind's layout for ``detect_kind`` to recognise it."""
+    marker = {"isic2017": "ISIC-2017_Training_Data/", "retouch": "TRAIN001/oct.mhd", "oct": "manifest.csv",
+              "folder": "images/", "synthetic": None}[kind]  # fmt: skip
+    if marker is None:
+        return None
+    path = root / marker
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if marker.endswith("/") else path.write_text("")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("isic2017", {"validation": "validation", "val": "validation", "train": "training", "test": "test"}),
+        ("retouch", {"validation": "val", "val": "val", "training": "train", "test": "test"}),
+        ("oct", {"validation": "val", "val": "val", "training": "train", "test": "test"}),
+        ("folder", {"validation": "val", "val": "val", "training": "train", "test": "test"}),
+        ("synthetic", {"validation": "val", "val": "val", "training": "train", "test": "test"}),
+    ],
+)
+def test_eval_split_aliases_resolve_for_every_kind(tmp_path, monkeypatch, kind, expected):
+    import fastmtl.engine.evaluate
+
+    seen = []  # the split each call hands to the engine (a stand-in evaluate: the CLI's resolution is under test)
+    monkeypatch.setattr(fastmtl.engine.evaluate, "evaluate", lambda c, r, split, o, **kw: seen.append(split) or {1: 1})
+    root = _layout(tmp_path / "data", kind)
+    for split in expected:
+        args = ["eval", "--checkpoint", "c.safetensors", "--split", split, "--out", str(tmp_path / "eval")]
+        assert main([*args, *(["--data-root", str(root)] if root else [])]) == 0
+    assert seen == list(expected.values())
+
+
+def test_eval_with_an_unknown_kind_is_one_line(tmp_path, capsys):
+    assert main(["eval", "--checkpoint", "c.safetensors", "--kind", "isic", "--out", str(tmp_path / "e")]) == 2
+    assert "unknown dataset kind 'isic'; valid kinds: isic2017, retouch, oct, folder, synthetic" in _error(capsys)

@@ -9,14 +9,18 @@ A sample is a dict:
 - ``"label"``: float32 (K,) multi-label 0/1 targets (zeros when unknown); ``"has_label"``: bool tensor ().
 - ``"id"``: str; ``"orig_size"``: int64 (2,) = (H0, W0) of the source image.
 
-Every dataset exposes ``class_names``, ``seg_classes`` (1 for binary, else classes incl. background),
+Every dataset exposes ``class_names`` (the K classification labels), ``seg_classes`` (1 for binary, else
+classes incl. background), ``seg_class_names`` (the foreground classes, metric keys such as ``dsc_<name>``),
 ``labels`` (float32 (N, K)), ``has_labels`` / ``has_masks`` (bool (N,)), ``groups`` (per-sample group id
-for grouped splits) and ``ids``.
+for grouped splits) and ``ids``. Each class also owns its split vocabulary: :meth:`MTLDataset.resolve_split`
+maps an alias ("training", "validation", "val", ...) to the name its constructor uses, and
+:meth:`MTLDataset.own_val_split` names the validation split it ships with (None: training carves one).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -95,13 +99,28 @@ class MTLDataset(Dataset):
 
     class_names: tuple[str, ...] = ()
     seg_classes: int = 1
+    seg_class_names: tuple[str, ...] = ("lesion",)
+    # alias (lower case) -> the split name the constructor takes
+    SPLITS: ClassVar[dict[str, str]] = {
+        "train": "train", "training": "train", "val": "val", "validation": "val", "test": "test", "all": "all"
+    }  # fmt: skip
 
-    @property
-    def seg_class_names(self) -> tuple[str, ...]:
-        """Foreground segmentation class names (metric keys such as ``dsc_<name>``)."""
-        from fastmtl.metrics import default_seg_class_names
+    @classmethod
+    def resolve_split(cls, name: str) -> str:
+        """The split this dataset calls ``name`` ("validation" -> "val", "Training" -> "train", ...).
 
-        return default_seg_class_names(self.seg_classes)
+        Raises:
+            ValueError: the dataset has no split of that name.
+        """
+        split = cls.SPLITS.get(name.lower())
+        if split is None:
+            raise ValueError(f"unknown {cls.__name__} split {name!r}; expected one of {', '.join(cls.SPLITS)}")
+        return split
+
+    @classmethod
+    def own_val_split(cls, root: str | Path | None) -> str | None:
+        """The validation split the data at ``root`` comes with, or None when training must carve one."""
+        return None
 
     def __init__(
         self,

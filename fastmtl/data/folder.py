@@ -4,9 +4,10 @@
     root/[<split>/]masks/<stem>[ _mask | _segmentation ].<ext>      optional, per image optional
     root/[<split>/]labels.csv                                       optional: id/stem, then one column per class
 
-When ``root/<split>/images`` exists that split folder is used; otherwise ``root`` itself (the engine then
-carves train/val out of it with :func:`~fastmtl.data.splits.split_indices`). Masks are binary by default
-(0/1 or 0/255, thresholded) or class indices with ``seg_classes`` > 1.
+When ``root/<split>/images`` exists that split folder is used (``<split>`` = train or training, val or
+validation, test, or any other sub-folder name); otherwise ``root`` itself (the engine then carves train/val out
+of it with :func:`~fastmtl.data.splits.split_indices`). Masks are binary by default (0/1 or 0/255, thresholded)
+or class indices with ``seg_classes`` > 1. The class names are the ``labels.csv`` header.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastmtl.data.io import IMAGE_EXTENSIONS
 __all__ = ["ImageFolder", "read_label_table"]
 
 _MASK_SUFFIXES = ("", "_mask", "_segmentation")
+_SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "validation"), "test": ("test",)}
 
 
 def read_label_table(csv_path: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
@@ -65,6 +67,25 @@ class ImageFolder(MTLDataset):
         **kwargs: forwarded to :class:`~fastmtl.data.base.MTLDataset`.
     """
 
+    @classmethod
+    def resolve_split(cls, name: str) -> str:
+        """Known aliases give train / val / test / all; any other name is a sub-folder name and stays."""
+        return cls.SPLITS.get(name.lower(), name)
+
+    @classmethod
+    def split_folder(cls, root: str | Path, split: str | None) -> Path | None:
+        """``root/<folder>`` holding ``images/`` for ``split`` (either spelling of train / val), else None."""
+        if not split:
+            return None
+        split = cls.resolve_split(split)
+        found = (Path(root) / name for name in _SPLIT_FOLDERS.get(split, (split,)))
+        return next((folder for folder in found if (folder / "images").is_dir()), None)
+
+    @classmethod
+    def own_val_split(cls, root: str | Path | None) -> str | None:
+        """ "val" when ``root/val/images`` or ``root/validation/images`` exists."""
+        return "val" if root is not None and cls.split_folder(root, "val") is not None else None
+
     def __init__(
         self,
         root: str | Path,
@@ -76,9 +97,11 @@ class ImageFolder(MTLDataset):
         seg_classes: int = 1,
         **kwargs,
     ) -> None:
+        from fastmtl.metrics import default_seg_class_names  # sklearn: imported when a folder is read
+
         self.seg_classes = int(seg_classes)
-        base = Path(root)
-        self.root = base / split if split and (base / split / "images").is_dir() else base
+        self.seg_class_names = default_seg_class_names(self.seg_classes)
+        self.root = self.split_folder(root, split) or Path(root)
         image_dir = self.root / "images"
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image folder {image_dir} not found (expected <root>/[<split>/]images/)")

@@ -21,22 +21,13 @@ from fastmtl.data.base import CacheDir, MTLDataset
 __all__ = ["ISIC2017", "ISIC_CLASSES", "isic_split_name", "read_isic_labels"]
 
 ISIC_CLASSES = ("melanoma", "seborrheic_keratosis", "nevus")
-_SPLITS = {
-    "training": "Training",
-    "train": "Training",
-    "validation": "Validation",
-    "val": "Validation",
-    "test": "Test_v2",
-    "test_v2": "Test_v2",
-}
+_FOLDER_INFIX = {"training": "Training", "validation": "Validation", "test": "Test_v2"}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def isic_split_name(root: Path, split: str) -> str:
-    """Maps "training" / "validation" / "test" (any case, or the official names) to the folder infix."""
-    name = _SPLITS.get(split.lower())
-    if name is None:
-        raise ValueError(f"unknown ISIC 2017 split {split!r}; expected one of {sorted(set(_SPLITS))}")
+    """Maps "training" / "validation" / "test" (any alias, any case, or the official names) to the folder infix."""
+    name = _FOLDER_INFIX[ISIC2017.resolve_split(split)]
     if name == "Test_v2" and not (root / "ISIC-2017_Test_v2_Data").is_dir() and (root / "ISIC-2017_Test_Data").is_dir():
         return "Test"  # the first test release had no "_v2"
     return name
@@ -94,6 +85,17 @@ class ISIC2017(MTLDataset):
 
     class_names = ISIC_CLASSES
     seg_classes = 1
+    seg_class_names = ("lesion",)
+    SPLITS = {
+        "training": "training", "train": "training", "validation": "validation", "val": "validation",
+        "test": "test", "test_v2": "test",
+    }  # fmt: skip
+
+    @classmethod
+    def own_val_split(cls, root: str | Path | None) -> str | None:
+        """ "validation" when the official ``ISIC-2017_Validation_Data/`` folder is there."""
+        has_it = root is not None and (Path(root) / "ISIC-2017_Validation_Data").is_dir()
+        return "validation" if has_it else None
 
     def __init__(
         self,

@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from fastmtl.data.base import CacheDir, MTLDataset
-from fastmtl.data.splits import SPLIT_NAMES, select_split
+from fastmtl.data.retouch import RETOUCH_CLASSES, RETOUCH_SEG_CLASSES
+from fastmtl.data.splits import select_split
 
 __all__ = ["OCTManifest", "parse_mask_encoding", "mask_lut"]
 
 _COLUMNS = ("dataset", "case_id", "subject", "vendor", "image_path", "mask_path", "mask_encoding")
-_TASKS = {  # task -> (class names, manifest label columns, seg_classes)
-    "fluid": (("fluid",), ("has_fluid",), 1),  # one sigmoid channel, Dice loss
-    "fluid-2class": (("fluid",), ("has_fluid",), 2),  # background/fluid softmax head: Dice over both + focal loss
-    "retouch": (("IRF", "SRF", "PED"), ("has_irf", "has_srf", "has_ped"), 4),
+_TASKS = {  # task -> (class names, manifest label columns, seg_classes, foreground seg class names)
+    "fluid": (("fluid",), ("has_fluid",), 1, ("fluid",)),  # one sigmoid channel, Dice loss
+    "fluid-2class": (("fluid",), ("has_fluid",), 2, ("fluid",)),  # background/fluid softmax: Dice over both + focal
+    "retouch": (RETOUCH_CLASSES, ("has_irf", "has_srf", "has_ped"), 4, RETOUCH_SEG_CLASSES),
 }
 _BACKGROUND = {"bg", "background", "none", "0"}
 _RETOUCH_INDEX = {"irf": 1, "srf": 2, "ped": 3}
@@ -87,6 +88,11 @@ class OCTManifest(MTLDataset):
         **kwargs: forwarded to :class:`~fastmtl.data.base.MTLDataset`.
     """
 
+    @classmethod
+    def own_val_split(cls, root: str | Path | None) -> str | None:
+        """Always "val": the seeded split by subject is built into the dataset."""
+        return "val"
+
     def __init__(
         self,
         root: str | Path,
@@ -104,15 +110,13 @@ class OCTManifest(MTLDataset):
     ) -> None:
         if task not in _TASKS:
             raise ValueError(f"task must be one of {sorted(_TASKS)}, got {task!r}")
-        if split not in SPLIT_NAMES:
-            raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
-        self.class_names, self._label_columns, self.seg_classes = _TASKS[task]
+        self.class_names, self._label_columns, self.seg_classes, self.seg_class_names = _TASKS[task]
         super().__init__(img_size=img_size, train=train, cache_dir=cache_dir, **kwargs)
-        self.task, self.subset, self.split = task, subset, split
+        self.task, self.subset, self.split = task, subset, self.resolve_split(split)
         path = Path(root)
         self.manifest = path / "manifest.csv" if path.is_dir() else path
         rows = self._read_rows(subset, vendor)
-        keep = select_split([r["subject"] for r in rows], split, fractions, seed)
+        keep = select_split([r["subject"] for r in rows], self.split, fractions, seed)
         rows = [rows[i] for i in keep]
         base = self.manifest.parent
         self.image_paths = [base / r["image_path"] for r in rows]
@@ -145,10 +149,6 @@ class OCTManifest(MTLDataset):
             if not rows:
                 raise ValueError(f"no rows with vendor={vendor!r} (subset={subset!r}) in {self.manifest}")
         return rows
-
-    @property
-    def seg_class_names(self) -> tuple[str, ...]:
-        return ("fluid",) if self.task.startswith("fluid") else super().seg_class_names
 
     def _load(self, index: int) -> dict[str, np.ndarray]:
         return self._load_files(self.image_paths[index], self.mask_paths[index], self.rules[index])

@@ -22,13 +22,14 @@ import numpy as np
 
 from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.cache import resize_image, resize_mask, source_key
-from fastmtl.data.splits import SPLIT_NAMES, select_split
+from fastmtl.data.splits import select_split
 
-__all__ = ["RETOUCH_CLASSES", "RETOUCH_VENDORS", "Retouch", "RetouchVolume", "find_volumes"]
+__all__ = ["RETOUCH_CLASSES", "RETOUCH_SEG_CLASSES", "RETOUCH_VENDORS", "Retouch", "RetouchVolume", "find_volumes"]
 
 log = logging.getLogger(__name__)
 
 RETOUCH_CLASSES = ("IRF", "SRF", "PED")
+RETOUCH_SEG_CLASSES = ("irf", "srf", "ped")  # foreground labels 1..3 of ``reference.mhd`` (metric keys dsc_irf ...)
 RETOUCH_VENDORS = ("Cirrus", "Spectralis", "Topcon")
 
 
@@ -139,6 +140,12 @@ class Retouch(MTLDataset):
 
     class_names = RETOUCH_CLASSES
     seg_classes = 4
+    seg_class_names = RETOUCH_SEG_CLASSES
+
+    @classmethod
+    def own_val_split(cls, root: str | Path | None) -> str | None:
+        """Always "val": the seeded split by volume is built into the dataset."""
+        return "val"
 
     def __init__(
         self,
@@ -154,11 +161,9 @@ class Retouch(MTLDataset):
         **kwargs,
     ) -> None:
         super().__init__(img_size=img_size, train=train, cache_dir=cache_dir, **kwargs)
-        if split not in SPLIT_NAMES:
-            raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
-        self.root, self.split = Path(root), split
+        self.root, self.split = Path(root), self.resolve_split(split)
         volumes = find_volumes(self.root, vendor)
-        self.volumes = self._select(volumes, split, fractions, seed)
+        self.volumes = self._select(volumes, self.split, fractions, seed)
         self.items: list[tuple[int, int]] = []  # (volume index, B-scan index)
         ids, labels, has_labels, groups = [], [], [], []
         for v, volume in enumerate(self.volumes):

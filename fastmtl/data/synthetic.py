@@ -1,12 +1,12 @@
 """Deterministic synthetic dermoscopy-like images: the embedded default dataset when no data is given.
 
 Each sample is a lesion (a blob with a wavy border) on a skin-coloured, shaded background, with its mask
-and one of three mutually exclusive diagnoses in the ISIC label format (melanoma, seborrheic keratosis,
-nevus = neither). The class drives what a model can learn from the pixels:
+and one of three mutually exclusive synthetic classes, one-hot like ISIC's labels. The styles borrow from
+dermoscopy, but the classes are made up and named so (a model trained on them must not claim a diagnosis):
 
-- melanoma: large, dark, irregular border, mottled brown / blue-grey colours;
-- seborrheic keratosis: light tan, moderately irregular, bright speckles (milia-like cysts);
-- nevus: small to medium, regular round border, uniform mid brown.
+- synthetic_irregular: large, dark, irregular border, mottled brown / blue-grey colours (melanoma-like);
+- synthetic_speckled: light tan, moderately irregular, bright speckles (seborrheic-keratosis-like);
+- synthetic_regular: small to medium, regular round border, uniform mid brown (nevus-like).
 
 Sizes, positions, colours and textures are jittered so the classes overlap a little. Sample ``i`` of a
 given seed and split is always the same image, at any ``img_size`` (drawn in normalised coordinates).
@@ -14,15 +14,17 @@ given seed and split is always the same image, at any ``img_size`` (drawn in nor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from fastmtl.data.base import MTLDataset
-from fastmtl.data.isic2017 import ISIC_CLASSES
 
-__all__ = ["SyntheticLesions", "render_lesion"]
+__all__ = ["SYNTHETIC_CLASSES", "SyntheticLesions", "render_lesion"]
 
-_CLASS_P = (0.3, 0.2, 0.5)  # melanoma, seborrheic keratosis, nevus
-_SPLIT_CODES = {"train": 0, "training": 0, "all": 0, "val": 1, "validation": 1, "test": 2}
+SYNTHETIC_CLASSES = ("synthetic_irregular", "synthetic_speckled", "synthetic_regular")
+_CLASS_P = (0.3, 0.2, 0.5)  # irregular, speckled, regular
+_SPLIT_CODES = {"train": 0, "all": 0, "val": 1, "test": 2}
 # per class: (radius range, border irregularity range, base colour RGB)
 _STYLE = {
     0: ((0.36, 0.55), (0.12, 0.25), (75, 50, 40)),
@@ -61,7 +63,7 @@ def _lesion_colour(rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.nd
         for cy, cx in rng.uniform(-0.5, 0.5, size=(int(rng.integers(12, 30)), 2)):
             dots = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.02**2))
             colour += 90.0 * dots[..., None]
-    else:  # nevus: nearly uniform, a slightly darker centre
+    else:  # regular: nearly uniform, a slightly darker centre
         colour *= (1.0 - 0.1 * np.exp(-(xx**2 + yy**2) / 0.05))[..., None]
     return colour
 
@@ -77,7 +79,7 @@ def _hair(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarra
 
 
 def render_lesion(rng: np.random.Generator, cls: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Draws one sample of class ``cls`` (0 melanoma, 1 seborrheic keratosis, 2 nevus).
+    """Draws one sample of class ``cls`` (0 irregular, 1 speckled, 2 regular: see the module docstring).
 
     Returns:
         (image uint8 (H, W, 3), mask uint8 (H, W) with 1 inside the lesion).
@@ -103,19 +105,26 @@ def render_lesion(rng: np.random.Generator, cls: int, size: tuple[int, int]) -> 
 
 
 class SyntheticLesions(MTLDataset):
-    """``n`` generated lesion images with masks and ISIC-style labels; needs no files and no cache.
+    """``n`` generated lesion images with masks and one-hot synthetic labels; needs no files and no cache.
 
     Args:
         n: number of samples.
-        split: "train", "val" or "test" (different images for the same seed) or "all" (= train).
+        split: "train", "val" or "test" (different images for the same seed; aliases "training", "validation")
+            or "all" (= train).
         img_size: output size (int or (h, w)); images are drawn at this size.
         train: training augmentation.
         seed: base seed.
         **kwargs: ``normalize``, ``in_chans``, ``augment`` (see :class:`~fastmtl.data.base.MTLDataset`).
     """
 
-    class_names = ISIC_CLASSES
+    class_names = SYNTHETIC_CLASSES
     seg_classes = 1
+    seg_class_names = ("lesion",)
+
+    @classmethod
+    def own_val_split(cls, root: str | Path | None) -> str | None:
+        """Always "val": a generated split of its own."""
+        return "val"
 
     def __init__(
         self,
@@ -129,8 +138,7 @@ class SyntheticLesions(MTLDataset):
     ) -> None:
         if img_size is None:
             raise ValueError("SyntheticLesions needs an img_size")
-        if split not in _SPLIT_CODES:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
+        split = self.resolve_split(split)
         kwargs.pop("cache_dir", None)  # generated on the fly: nothing to cache
         super().__init__(img_size=img_size, train=train, cache_dir=False, **kwargs)
         self.seed, self.split = int(seed), split

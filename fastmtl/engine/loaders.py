@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from fastmtl.data import build_dataset, detect_kind, split_indices, subset
+from fastmtl.data import build_dataset, dataset_class, detect_kind, split_indices, subset
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.train_config import TrainConfig
 
@@ -121,17 +121,6 @@ def _cache(config: TrainConfig) -> str | bool | None:
     return config.cache_dir or None
 
 
-def _own_val_split(kind: str, root: Path | None) -> str | None:
-    """Name of the dataset's own validation split when it has one, else None."""
-    if kind in ("oct", "retouch", "synthetic"):
-        return "val"  # grouped (subject / volume) split built into the dataset, or a generated split
-    if kind == "isic2017" and root is not None and (root / "ISIC-2017_Validation_Data").is_dir():
-        return "validation"
-    if kind == "folder" and root is not None:
-        return next((s for s in ("val", "validation") if (root / s / "images").is_dir()), None)
-    return None
-
-
 def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData:
     """Builds the training set and a validation set that never touches the test split.
 
@@ -153,7 +142,7 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         except TypeError as e:  # an option the dataset's constructor does not take
             raise ValueError(f"data_options {options} do not fit the {kind} dataset: {e}") from e
 
-    own = _own_val_split(kind, root) if config.val_source != "carve" else None
+    own = dataset_class(kind).own_val_split(root) if config.val_source != "carve" else None
     if config.val_source == "dataset" and own is None:
         raise ValueError(f"val_source='dataset' but the {kind} data at {root} has no validation split")
     if own is not None:

@@ -55,7 +55,7 @@ def test_missing_csv_needs_require_labels_false(isic_root):
 def test_bad_inputs_have_clear_errors(isic_root):
     with pytest.raises(FileNotFoundError, match="ISIC-2017_Validation_Data"):
         ISIC2017(isic_root, "validation", img_size=8, cache_dir=False)
-    with pytest.raises(ValueError, match="unknown ISIC 2017 split"):
+    with pytest.raises(ValueError, match="unknown ISIC2017 split .dev.; expected one of training, train, validation"):
         ISIC2017(isic_root, "dev", img_size=8, cache_dir=False)
     csv_path = isic_root / "ISIC-2017_Training_Part3_GroundTruth.csv"
     good = csv_path.read_text()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastmtl.data import SyntheticLesions, build_dataset, denormalize
+from fastmtl.data.synthetic import SYNTHETIC_CLASSES
 
 
 def test_deterministic_and_split_dependent():
@@ -26,7 +27,7 @@ def test_any_size_and_contract(size):
     assert sample["mask"].shape == hw and sample["mask"].dtype == torch.int64 and sample["mask"].sum() > 0
     assert sample["has_mask"] and sample["has_label"] and sample["orig_size"].tolist() == list(hw)
     assert torch.equal(sample["label"], torch.from_numpy(dataset.labels[2]))
-    assert dataset.class_names == ("melanoma", "seborrheic_keratosis", "nevus") and dataset.seg_classes == 1
+    assert dataset.class_names == SYNTHETIC_CLASSES and dataset.seg_classes == 1
 
 
 def test_labels_are_learnable_from_pixels():

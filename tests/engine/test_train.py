@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fastmtl.config import ModelConfig
+from fastmtl.data import SyntheticLesions
 from fastmtl.engine.checkpoint import CheckpointError, load_model
 from fastmtl.engine.loop import NonFiniteLossError
 from fastmtl.engine.schedule import poly_lr
@@ -88,11 +89,8 @@ def test_train_writes_checkpoints_logs_curves_and_config(tmp_path):
     model, meta = load_model(tmp_path / "best.safetensors")
     # by name: other test modules import this one as tests.engine.test_train, a second copy of the class
     assert type(model).__name__ == "TinyMTL" and model.config.img_size == 32
-    assert meta["epoch"] == result["best_epoch"] and meta["class_names"] == [
-        "melanoma",
-        "seborrheic_keratosis",
-        "nevus",
-    ]
+    assert meta["epoch"] == result["best_epoch"] and meta["class_names"] == list(SyntheticLesions.class_names)
+    assert meta["seg_class_names"] == ["lesion"]
     assert meta["normalize"] == "imagenet" and meta["val_source"] == "dataset"
     assert result["best_value"] == max(r["val_ji"] for r in rows)
 

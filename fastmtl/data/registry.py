@@ -1,0 +1,120 @@
+"""The dataset kinds in one table: kind -> class, detection of the kind from a folder, and building a split.
+
+The engine and the command line ask this module (through :mod:`fastmtl.data`) about datasets instead of
+knowing their layouts: :func:`dataset_class` gives the class of a kind (or of a detected folder), and the class
+answers for its splits (``resolve_split``, ``own_val_split``) and class names (``class_names``,
+``seg_class_names``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastmtl.data.base import MTLDataset
+from fastmtl.data.folder import ImageFolder
+from fastmtl.data.isic2017 import ISIC2017
+from fastmtl.data.oct import OCTManifest
+from fastmtl.data.retouch import Retouch
+from fastmtl.data.synthetic import SyntheticLesions
+
+__all__ = ["DATASETS", "DATASET_KINDS", "build_dataset", "dataset_class", "detect_kind"]
+
+DATASETS: dict[str, type[MTLDataset]] = {
+    "isic2017": ISIC2017,
+    "retouch": Retouch,
+    "oct": OCTManifest,
+    "folder": ImageFolder,
+    "synthetic": SyntheticLesions,
+}
+DATASET_KINDS = tuple(DATASETS)
+_SYNTHETIC_N = {"train": 256, "all": 256}  # other splits: 64
+
+
+def dataset_class(kind: str, root: str | Path | None = None) -> type[MTLDataset]:
+    """The dataset class of ``kind``; "auto" detects the kind from ``root`` (see :func:`detect_kind`).
+
+    Raises:
+        ValueError: unknown kind (the message lists the valid ones) or an undetectable folder.
+        FileNotFoundError: "auto" with a ``root`` that does not exist.
+    """
+    if kind == "auto":
+        kind = detect_kind(root)
+    if kind not in DATASETS:
+        raise ValueError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(DATASET_KINDS)} (or 'auto')")
+    return DATASETS[kind]
+
+
+def build_dataset(
+    kind: str,
+    root: str | Path | None,
+    split: str,
+    *,
+    img_size: int | tuple[int, int] | None,
+    train: bool,
+    cache_dir: str | Path | bool | None = None,
+    normalize: str = "imagenet",
+    **opts,
+) -> MTLDataset:
+    """Builds one split of a dataset.
+
+    Args:
+        kind: one of ``DATASET_KINDS``; "auto" calls :func:`detect_kind` on ``root``.
+        root: dataset folder (ignored by "synthetic"; an OCT manifest may be given as its CSV file).
+        split: "train" / "val" / "test" / "all" or an alias every kind understands ("training", "validation");
+            the class's ``resolve_split`` says what it means for that kind (ISIC also takes "Test_v2").
+        img_size: stored and output size, int or (h, w); None keeps source sizes.
+        train: apply the training augmentation.
+        cache_dir: decoded-array cache; None = ``$FASTMTL_CACHE`` or ``~/.cache/fastmtl``, False = memory only.
+        normalize: "imagenet", "raw" (0..255) or "unit" (0..1).
+        **opts: dataset-specific options (vendor, fractions, seed, subset, task, n, seg_classes, in_chans,
+            augment, require_labels).
+
+    Raises:
+        ValueError: unknown kind, split or options.
+    """
+    cls = dataset_class(kind, root)
+    split = cls.resolve_split(split)
+    common = {"img_size": img_size, "train": train, "cache_dir": cache_dir, "normalize": normalize}
+    if cls is SyntheticLesions:
+        n = opts.pop("n", _SYNTHETIC_N.get(split, 64))
+        return SyntheticLesions(n, split, **common, **opts)
+    if root is None:
+        raise ValueError(f"dataset kind {kind!r} needs a root folder")
+    return cls(root, split, **common, **opts)
+
+
+def _has(root: Path, pattern: str) -> bool:
+    return next(iter(root.glob(pattern)), None) is not None
+
+
+def detect_kind(root: str | Path | None) -> str:
+    """Guesses the dataset kind from a folder layout.
+
+    None gives "synthetic"; ``ISIC-2017_*_Data/`` -> "isic2017"; ``manifest.csv`` (or a CSV file) -> "oct";
+    ``oct.mhd`` up to two levels down -> "retouch"; ``images/`` or ``<split>/images/`` -> "folder".
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: no known layout matches.
+    """
+    if root is None:
+        return "synthetic"
+    path = Path(root)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset root {path} not found")
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "oct"
+        raise ValueError(f"{path} is a file; expected a dataset folder or an OCT manifest CSV")
+    if _has(path, "ISIC-2017_*_Data"):
+        return "isic2017"
+    if (path / "manifest.csv").is_file():
+        return "oct"
+    if _has(path, "oct.mhd") or _has(path, "*/oct.mhd") or _has(path, "*/*/oct.mhd"):
+        return "retouch"
+    if (path / "images").is_dir() or _has(path, "*/images"):
+        return "folder"
+    raise ValueError(
+        f"cannot tell the dataset kind of {path}: expected ISIC-2017_<Split>_Data/ (isic2017), manifest.csv (oct), "
+        "<case>/oct.mhd (retouch) or images/ [+ masks/, labels.csv] (folder)"
+    )
