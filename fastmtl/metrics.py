@@ -31,28 +31,29 @@ from torch import Tensor
 
 __all__ = [
     "BINARY_SEG_CLASS_NAMES",
-    "ISIC_CLASS_NAMES",
-    "RETOUCH_SEG_CLASS_NAMES",
     "ClassificationMeter",
     "SegmentationMeter",
     "classification_metrics",
+    "default_class_names",
     "default_seg_class_names",
     "format_table",
     "segmentation_metrics",
 ]
 
-ISIC_CLASS_NAMES = ("melanoma", "seborrheic_keratosis", "nevus")
 BINARY_SEG_CLASS_NAMES = ("lesion",)
-RETOUCH_SEG_CLASS_NAMES = ("irf", "srf", "ped")
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """Generic names ``class0`` .. ``class<K-1>`` for K classification logits (datasets name their own)."""
+    return tuple(f"class{i}" for i in range(num_classes))
 
 
 def default_seg_class_names(num_classes: int) -> tuple[str, ...]:
-    """Foreground class names for ``num_classes`` seg channels: lesion (1), irf/srf/ped (4), else class<i>."""
+    """Generic foreground names for ``num_classes`` seg channels: "lesion" (one binary channel), else
+    ``class1`` .. ``class<C-1>`` (class 0 is the background). Datasets name their own (``seg_class_names``)."""
     if num_classes == 1:
         return BINARY_SEG_CLASS_NAMES
-    if num_classes == 4:
-        return RETOUCH_SEG_CLASS_NAMES
-    return tuple(f"class{i}" for i in range(1, num_classes))
+    return default_class_names(num_classes)[1:]
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -188,12 +189,13 @@ class ClassificationMeter:
     """Streaming multi-label classification metrics (micro and per class, percent) and ROC-AUC.
 
     Args:
-        class_names: one name per logit; defaults to the ISIC 2017 classes.
+        class_names: one name per logit (a dataset's ``class_names``), or the number of logits for the generic
+            names of :func:`default_class_names`.
         threshold: a class is predicted when its sigmoid probability is strictly above this.
     """
 
-    def __init__(self, class_names: Sequence[str] = ISIC_CLASS_NAMES, threshold: float = 0.5) -> None:
-        self.class_names = tuple(class_names)
+    def __init__(self, class_names: Sequence[str] | int, threshold: float = 0.5) -> None:
+        self.class_names = default_class_names(class_names) if isinstance(class_names, int) else tuple(class_names)
         if not self.class_names:
             raise ValueError("ClassificationMeter needs at least one class name")
         self.threshold = threshold
@@ -299,10 +301,10 @@ def segmentation_metrics(seg_logits: Tensor, mask: Tensor, class_names: Sequence
 
 
 def classification_metrics(
-    cls_logits: Tensor, labels: Tensor, class_names: Sequence[str] = ISIC_CLASS_NAMES, threshold: float = 0.5
+    cls_logits: Tensor, labels: Tensor, class_names: Sequence[str] | None = None, threshold: float = 0.5
 ) -> dict[str, Any]:
-    """One-shot ``ClassificationMeter`` over (N, K) logits and (N, K) {0, 1} labels."""
-    meter = ClassificationMeter(class_names, threshold)
+    """One-shot ``ClassificationMeter`` over (N, K) logits and (N, K) {0, 1} labels (None: generic class names)."""
+    meter = ClassificationMeter(cls_logits.shape[-1] if class_names is None else class_names, threshold)
     meter.update(cls_logits, labels)
     return meter.compute()
 

@@ -10,7 +10,7 @@ import torch
 import fastmtl
 from fastmtl.data.transforms import normalize_image
 from fastmtl.engine.checkpoint import load_model, save_checkpoint
-from fastmtl.engine.export import ExportCheckError, _check, export, normalization_stats
+from fastmtl.engine.export import ExportCheckError, _check, export, export_metadata, normalization_stats
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
 
@@ -35,6 +35,17 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def aoti_package(checkpoint, tmp_path_factory):
     return export(checkpoint, tmp_path_factory.mktemp("aoti") / "tiny.pt2", format="aoti", batch_size=2)
+
+
+def test_metadata_names_come_from_the_checkpoint() -> None:
+    """The training dataset's names travel through the checkpoint; an old checkpoint without them gets generic
+    names (never another dataset's, such as ISIC's for any three-class model)."""
+    model = fastmtl.create_model("unet_resnet34_mtl", img_size=32, seg_classes=4)
+    names = {"class_names": ["IRF", "SRF", "PED"], "seg_class_names": ["irf", "srf", "ped"]}
+    meta = export_metadata(model, names, 32)
+    assert (meta["class_names"], meta["seg_class_names"], meta["seg_classes"]) == ("IRF,SRF,PED", "irf,srf,ped", "4")
+    old = export_metadata(model, {}, 32)
+    assert (old["class_names"], old["seg_class_names"]) == ("class0,class1,class2", "class1,class2,class3")
 
 
 @pytest.mark.slow

@@ -11,16 +11,17 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, multilabel_confusion_matrix, recall_score, roc_auc_score
 
 from fastmtl.metrics import (
-    ISIC_CLASS_NAMES,
     ClassificationMeter,
     SegmentationMeter,
     classification_metrics,
+    default_class_names,
     default_seg_class_names,
     format_table,
     segmentation_metrics,
 )
 
 ON, OFF = 5.0, -5.0
+NAMES = ("melanoma", "seborrheic_keratosis", "nevus")  # one dataset's class names, always passed explicitly
 
 
 def _binary_logits(pred: list) -> torch.Tensor:
@@ -57,7 +58,7 @@ def test_empty_truth_is_skipped_but_counts_in_global_dice():
 def test_multiclass_per_class_and_mean_over_present_classes():
     truth = torch.tensor([[[0, 1, 2, 2]]])  # class 3 (ped) absent everywhere
     pred = torch.tensor([[[0, 1, 2, 1]]])
-    out = segmentation_metrics(_class_logits(pred, 4), truth)
+    out = segmentation_metrics(_class_logits(pred, 4), truth, ("irf", "srf", "ped"))
     # irf: TP 1 FP 1 FN 0; srf: TP 1 FP 0 FN 1; both DSC 2/3, JI 1/2
     assert out["dsc_irf"] == pytest.approx(200 / 3) and out["dsc_srf"] == pytest.approx(200 / 3)
     assert out["ji_irf"] == pytest.approx(50.0)
@@ -78,12 +79,12 @@ def test_meters_merge_to_single_pass_through_state():
     seg, mask = torch.randn(6, 4, 8, 8), torch.randint(0, 4, (6, 8, 8))
     mask[0] = 0  # an image with no foreground at all
     cls, labels = torch.randn(30, 3), torch.randint(0, 2, (30, 3))
-    whole_seg, whole_cls = SegmentationMeter(4), ClassificationMeter()
+    whole_seg, whole_cls = SegmentationMeter(4), ClassificationMeter(NAMES)
     whole_seg.update(seg, mask)
     whole_cls.update(cls, labels)
     halves_seg, halves_cls = (
         [SegmentationMeter(4), SegmentationMeter(4)],
-        [ClassificationMeter(), ClassificationMeter()],
+        [ClassificationMeter(NAMES), ClassificationMeter(NAMES)],
     )
     for i, (s, c) in enumerate(zip(halves_seg, halves_cls, strict=True)):
         s.update(seg[3 * i : 3 * i + 3], mask[3 * i : 3 * i + 3])
@@ -119,19 +120,19 @@ def test_classification_hand_computed():
 def test_classification_agrees_with_sklearn():
     torch.manual_seed(3)
     logits, labels = torch.randn(40, 3) * 2, torch.randint(0, 2, (40, 3))
-    out = classification_metrics(logits, labels)
+    out = classification_metrics(logits, labels, NAMES)
     y, pred = labels.numpy(), (torch.sigmoid(logits) > 0.5).numpy().astype(int)
     assert out["acc"] == pytest.approx(100 * accuracy_score(y.ravel(), pred.ravel()))
     assert out["sen"] == pytest.approx(100 * recall_score(y.ravel(), pred.ravel()))
     assert out["spe"] == pytest.approx(100 * recall_score(y.ravel(), pred.ravel(), pos_label=0))
     confusion = multilabel_confusion_matrix(y, pred)  # (K, 2, 2): [[tn, fp], [fn, tp]]
-    for k, name in enumerate(ISIC_CLASS_NAMES):
+    for k, name in enumerate(NAMES):
         assert out[f"acc_{name}"] == pytest.approx(100 * accuracy_score(y[:, k], pred[:, k]))
         assert out[f"auc_{name}"] == pytest.approx(100 * roc_auc_score(y[:, k], torch.sigmoid(logits[:, k]).numpy()))
         assert [out[f"tn_{name}"], out[f"fp_{name}"], out[f"fn_{name}"], out[f"tp_{name}"]] == confusion[
             k
         ].ravel().tolist()
-    aucs = [out[f"auc_{n}"] for n in ISIC_CLASS_NAMES]
+    aucs = [out[f"auc_{n}"] for n in NAMES]
     assert out["auc_mean"] == pytest.approx(sum(aucs) / 3)
 
 
@@ -139,18 +140,26 @@ def test_auc_nan_for_single_label_class_without_warnings():
     labels = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 1]])  # seb. keratosis never positive, nevus always
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = classification_metrics(torch.randn(3, 3), labels)
+        out = classification_metrics(torch.randn(3, 3), labels, NAMES)
     assert math.isnan(out["auc_seborrheic_keratosis"]) and math.isnan(out["auc_nevus"])
     assert out["auc_mean"] == out["auc_melanoma"]
     assert math.isnan(out["sen_seborrheic_keratosis"])  # no positives: undefined, not an error
 
 
-def test_default_names_and_format_table():
+def test_default_names_are_generic():
     assert default_seg_class_names(1) == ("lesion",)
-    assert default_seg_class_names(4) == ("irf", "srf", "ped")
+    assert default_seg_class_names(4) == ("class1", "class2", "class3")  # no dataset's names: RETOUCH names its own
+    assert default_class_names(3) == ClassificationMeter(3).class_names == ("class0", "class1", "class2")
+    out = classification_metrics(torch.tensor([[2.0, -2.0, 1.0]]), torch.tensor([[1, 0, 0]]))
+    assert (out["tp_class0"], out["tn_class1"], out["fp_class2"]) == (1, 1, 1) and "tp_melanoma" not in out
+    seg = segmentation_metrics(_class_logits(torch.tensor([[[0, 1], [2, 1]]]), 3), torch.tensor([[[0, 1], [2, 2]]]))
+    assert seg["dsc_class1"] == pytest.approx(200 / 3) and seg["dsc_class2"] == pytest.approx(200 / 3)
+
+
+def test_format_table():
     metrics = {
         **segmentation_metrics(_binary_logits([[[1, 1], [0, 0]]]), torch.tensor([[[1, 0], [1, 0]]])),
-        **classification_metrics(torch.tensor([[2.0, -2.0, 1.0]]), torch.tensor([[1, 0, 0]])),
+        **classification_metrics(torch.tensor([[2.0, -2.0, 1.0]]), torch.tensor([[1, 0, 0]]), NAMES),
         "loss": 0.5,
     }
     table = format_table(metrics)
@@ -168,9 +177,9 @@ def test_metric_errors():
     with pytest.raises(ValueError, match="needs 3 names"):
         SegmentationMeter(4, class_names=("a", "b"))
     with pytest.raises(ValueError, match=r"labels shape \(2, 2\)"):
-        ClassificationMeter().update(torch.zeros(2, 3), torch.zeros(2, 2))
+        ClassificationMeter(NAMES).update(torch.zeros(2, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError, match=r"\(B, 3\)"):
-        ClassificationMeter().update(torch.zeros(2, 4), torch.zeros(2, 4))
+        ClassificationMeter(3).update(torch.zeros(2, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="no images"):
         SegmentationMeter(1).compute()
     with pytest.raises(ValueError, match="cannot merge"):

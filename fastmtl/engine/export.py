@@ -5,8 +5,10 @@ Inductor into a shared library inside a ``.pt2`` package that Python (``torch._i
 C++ (``torch::inductor::AOTIModelPackageLoader``, see ``cpp/fastmtl_infer.cpp``) load without Python model code.
 The package's metadata carries what a runner needs to pre- and post-process like ``fastmtl predict``:
 ``img_size``, ``in_chans``, ``seg_classes``, ``cls_classes``, ``mean``/``std`` (per channel, 0..255 units),
-``class_names`` and ``seg_class_names`` (comma-separated), ``outputs`` (``seg_logits,cls_logits`` minus the
-absent ones, in the package's output order), ``model`` and ``fastmtl_version``.
+``class_names`` and ``seg_class_names`` (comma-separated; the training dataset's, read from the checkpoint's
+metadata, or the generic ``class0..`` / ``class1..`` for a checkpoint without them), ``outputs``
+(``seg_logits,cls_logits`` minus the absent ones, in the package's output order), ``model`` and
+``fastmtl_version``.
 
 ONNX (``format="onnx"``): ``torch.onnx.export(..., dynamo=True)``; needs ``pip install onnx onnxscript``
 (and ``onnxruntime`` for the parity check). The same metadata is stored as the model's ``metadata_props``.
@@ -31,7 +33,7 @@ import fastmtl
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
 from fastmtl.engine.checkpoint import load_model, model_config
 from fastmtl.inference import fold_batchnorms
-from fastmtl.metrics import ISIC_CLASS_NAMES, default_seg_class_names
+from fastmtl.metrics import default_class_names, default_seg_class_names
 
 __all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats"]
 
@@ -58,7 +60,8 @@ def export_metadata(model: nn.Module, meta: dict[str, Any], img_size: int) -> di
     """String metadata stored in the package (see the module docstring)."""
     config = model_config(model)
     k = config.cls_classes
-    class_names = meta.get("class_names") or (ISIC_CLASS_NAMES if k == 3 else [f"class{i}" for i in range(k)])
+    class_names = meta.get("class_names") or default_class_names(k)
+    seg_names = meta.get("seg_class_names") or default_seg_class_names(config.seg_classes)
     mean, std = normalization_stats(meta.get("normalize", "imagenet"), config.in_chans)
     return {
         "model": config.name,
@@ -70,7 +73,7 @@ def export_metadata(model: nn.Module, meta: dict[str, Any], img_size: int) -> di
         "mean": ",".join(repr(v) for v in mean),
         "std": ",".join(repr(v) for v in std),
         "class_names": ",".join(class_names),
-        "seg_class_names": ",".join(default_seg_class_names(config.seg_classes)),
+        "seg_class_names": ",".join(seg_names),
     }
 
 

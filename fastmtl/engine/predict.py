@@ -42,7 +42,7 @@ from fastmtl.engine.checkpoint import load_model, model_config
 from fastmtl.engine.evaluate import autocast_context, seg_to_classes
 from fastmtl.engine.overlay import draw_overlay, save_png
 from fastmtl.files import atomic_write_bytes, safe_name
-from fastmtl.metrics import ISIC_CLASS_NAMES, default_seg_class_names
+from fastmtl.metrics import default_class_names, default_seg_class_names
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
 
@@ -376,7 +376,7 @@ def predict(
 
     Args:
         checkpoint: ``<stem>.safetensors`` written by fastmtl (its meta may hold ``normalize`` and
-            ``class_names``; defaults "imagenet" and the ISIC names for three classes).
+            ``class_names``; defaults "imagenet" and the generic class0, class1, ...).
         inputs: see :func:`collect_inputs`.
         output_dir: receives ``masks/<id>.png`` (original size; binary 0/255, multi-class indices),
             ``probabilities.csv`` (path, id, prob_<class>, pred_<class>, area_fraction[, area_<class>], mask),
@@ -441,7 +441,7 @@ def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold,
 
         model = optimize_for_inference(model, compile="default" if compile else False)
     k = config.cls_classes
-    class_names = meta.get("class_names") or (ISIC_CLASS_NAMES if k == 3 else [f"class{i}" for i in range(k)])
+    class_names = meta.get("class_names") or default_class_names(k)
     size = (img_size or config.img_size,) * 2
     dataset = ImagePaths(paths, size, meta.get("normalize", "imagenet"), config.in_chans)
     seg_names = meta.get("seg_class_names") or default_seg_class_names(config.seg_classes)

@@ -45,13 +45,13 @@ def test_predict_folder_writes_original_size_masks_and_skips_corrupt(
     assert _rows(out / "failures.csv")[0]["path"] == str(corrupt_image)
     rows = _rows(summary.csv_path)
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p, _ in image_files.values())
-    assert {"prob_melanoma", "pred_nevus", "area_fraction", "mask"} <= set(rows[0])
+    assert {"prob_class0", "pred_class2", "area_fraction", "mask"} <= set(rows[0])  # no names in meta: generic
     for row in rows:
         size = next(s for p, s in image_files.values() if str(p) == row["path"])
         mask = _mask(summary.mask_dir / row["mask"])
         assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
         assert float(row["area_fraction"]) == pytest.approx((mask > 0).mean(), abs=1e-6)
-        assert 0.0 <= float(row["prob_melanoma"]) <= 1.0 and row["pred_melanoma"] in ("0", "1")
+        assert 0.0 <= float(row["prob_class0"]) <= 1.0 and row["pred_class0"] in ("0", "1")
         with Image.open(summary.overlay_dir / row["mask"]) as overlay:
             assert overlay.size == (size[1], size[0]) and overlay.mode == "RGB"
     assert {r["id"] for r in rows} >= {"rgb", "sub__nested"}  # nested folders keep their path in the id
@@ -118,7 +118,8 @@ def test_oom_halves_batch_without_losing_or_repeating(tmp_path, tiny_checkpoint,
 
 
 def test_multiclass_masks_hold_class_indices(tmp_path, tiny_checkpoint, image_files):
-    ckpt = tiny_checkpoint(img_size=32, seg_classes=4, meta={"class_names": ["irf", "srf", "ped"]})
+    names = ["irf", "srf", "ped"]  # training stores both lists in the meta
+    ckpt = tiny_checkpoint(img_size=32, seg_classes=4, meta={"class_names": names, "seg_class_names": names})
     summary = predict(ckpt, [image_files["rgb"][0], image_files["jpeg"][0]], tmp_path / "o", num_workers=0)
     row = _rows(summary.csv_path)[0]
     assert {"prob_irf", "area_srf", "area_ped"} <= set(row)
