@@ -1,7 +1,7 @@
 """The ``fastmtl`` command line: argparse subcommands only; the work happens in :mod:`fastmtl.engine`.
 
     fastmtl train   --config FILE|quick --data-root DIR --out DIR [--resume] [--set k=v ...] [--device cpu|cuda]
-    fastmtl eval    --checkpoint FILE --data-root DIR --split {training,validation,test} --out DIR
+    fastmtl eval    --checkpoint FILE --data-root DIR --split {training,validation,test,train,val} --out DIR
     fastmtl predict --checkpoint FILE --input PATH [PATH ...] --output DIR [--batch-size N --workers N --overlays]
     fastmtl export  --checkpoint FILE --format aoti|onnx --output PATH
     fastmtl info
@@ -39,7 +39,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
     p.add_argument("--checkpoint", required=True, help="a .safetensors file written by fastmtl")
     p.add_argument("--data-root", help="dataset folder (kind auto-detected); omit for synthetic data")
-    p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
+    p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate, any kind (default: test)")
     p.add_argument("--out", required=True, help="report folder (metrics.json, plots, worst cases)")
     p.add_argument("--kind", help="dataset kind (default: detected)")
     p.add_argument("--batch-size", type=int, default=8)
