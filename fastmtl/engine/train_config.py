@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastmtl.data import DATASET_KINDS
 from fastmtl.files import atomic_write_bytes
 
 if sys.version_info >= (3, 11):
@@ -41,7 +40,6 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "val_source": ("auto", "dataset", "carve"),
     "normalize": ("imagenet", "raw", "unit"),
-    "data": ("auto", *DATASET_KINDS),
     "input_pipeline": ("loader", "device"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
@@ -175,7 +173,9 @@ class TrainConfig:
     max_train_images: int = 0
 
     def __post_init__(self) -> None:
-        for key, valid in _CHOICES.items():
+        from fastmtl.data import DATASET_KINDS  # asked here, not at import: the datasets load PyTorch
+
+        for key, valid in {**_CHOICES, "data": ("auto", *DATASET_KINDS)}.items():
             if getattr(self, key) not in valid:
                 value = getattr(self, key)
                 raise ValueError(f"config {key}={value!r} is not valid; expected one of {', '.join(valid)}")

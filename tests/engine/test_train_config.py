@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from fastmtl.data import DATASET_KINDS
 from fastmtl.engine.train_config import TrainConfig, apply_overrides, config_from_dict, load_config, to_toml
 
 
@@ -65,3 +69,11 @@ def test_replace_validates_like_overrides():
     assert config.replace(epochs=2).epochs == 2
     with pytest.raises(ValueError, match="config batch_size expects int"):
         config.replace(batch_size="eight")
+
+
+def test_data_kinds_come_from_the_dataset_table_and_import_loads_no_torch():
+    for kind in ("auto", *DATASET_KINDS):
+        assert TrainConfig(data=kind).data == kind
+    code = "import sys, fastmtl.engine.train_config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # the kind table is asked when a config is built, not when the module loads
