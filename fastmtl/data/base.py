@@ -210,7 +210,12 @@ class MTLDataset(Dataset):
         }
 
     def _finalize(self, ids: list[str], labels: np.ndarray, has_labels, has_masks, groups) -> None:
-        """Stores the per-sample tables and checks their lengths agree."""
+        """Stores the per-sample tables and checks their lengths agree (and the names the segmentation classes)."""
+        if len(self.seg_class_names) != max(self.seg_classes - 1, 1):
+            raise ValueError(
+                f"{type(self).__name__} names segmentation classes {self.seg_class_names} but has "
+                f"seg_classes={self.seg_classes} (one name per foreground class)"
+            )
         n = len(ids)
         self.ids = list(ids)
         self.labels = np.asarray(labels, dtype=np.float32).reshape(n, len(self.class_names))

@@ -144,3 +144,11 @@ def test_class_names_per_kind(isic_root, retouch_root, manifest_root, tmp_path):
     assert synthetic.class_names == SyntheticLesions.class_names and len(synthetic.class_names) == 3
     assert all(name.startswith("synthetic_") for name in synthetic.class_names)  # no borrowed diagnosis
     assert synthetic.ids[0].startswith("synthetic_val_") and synthetic.seg_class_names == ("lesion",)
+
+
+def test_segmentation_class_names_must_fit_the_classes():
+    class FourClassLesions(SyntheticLesions):
+        seg_classes = 4  # but still the one binary name
+
+    with pytest.raises(ValueError, match=r"FourClassLesions names segmentation classes \('lesion',\) but has seg_c"):
+        FourClassLesions(2, img_size=8)
