@@ -37,11 +37,12 @@ from fastmtl.engine.device_loader import DeviceTrainLoader, decode_split
 from fastmtl.engine.device_step import DeviceStep
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.loaders import EpochSeeded, ResumableSampler
-from fastmtl.engine.loop import StepContext, amp_dtype, train_step
+from fastmtl.engine.loop import StepContext, train_step
 from fastmtl.engine.protocol import project_minutes, train_flops_per_image
 from fastmtl.engine.train_config import TrainConfig
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model
+from fastmtl.runtime import amp_dtype
 
 ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
 PAPER_IMAGES, PAPER_IMG = 1800, 224

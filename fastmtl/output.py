@@ -1,4 +1,4 @@
-"""The one output type every fastmtl model returns."""
+"""The one output type every fastmtl model returns, and how its segmentation logits read as class maps."""
 
 from __future__ import annotations
 
@@ -19,3 +19,10 @@ class MTLOutput(NamedTuple):
 
     seg_logits: torch.Tensor | None
     cls_logits: torch.Tensor | None
+
+
+def seg_to_classes(seg_logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(B, C, H, W) logits -> (B, H, W) uint8 class indices: sigmoid > threshold for C == 1, else argmax."""
+    if seg_logits.shape[1] == 1:
+        return (torch.sigmoid(seg_logits[:, 0].float()) > threshold).to(torch.uint8)
+    return seg_logits.argmax(dim=1).to(torch.uint8)

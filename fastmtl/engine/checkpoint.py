@@ -24,6 +24,7 @@ from torch import nn
 
 from fastmtl.config import ModelConfig
 from fastmtl.files import atomic_write_json, json_dumps, replacing
+from fastmtl.metrics import default_class_names, default_seg_class_names
 from fastmtl.registry import create_model_from_config
 
 
@@ -126,6 +127,14 @@ def read_checkpoint_info(path: str | os.PathLike) -> tuple[ModelConfig, dict[str
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {e}") from e
     return config, json.loads(metadata.get("fastmtl_meta", "{}"))
+
+
+def stored_class_names(config: ModelConfig, meta: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(classification, foreground segmentation) class names a checkpoint's meta holds (training stores the
+    dataset's); a checkpoint written without them gets the generic names of :mod:`fastmtl.metrics`."""
+    names = meta.get("class_names") or default_class_names(config.cls_classes)
+    seg_names = meta.get("seg_class_names") or default_seg_class_names(config.seg_classes)
+    return tuple(names), tuple(seg_names)
 
 
 def load_model(

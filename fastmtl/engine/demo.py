@@ -14,11 +14,11 @@ from typing import Any
 from PIL import Image
 
 from fastmtl.data.transforms import denormalize
-from fastmtl.engine.distributed import resolve_device
 from fastmtl.engine.loaders import build_run_data
 from fastmtl.engine.train import train
 from fastmtl.engine.train_config import TrainConfig, load_config
 from fastmtl.files import atomic_write_bytes
+from fastmtl.runtime import resolve_device
 
 __all__ = ["demo_config", "run_demo"]
 

@@ -11,8 +11,12 @@ which waits for the device each step. :class:`DeviceStep` never waits:
   graphs); a compile failure prints one line and the step carries on eagerly.
 
 :func:`evaluate_split` runs a model over a :class:`~fastmtl.engine.device_loader.DeviceSplit` keeping every
-per-image count on the device and reads them once at the end, giving the same metrics as the meters of
-:mod:`fastmtl.metrics`.
+per-image count on the device and reads them once at the end. It is not
+:func:`fastmtl.engine.eval_loop.run_evaluation` because that loop reads each batch on the host (per-image records,
+``has_mask.any()``, the loss as a float), which would make the host wait for the device every batch; instead it
+fills the same :class:`~fastmtl.engine.eval_loop.EvalState` meters and ends through the same
+:func:`~fastmtl.engine.eval_loop.sync_state` and ``EvalState.metrics``, so both give the same metric dict (tested
+against the DataLoader validation).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from torch import nn
 
 from fastmtl.backend import set_kernel_backend, use_triton
 from fastmtl.engine.device_loader import DeviceSplit, eval_batches
-from fastmtl.engine.distributed import all_gather_objects
-from fastmtl.engine.loop import NonFiniteLossError, StepContext, _reduce
+from fastmtl.engine.eval_loop import EvalState, sync_state
+from fastmtl.engine.loop import NonFiniteLossError, StepContext
 from fastmtl.engine.state import RunState
 from fastmtl.layers.swin import WindowAttention
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter
@@ -208,7 +212,7 @@ def evaluate_split(
     rows ``rank::world_size``); one host read at the end.
 
     Returns:
-        Flat dict as :func:`fastmtl.engine.loop.validate`: ``loss`` plus the meters' metrics.
+        Flat dict as :func:`fastmtl.engine.loop.validate`: ``loss``, ``n_images`` and the meters' metrics.
     """
     seg_meter = SegmentationMeter(seg_classes, seg_class_names)
     was_training = model.training
@@ -239,22 +243,17 @@ def evaluate_split(
                 labels.append(torch.cat([batch["label"], batch["has_label"][:, None].float()], dim=1))
     finally:
         model.train(was_training)
-    meters: dict[str, Any] = {}
-    if counts:
+    state = EvalState(seg_meter, ClassificationMeter(class_names) if class_names else None, n_images=n,
+                      loss_sum=float(loss_sum))  # fmt: skip
+    if counts:  # the one host read
         has = torch.cat(keep).cpu()
-        if bool(has.any()):
-            seg_meter.counts = torch.cat(counts).to(torch.int64).cpu()[has]
-            meters["seg"] = seg_meter
-    if probs and class_names:
+        seg_meter.counts = torch.cat(counts).to(torch.int64).cpu()[has]
+    if probs and state.cls is not None:
         table = torch.cat(labels).cpu()
         rows = table[:, -1] > 0.5
-        if bool(rows.any()):
-            meter = ClassificationMeter(class_names)
-            meter.probs = torch.cat(probs).float().cpu()[rows]  # (M, K), as ClassificationMeter.update stores them
-            meter.labels = (table[rows, :-1] > 0.5).long()
-            meters["cls"] = meter
-    states = all_gather_objects(world, ({k: m.to_state() for k, m in meters.items()}, float(loss_sum), n))
-    return _reduce(states)
+        state.cls.probs = torch.cat(probs).float().cpu()[rows]  # (M, K), as ClassificationMeter.update stores them
+        state.cls.labels = (table[rows, :-1] > 0.5).long()
+    return sync_state(state, world).metrics()
 
 
 def layer_paths(model: nn.Module, device: torch.device, compile_status: str, dtype: torch.dtype | None) -> dict:

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fastmtl.runtime import resolve_device  # noqa: F401 - re-exported for callers of the old home
+
 __all__ = ["DistInfo", "all_gather_objects", "barrier", "broadcast_object", "cleanup", "init_distributed"]
 
 
@@ -34,15 +36,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU raises a ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -31,9 +31,8 @@ from torch import nn
 
 import fastmtl
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
-from fastmtl.engine.checkpoint import load_model, model_config
+from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
 from fastmtl.inference import fold_batchnorms
-from fastmtl.metrics import default_class_names, default_seg_class_names
 
 __all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats"]
 
@@ -59,9 +58,7 @@ def normalization_stats(mode: str, channels: int) -> tuple[list[float], list[flo
 def export_metadata(model: nn.Module, meta: dict[str, Any], img_size: int) -> dict[str, str]:
     """String metadata stored in the package (see the module docstring)."""
     config = model_config(model)
-    k = config.cls_classes
-    class_names = meta.get("class_names") or default_class_names(k)
-    seg_names = meta.get("seg_class_names") or default_seg_class_names(config.seg_classes)
+    class_names, seg_names = stored_class_names(config, meta)
     mean, std = normalization_stats(meta.get("normalize", "imagenet"), config.in_chans)
     return {
         "model": config.name,
@@ -69,7 +66,7 @@ def export_metadata(model: nn.Module, meta: dict[str, Any], img_size: int) -> di
         "img_size": str(img_size),
         "in_chans": str(config.in_chans),
         "seg_classes": str(config.seg_classes),
-        "cls_classes": str(k),
+        "cls_classes": str(config.cls_classes),
         "mean": ",".join(repr(v) for v in mean),
         "std": ",".join(repr(v) for v in std),
         "class_names": ",".join(class_names),

@@ -15,27 +15,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl.engine.distributed import DistInfo, all_gather_objects
+from fastmtl.engine.distributed import DistInfo
+from fastmtl.engine.eval_loop import run_evaluation, sync_state
 from fastmtl.engine.loaders import set_epoch
 from fastmtl.engine.schedule import poly_lr, set_lr
 from fastmtl.engine.state import RunState
 from fastmtl.losses import MTLLoss
-from fastmtl.metrics import ClassificationMeter, SegmentationMeter
+from fastmtl.runtime import autocast, batch_to_device
 
-__all__ = ["NonFiniteLossError", "StepContext", "amp_dtype", "run_epoch", "train_step", "validate"]
-
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+__all__ = ["NonFiniteLossError", "StepContext", "run_epoch", "train_step", "validate"]
 
 
 class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite."""
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for the ``amp`` setting: "auto" is bf16 on CUDA and off on CPU."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return _AMP[amp]
 
 
 @dataclass
@@ -54,17 +46,11 @@ class StepContext:
     grad_clip: float = 0.0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.world.device.type, dtype=self.dtype)
+        return autocast(self.world.device, self.dtype or torch.float32)
 
 
 def _to_device(batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-    device = ctx.world.device
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    if ctx.channels_last:
-        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
-    return out
+    return batch_to_device(batch, ctx.world.device, ctx.channels_last)
 
 
 def _loss_terms(ctx: StepContext, output, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,20 +143,6 @@ def run_epoch(
     return True
 
 
-def _update_meters(
-    meters: dict[str, Any], output, batch: dict[str, torch.Tensor], class_names, seg_classes, seg_names
-) -> None:
-    if output.seg_logits is not None and bool(batch["has_mask"].any()):
-        meters.setdefault("seg", SegmentationMeter(seg_classes, seg_names))
-        meters["seg"].update(output.seg_logits.float(), batch["mask"], batch["has_mask"])
-    if output.cls_logits is not None:
-        keep = batch["has_label"].bool()
-        if bool(keep.any()):
-            meters.setdefault("cls", ClassificationMeter(class_names))
-            meters["cls"].update(output.cls_logits.float()[keep], batch["label"][keep])
-
-
-@torch.no_grad()
 def validate(
     ctx: StepContext,
     loader: DataLoader,
@@ -179,43 +151,18 @@ def validate(
     max_steps: int = 0,
     seg_class_names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """Validation loss and metrics (``SegmentationMeter`` / ``ClassificationMeter``), reduced over ranks.
+    """Validation loss and metrics, reduced over ranks: :func:`fastmtl.engine.eval_loop.run_evaluation` (the loop
+    ``fastmtl eval`` runs) with the run's loss, precision and memory format.
 
     Runs the plain model (not the DDP wrapper: ranks may see different numbers of batches).
 
     Returns:
-        Flat dict: ``loss`` plus the meters' metrics (``ji``, ``dsc``, ``auc_mean``, ``acc`` ...).
+        Flat dict as :meth:`~fastmtl.engine.eval_loop.EvalState.metrics`: ``loss``, ``n_images`` and the meters'
+        metrics (``ji``, ``dsc``, ``auc_mean``, ``acc`` ...).
     """
-    model = ctx.raw_model
-    model.eval()
-    meters: dict[str, Any] = {}
-    loss_sum, count = 0.0, 0
-    try:
-        for i, batch in enumerate(loader):
-            if max_steps and i >= max_steps:
-                break
-            batch = _to_device(batch, ctx)
-            with ctx.autocast():
-                output = model(batch["image"])
-            loss_sum += float(_loss_terms(ctx, output, batch)["loss"]) * batch["image"].shape[0]
-            count += int(batch["image"].shape[0])
-            _update_meters(meters, output, batch, class_names, seg_classes, seg_class_names)
-    finally:
-        model.train()
-    states = all_gather_objects(ctx.world, ({k: m.to_state() for k, m in meters.items()}, loss_sum, count))
-    return _reduce(states)
-
-
-def _reduce(states: list[tuple[dict[str, Any], float, int]]) -> dict[str, Any]:
-    """Merges the per-rank meter states into one metric dict."""
-    merged: dict[str, Any] = {}
-    kinds = {"seg": SegmentationMeter, "cls": ClassificationMeter}
-    for meter_states, _, _ in states:
-        for key, meter_state in meter_states.items():
-            meter = kinds[key].from_state(meter_state)
-            merged[key] = merged[key].merge(meter) if key in merged else meter
-    count = sum(c for _, _, c in states)
-    out: dict[str, Any] = {"loss": sum(s for _, s, _ in states) / count if count else math.nan}
-    for meter in merged.values():
-        out.update(meter.compute())
-    return out
+    state = run_evaluation(
+        ctx.raw_model, loader, seg_classes=seg_classes, class_names=class_names, device=ctx.world.device,
+        amp=ctx.dtype or torch.float32, seg_class_names=seg_class_names, loss_fn=ctx.loss_fn,
+        channels_last=ctx.channels_last, max_steps=max_steps,
+    )  # fmt: skip
+    return sync_state(state, ctx.world).metrics()

@@ -34,9 +34,10 @@ from fastmtl.engine.checkpoint import load_model
 from fastmtl.engine.device_loader import DeviceSplit, decode_split
 from fastmtl.engine.device_step import evaluate_split, layer_paths, with_kernel_fallback
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.loop import StepContext, amp_dtype
+from fastmtl.engine.loop import StepContext
 from fastmtl.engine.train_config import TrainConfig
 from fastmtl.files import atomic_write_json, json_safe
+from fastmtl.runtime import amp_dtype
 
 __all__ = [
     "EvalTarget",

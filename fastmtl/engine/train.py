@@ -6,7 +6,9 @@ checkpoint selection by validation JI (AUC for classification-only models).
 
 Outputs in ``out_dir``: ``config.json`` / ``config.toml`` (the resolved config), ``last.*`` (every epoch and every
 ``checkpoint_every_steps`` steps, with optimizer and RNG state for ``resume=True``), ``best.safetensors``,
-``log.jsonl`` / ``log.csv`` (one row per epoch) and ``curves.png``. Under torchrun only rank 0 writes.
+``log.jsonl`` / ``log.csv`` (one row per epoch) and ``curves.png``. Under torchrun only rank 0 writes. What
+happens between steps and after epochs (checkpoints, logs, the time limit) is in :mod:`fastmtl.engine.run`;
+validation runs the evaluation loop of :mod:`fastmtl.engine.eval_loop`.
 
 Fast path (``input_pipeline = "device"``, ``device_step = true``): the training and validation splits are decoded
 once into uint8 tensors on the training device and augmented there in batches
@@ -20,12 +22,10 @@ so a run killed at any point and resumed from ``last`` ends with the same weight
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl.engine.checkpoint import (
-    CheckpointError,
-    atomic_write_json,
-    load_training_state,
-    load_weights,
-    save_checkpoint,
-)
+from fastmtl.engine.checkpoint import CheckpointError, load_training_state, load_weights
 from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader, decode_split
 from fastmtl.engine.device_step import DeviceStep, evaluate_split, with_kernel_fallback
-from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
+from fastmtl.engine.distributed import DistInfo, barrier, cleanup, init_distributed
 from fastmtl.engine.loaders import (
     RunData,
     build_run_data,
@@ -56,13 +50,16 @@ from fastmtl.engine.loaders import (
     split_record,
     steps_per_epoch,
 )
-from fastmtl.engine.loop import StepContext, _to_device, amp_dtype, run_epoch, validate
-from fastmtl.engine.records import plot_curves, write_logs
+from fastmtl.engine.loop import StepContext, _to_device, run_epoch, validate
+from fastmtl.engine.records import plot_curves
+from fastmtl.engine.run import Run, after_step, finish_epoch, run_summary
 from fastmtl.engine.schedule import poly_lr
-from fastmtl.engine.state import RunState, capture_rng, restore_rng
+from fastmtl.engine.state import RunState, restore_rng
 from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, config_from_dict, save_config
+from fastmtl.files import atomic_write_json
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model, model_options
+from fastmtl.runtime import amp_dtype
 
 __all__ = ["TrainConfig", "train"]
 
@@ -138,104 +135,6 @@ def _resume(out_dir: Path, model: nn.Module, optimizer, config: TrainConfig, wor
     rngs = sidecar["rng"]
     restore_rng(rngs[world.rank] if len(rngs) == world.world_size else rngs[0])
     return RunState.from_json(sidecar["state"])
-
-
-@dataclass
-class Run:
-    """What the epoch loop and the checkpoint writers share (a bundle of parts, not a trainer)."""
-
-    config: TrainConfig
-    out_dir: Path
-    data: RunData
-    ctx: StepContext
-    state: RunState
-    train_loader: DataLoader | DeviceTrainLoader
-    val_loader: DataLoader | DeviceSplit
-    steps: int  # optimizer steps per epoch
-    started: float = field(default_factory=time.monotonic)  # when this process started the run (time limit)
-    step: DeviceStep | None = None  # the device step (device_step = true)
-    deadline: float | None = None  # time.monotonic() at which to stop as with time_limit_min
-
-    def read_losses(self) -> None:
-        """Brings the device step's summed losses into ``state.running`` (a host sync); no-op otherwise."""
-        if self.step is not None:
-            state = self.state
-            where = f"epoch {state.epoch + 1} step {state.step_in_epoch} (global step {state.global_step})"
-            self.step.read(self.state, self.config.batch_size * self.ctx.world.world_size, where)
-
-    @property
-    def total_steps(self) -> int:
-        return self.config.epochs * self.steps
-
-
-def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
-    weights = run.ctx.loss_fn.class_weights
-    return {
-        "epoch": run.state.epoch,
-        "global_step": run.state.global_step,
-        "metrics": metrics,
-        "class_names": list(run.data.class_names),
-        "seg_classes": run.data.seg_classes,
-        "seg_class_names": list(run.data.seg_class_names),
-        "img_size": run.config.img_size,
-        "normalize": run.config.normalize,
-        "data_kind": run.data.kind,
-        "val_source": run.data.val_source,
-        "class_weights": None if weights is None else weights.tolist(),
-        "train_config": run.config.to_dict(),
-    }
-
-
-def _save_last(run: Run) -> None:
-    """Saves ``last`` with optimizer and RNG state. Collective: every rank must call it (RNG states are gathered)."""
-    ctx, state = run.ctx, run.state
-    run.read_losses()
-    rngs = all_gather_objects(ctx.world, capture_rng())
-    if not ctx.world.is_main:
-        return
-    state.scaler = ctx.scaler.state_dict() if ctx.scaler.is_enabled() else {}
-    meta = _meta(run, state.history[-1] if state.history else {})
-    train_state = {"state": state.to_json(), "rng": rngs, "train_config": run.config.to_dict()}
-    save_checkpoint(run.out_dir / "last", ctx.raw_model, meta=meta, optimizer=ctx.optimizer, train_state=train_state)
-
-
-def _finish_epoch(run: Run, val: dict[str, Any] | None, lr: float, extra: dict[str, Any] | None = None) -> None:
-    """Records the epoch, saves ``best`` if the selection metric improved (``val`` None: not validated this epoch),
-    then ``last`` (every ``checkpoint_every_epochs`` epochs and after the last one) and the logs."""
-    state, config = run.state, run.config
-    key = "ji" if val is not None and "ji" in val else "auc_mean"
-    value = float(val.get(key, math.nan)) if val is not None else math.nan
-    previous = -math.inf if state.best_value is None or math.isnan(state.best_value) else state.best_value
-    improved = val is not None and (state.best_epoch is None or value > previous)
-    row = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": lr, **state.epoch_means(), **(extra or {})}
-    if val is not None:
-        row.update({f"val_{k}": v for k, v in val.items()})
-        row["selection_metric"] = f"val_{key}"
-    row["time_s"] = state.running.get("seconds", 0.0)
-    state.history.append(row)
-    state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, {}
-    if improved:
-        state.best_value, state.best_epoch = value, state.epoch
-        if run.ctx.world.is_main:
-            save_checkpoint(run.out_dir / "best", run.ctx.raw_model, meta=_meta(run, row))
-    every = config.checkpoint_every_epochs
-    if state.epoch >= config.epochs or (every and state.epoch % every == 0):
-        _save_last(run)
-    if run.ctx.world.is_main:
-        write_logs(state.history, run.out_dir)
-        if config.progress:
-            _print_epoch(run, row, key, improved)
-
-
-def _print_epoch(run: Run, row: dict[str, Any], key: str, improved: bool) -> None:
-    val = ""
-    if "val_loss" in row:
-        value = row.get(f"val_{key}", math.nan)
-        val = f"val loss {row['val_loss']:.4f}, val {key} {value:.2f}{' (best)' if improved else ''}, "
-    tqdm.write(
-        f"epoch {row['epoch']}/{run.config.epochs}: train loss {row.get('train_loss', math.nan):.4f}, "
-        f"{val}{row['images_per_s']:.1f} images/s"
-    )
 
 
 def _context(config: TrainConfig, model: nn.Module, data: RunData, world: DistInfo) -> StepContext:
@@ -343,41 +242,6 @@ def _device_loaders(config: TrainConfig, data: RunData, world: DistInfo) -> tupl
     return loader, decode_split(data.val, world.device, config.num_workers)
 
 
-def _after_step(run: Run) -> bool:
-    """Periodic mid-epoch checkpoint; True once ``stop_after_steps`` is reached (a simulated kill)."""
-    state, every, stop = run.state, run.config.checkpoint_every_steps, run.config.stop_after_steps
-    if every and state.global_step % every == 0 and state.step_in_epoch < run.steps:
-        _save_last(run)
-    if stop and state.global_step >= stop:
-        return True
-    if state.step_in_epoch < run.steps and _time_is_up(run):  # an epoch's last step validates first
-        _save_last(run)
-        if run.ctx.world.is_main:
-            limit = f"of {run.config.time_limit_min:g} min " if run.config.time_limit_min else ""
-            tqdm.write(
-                f"time limit {limit}reached at epoch {state.epoch + 1} step "
-                f"{state.step_in_epoch}/{run.steps} (global step {state.global_step}); saved {run.out_dir / 'last'}"
-                "; run again with --resume to continue"
-            )
-        return True
-    return False
-
-
-def _time_is_up(run: Run) -> bool:
-    """True once this process has trained ``time_limit_min`` or passed the deadline; every rank takes rank 0's
-    decision."""
-    limit, now = run.config.time_limit_min, time.monotonic()
-    if not limit and run.deadline is None:
-        return False
-    up = bool(limit) and now - run.started >= 60.0 * limit
-    up = up or (run.deadline is not None and now >= run.deadline)
-    if run.ctx.world.distributed:
-        flag = torch.tensor([float(up)], device=run.ctx.world.device)
-        torch.distributed.broadcast(flag, src=0)
-        up = bool(flag.item())
-    return up
-
-
 def _epoch(run: Run) -> bool:
     """Trains, validates and records one epoch (or its rest after a resume); False when stopped early."""
     config, state = run.config, run.state
@@ -390,7 +254,7 @@ def _epoch(run: Run) -> bool:
     else:
         completed = run_epoch(run.ctx, state, run.train_loader, base_lr=config.lr, steps=run.steps,
                               total_steps=run.total_steps, poly_power=config.poly_power,
-                              after_step=lambda _: _after_step(run),
+                              after_step=lambda _: after_step(run),
                               progress=config.progress and run.ctx.world.is_main)  # fmt: skip
     if completed:
         state.running["seconds"] = state.running.get("seconds", 0.0) + time.perf_counter() - started
@@ -400,7 +264,7 @@ def _epoch(run: Run) -> bool:
             validation_started = time.perf_counter()
             val = _validate(run)
             extra["validation_s"] = time.perf_counter() - validation_started
-        _finish_epoch(run, val, lr, extra)
+        finish_epoch(run, val, lr, extra)
     return completed
 
 
@@ -445,7 +309,7 @@ def _device_epoch(run: Run) -> tuple[bool, dict[str, Any]]:
             bar.update(1)
             if state.step_in_epoch % config.sync_every == 0 or state.step_in_epoch in (warm, run.steps):
                 run.read_losses()
-            if _after_step(run):
+            if after_step(run):
                 return False, {}
     finally:
         bar.close()
@@ -472,7 +336,7 @@ def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: D
     barrier(world)
     if world.is_main and run.state.history:
         plot_curves(run.state.history, out_dir / "curves.png")
-    summary = _summary(out_dir, run.state, stopped)
+    summary = run_summary(out_dir, run.state, stopped)
     if run.step is not None:
         summary["step"] = f"device step: {run.step.compile_status}, fused AdamW, losses read every {config.sync_every}"
     else:
@@ -480,20 +344,3 @@ def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: D
             f"torch.compile(mode={config.compile_mode!r})" if config.compile else "eager"
         )
     return summary
-
-
-def _summary(out_dir: Path, state: RunState, stopped: bool) -> dict[str, Any]:
-    last = state.history[-1] if state.history else {}
-    return {
-        "out_dir": str(out_dir),
-        "best_checkpoint": str(out_dir / "best.safetensors"),
-        "last_checkpoint": str(out_dir / "last.safetensors"),
-        "selection_metric": last.get("selection_metric"),
-        "best_value": state.best_value,
-        "best_epoch": state.best_epoch,
-        "epochs_completed": state.epoch,
-        "global_step": state.global_step,
-        "stopped_early": stopped,
-        "metrics": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
-        "history": state.history,
-    }

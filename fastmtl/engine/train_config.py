@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _CHOICES = {
-    "amp": ("auto", "bf16", "fp16", "off"),
+    "amp": ("auto", "bf16", "fp16", "off"),  # fastmtl.runtime.AMP_CHOICES (not imported: no torch here)
     "device": ("auto", "cpu", "cuda"),
     "val_source": ("auto", "dataset", "carve"),
     "normalize": ("imagenet", "raw", "unit"),

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastmtl.engine import predict as predict_module
+from fastmtl.engine import predict_writer as writer_module
 from fastmtl.engine.predict import collect_inputs, image_ids, predict
 from fastmtl.models.baselines import UNetResNet34
 
@@ -107,9 +107,9 @@ def test_oom_halves_batch_without_losing_or_repeating(tmp_path, tiny_checkpoint,
 
     monkeypatch.setattr(UNetResNet34, "forward", flaky_forward)
     written = []
-    save_png = predict_module.save_png
+    save_png = writer_module.save_png
     monkeypatch.setattr(
-        predict_module, "save_png", lambda path, *a, **k: written.append(path.name) or save_png(path, *a, **k)
+        writer_module, "save_png", lambda path, *a, **k: written.append(path.name) or save_png(path, *a, **k)
     )
     summary = predict(tiny_checkpoint(img_size=32), tmp_path / "images", tmp_path / "o", batch_size=5, num_workers=0)
     assert summary.n_images == len(image_files) == 6
@@ -131,7 +131,7 @@ def test_writer_error_propagates(tmp_path, tiny_checkpoint, image_files, monkeyp
     def fail(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(predict_module, "save_png", fail)
+    monkeypatch.setattr(writer_module, "save_png", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         predict(tiny_checkpoint(img_size=32), tmp_path / "images", tmp_path / "o", batch_size=2, num_workers=0)
 

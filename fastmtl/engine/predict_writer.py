@@ -1,0 +1,116 @@
+"""Prediction outputs: masks, overlays and CSV rows written on a background thread; the CSVs, merged over ranks.
+
+:class:`PredictionWriter` writes each image's mask (and overlay) while the next batch runs; :func:`write_tables`
+writes ``probabilities.csv`` (rank 0 merging the per-rank parts of a sharded run) and ``failures.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastmtl.data.io import read_image
+from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier
+from fastmtl.engine.overlay import draw_overlay, save_png
+from fastmtl.files import atomic_write_bytes
+
+__all__ = ["PredictionWriter", "write_tables"]
+
+
+class PredictionWriter:
+    """Writes masks/overlays and builds CSV rows on a background thread; errors resurface in put()/close()."""
+
+    def __init__(self, out: Path, overlays: bool, threshold: float, class_names, seg_names, seg_classes: int):
+        self.mask_dir, self.overlay_dir = out / "masks", (out / "overlays" if overlays else None)
+        self.mask_dir.mkdir(parents=True, exist_ok=True)
+        self.threshold, self.class_names, self.seg_names, self.seg_classes = (
+            threshold,
+            class_names,
+            seg_names,
+            seg_classes,
+        )
+        self.rows: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=16)
+        self.thread = threading.Thread(target=self._loop, name="fastmtl-predict-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, path: Path, image_id: str, probs: np.ndarray | None, mask: np.ndarray | None) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing predictions failed: {self.error}") from self.error
+        self.queue.put((path, image_id, probs, mask))
+
+    def close(self) -> list[dict[str, Any]]:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"writing predictions failed: {self.error}") from self.error
+        return self.rows
+
+    def _loop(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is None:  # after an error keep draining so put() never blocks
+                try:
+                    self.rows.append(self._write(*job))
+                except BaseException as err:  # noqa: B036 - handed to the main thread
+                    self.error = err
+
+    def _write(self, path: Path, image_id: str, probs: np.ndarray | None, mask: np.ndarray | None) -> dict:
+        row: dict[str, Any] = {"path": str(path), "id": image_id}
+        if probs is not None:
+            row.update({f"prob_{c}": f"{p:.6f}" for c, p in zip(self.class_names, probs, strict=True)})
+            row.update({f"pred_{c}": int(p > self.threshold) for c, p in zip(self.class_names, probs, strict=True)})
+        if mask is not None:
+            row["area_fraction"] = f"{float((mask > 0).mean()):.6f}"
+            if self.seg_classes > 1:
+                row.update({f"area_{c}": f"{float((mask == k).mean()):.6f}" for k, c in enumerate(self.seg_names, 1)})
+            stored = mask * np.uint8(255) if self.seg_classes == 1 else mask
+            row["mask"] = save_png(self.mask_dir / f"{image_id}.png", stored).name
+            if self.overlay_dir is not None:
+                save_png(self.overlay_dir / f"{image_id}.png", draw_overlay(read_image(path), mask))
+        return row
+
+
+def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["path", "id"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: r["path"]))
+    return buffer.getvalue().encode()
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def write_tables(out: Path, rows: list[dict], failures: list, n: int, seconds: float, world: DistInfo) -> tuple:
+    """Writes the CSVs (rank 0 merging per-rank parts); returns (rows, failures, n, seconds) over all ranks.
+
+    Collective in a sharded run: every rank must call it.
+    """
+    csv_path, rank = out / "probabilities.csv", world.rank
+    if world.distributed:
+        atomic_write_bytes(out / f"probabilities.part{rank}.csv", _csv_bytes(rows))
+        gathered = all_gather_objects(world, (n, failures, seconds))  # also the barrier: every part is on disk
+        n, seconds = sum(g[0] for g in gathered), max(g[2] for g in gathered)
+        failures = [f for g in gathered for f in g[1]]
+        if rank == 0:
+            parts = [out / f"probabilities.part{r}.csv" for r in range(world.world_size)]
+            rows = [row for part in parts for row in _read_csv(part)]
+            atomic_write_bytes(csv_path, _csv_bytes(rows))
+            for part in parts:
+                part.unlink()
+    else:
+        atomic_write_bytes(csv_path, _csv_bytes(rows))
+    if failures and rank == 0:
+        atomic_write_bytes(out / "failures.csv", _csv_bytes([{"path": p, "reason": r} for p, r in failures]))
+    barrier(world)  # nobody returns before rank 0 has written the merged CSV
+    return rows, sorted(failures), n, seconds

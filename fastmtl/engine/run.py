@@ -1,0 +1,181 @@
+"""A training run's parts (:class:`Run`) and what happens between steps and after epochs.
+
+After every step: the periodic mid-epoch ``last`` checkpoint, the simulated kill (``stop_after_steps``) and the time
+limit (``time_limit_min`` / a deadline; every rank takes rank 0's decision). After every epoch: the log row, ``best``
+when the selection metric (validation JI, AUC for classification-only models) improved, ``last`` and the logs.
+Checkpoints carry the dataset's class names (``class_names``, ``seg_class_names``) for predict and export.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from fastmtl.engine.checkpoint import save_checkpoint
+from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader
+from fastmtl.engine.device_step import DeviceStep
+from fastmtl.engine.distributed import all_gather_objects
+from fastmtl.engine.loaders import RunData
+from fastmtl.engine.loop import StepContext
+from fastmtl.engine.records import write_logs
+from fastmtl.engine.state import RunState, capture_rng
+from fastmtl.engine.train_config import TrainConfig
+
+__all__ = ["Run", "after_step", "finish_epoch", "run_summary", "save_last"]
+
+
+@dataclass
+class Run:
+    """What the epoch loop and the checkpoint writers share (a bundle of parts, not a trainer)."""
+
+    config: TrainConfig
+    out_dir: Path
+    data: RunData
+    ctx: StepContext
+    state: RunState
+    train_loader: DataLoader | DeviceTrainLoader
+    val_loader: DataLoader | DeviceSplit
+    steps: int  # optimizer steps per epoch
+    started: float = field(default_factory=time.monotonic)  # when this process started the run (time limit)
+    step: DeviceStep | None = None  # the device step (device_step = true)
+    deadline: float | None = None  # time.monotonic() at which to stop as with time_limit_min
+
+    def read_losses(self) -> None:
+        """Brings the device step's summed losses into ``state.running`` (a host sync); no-op otherwise."""
+        if self.step is not None:
+            state = self.state
+            where = f"epoch {state.epoch + 1} step {state.step_in_epoch} (global step {state.global_step})"
+            self.step.read(self.state, self.config.batch_size * self.ctx.world.world_size, where)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps
+
+
+def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    weights = run.ctx.loss_fn.class_weights
+    return {
+        "epoch": run.state.epoch,
+        "global_step": run.state.global_step,
+        "metrics": metrics,
+        "class_names": list(run.data.class_names),
+        "seg_classes": run.data.seg_classes,
+        "seg_class_names": list(run.data.seg_class_names),
+        "img_size": run.config.img_size,
+        "normalize": run.config.normalize,
+        "data_kind": run.data.kind,
+        "val_source": run.data.val_source,
+        "class_weights": None if weights is None else weights.tolist(),
+        "train_config": run.config.to_dict(),
+    }
+
+
+def save_last(run: Run) -> None:
+    """Saves ``last`` with optimizer and RNG state. Collective: every rank must call it (RNG states are gathered)."""
+    ctx, state = run.ctx, run.state
+    run.read_losses()
+    rngs = all_gather_objects(ctx.world, capture_rng())
+    if not ctx.world.is_main:
+        return
+    state.scaler = ctx.scaler.state_dict() if ctx.scaler.is_enabled() else {}
+    meta = _meta(run, state.history[-1] if state.history else {})
+    train_state = {"state": state.to_json(), "rng": rngs, "train_config": run.config.to_dict()}
+    save_checkpoint(run.out_dir / "last", ctx.raw_model, meta=meta, optimizer=ctx.optimizer, train_state=train_state)
+
+
+def finish_epoch(run: Run, val: dict[str, Any] | None, lr: float, extra: dict[str, Any] | None = None) -> None:
+    """Records the epoch, saves ``best`` if the selection metric improved (``val`` None: not validated this epoch),
+    then ``last`` (every ``checkpoint_every_epochs`` epochs and after the last one) and the logs."""
+    state, config = run.state, run.config
+    key = "ji" if val is not None and "ji" in val else "auc_mean"
+    value = float(val.get(key, math.nan)) if val is not None else math.nan
+    previous = -math.inf if state.best_value is None or math.isnan(state.best_value) else state.best_value
+    improved = val is not None and (state.best_epoch is None or value > previous)
+    row = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": lr, **state.epoch_means(), **(extra or {})}
+    if val is not None:
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row["selection_metric"] = f"val_{key}"
+    row["time_s"] = state.running.get("seconds", 0.0)
+    state.history.append(row)
+    state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, {}
+    if improved:
+        state.best_value, state.best_epoch = value, state.epoch
+        if run.ctx.world.is_main:
+            save_checkpoint(run.out_dir / "best", run.ctx.raw_model, meta=_meta(run, row))
+    every = config.checkpoint_every_epochs
+    if state.epoch >= config.epochs or (every and state.epoch % every == 0):
+        save_last(run)
+    if run.ctx.world.is_main:
+        write_logs(state.history, run.out_dir)
+        if config.progress:
+            _print_epoch(run, row, key, improved)
+
+
+def _print_epoch(run: Run, row: dict[str, Any], key: str, improved: bool) -> None:
+    val = ""
+    if "val_loss" in row:
+        value = row.get(f"val_{key}", math.nan)
+        val = f"val loss {row['val_loss']:.4f}, val {key} {value:.2f}{' (best)' if improved else ''}, "
+    tqdm.write(
+        f"epoch {row['epoch']}/{run.config.epochs}: train loss {row.get('train_loss', math.nan):.4f}, "
+        f"{val}{row['images_per_s']:.1f} images/s"
+    )
+
+
+def after_step(run: Run) -> bool:
+    """Periodic mid-epoch checkpoint; True once ``stop_after_steps`` is reached (a simulated kill)."""
+    state, every, stop = run.state, run.config.checkpoint_every_steps, run.config.stop_after_steps
+    if every and state.global_step % every == 0 and state.step_in_epoch < run.steps:
+        save_last(run)
+    if stop and state.global_step >= stop:
+        return True
+    if state.step_in_epoch < run.steps and _time_is_up(run):  # an epoch's last step validates first
+        save_last(run)
+        if run.ctx.world.is_main:
+            limit = f"of {run.config.time_limit_min:g} min " if run.config.time_limit_min else ""
+            tqdm.write(
+                f"time limit {limit}reached at epoch {state.epoch + 1} step "
+                f"{state.step_in_epoch}/{run.steps} (global step {state.global_step}); saved {run.out_dir / 'last'}"
+                "; run again with --resume to continue"
+            )
+        return True
+    return False
+
+
+def _time_is_up(run: Run) -> bool:
+    """True once this process has trained ``time_limit_min`` or passed the deadline; every rank takes rank 0's
+    decision."""
+    limit, now = run.config.time_limit_min, time.monotonic()
+    if not limit and run.deadline is None:
+        return False
+    up = bool(limit) and now - run.started >= 60.0 * limit
+    up = up or (run.deadline is not None and now >= run.deadline)
+    if run.ctx.world.distributed:
+        flag = torch.tensor([float(up)], device=run.ctx.world.device)
+        torch.distributed.broadcast(flag, src=0)
+        up = bool(flag.item())
+    return up
+
+
+def run_summary(out_dir: Path, state: RunState, stopped: bool) -> dict[str, Any]:
+    last = state.history[-1] if state.history else {}
+    return {
+        "out_dir": str(out_dir),
+        "best_checkpoint": str(out_dir / "best.safetensors"),
+        "last_checkpoint": str(out_dir / "last.safetensors"),
+        "selection_metric": last.get("selection_metric"),
+        "best_value": state.best_value,
+        "best_epoch": state.best_epoch,
+        "epochs_completed": state.epoch,
+        "global_step": state.global_step,
+        "stopped_early": stopped,
+        "metrics": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
+        "history": state.history,
+    }

@@ -1,0 +1,63 @@
+"""fastmtl.runtime: one mixed-precision vocabulary and one device resolution for every entry point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastmtl.runtime import AMP_CHOICES, amp_dtype, autocast, batch_to_device, resolve_device
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("amp", "cpu", "cuda"),
+    [
+        ("auto", None, torch.bfloat16),
+        ("bf16", torch.bfloat16, torch.bfloat16),
+        ("fp16", torch.float16, torch.float16),
+        ("off", None, None),
+        (True, torch.bfloat16, torch.bfloat16),
+        (False, None, None),
+        (torch.float16, torch.float16, torch.float16),
+        (torch.float32, None, None),
+    ],
+)
+def test_amp_vocabulary(amp, cpu, cuda):
+    assert amp_dtype(amp, CPU) is cpu and amp_dtype(amp, CUDA) is cuda
+
+
+@pytest.mark.parametrize("amp", [None, "fp8", "on", 1])
+def test_values_outside_the_vocabulary_raise(amp):
+    with pytest.raises(ValueError, match="auto, bf16, fp16, off"):
+        amp_dtype(amp, CPU)
+
+
+def test_the_training_config_accepts_the_same_words():
+    from fastmtl.engine.train_config import _CHOICES
+
+    assert _CHOICES["amp"] == AMP_CHOICES
+
+
+def test_autocast_is_a_no_op_or_torch_autocast():
+    x = torch.ones(2, 2)
+    with autocast("cpu"):
+        assert torch.mm(x, x).dtype == torch.float32  # "auto" is off on CPU
+    with autocast("cpu", "bf16"):
+        assert torch.mm(x, x).dtype == torch.bfloat16
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == CPU and resolve_device(CPU) == CPU
+    assert resolve_device("auto") == (CUDA if torch.cuda.is_available() else CPU)
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1", CUDA):
+            with pytest.raises(ValueError, match="no CUDA device"):
+                resolve_device(name)
+
+
+def test_batch_to_device_keeps_tensors_only():
+    batch = {"image": torch.zeros(2, 3, 4, 4), "id": ["a", "b"], "label": torch.ones(2, 3)}
+    moved = batch_to_device(batch, CPU, channels_last=True)
+    assert moved.keys() == {"image", "label"}
+    assert moved["image"].is_contiguous(memory_format=torch.channels_last)
