@@ -13,13 +13,14 @@ Skipped with the reason when the data, the checkpoint or the engine is missing.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from fastmtl.files import json_safe
 
 ISIC_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
 METRICS = ("dsc", "ji", "global_dice", "auc_mean", "auc_melanoma", "auc_seborrheic_keratosis", "acc", "sen", "spe")
@@ -33,11 +34,6 @@ def _budget(device: torch.device, quick: bool) -> dict[str, Any]:
         return dict(img_size=224, epochs=2, batch_size=8, max_steps_per_epoch=0, max_val_steps=0, num_workers=4)
     # ~16 s per step of 8 images at 64 px on 2 busy cores: 4 steps + 16 validation images is ~1.5 minutes.
     return dict(img_size=64, epochs=1, batch_size=8, max_steps_per_epoch=4, max_val_steps=2)
-
-
-def _clean(value: Any) -> Any:
-    """NaN (a class absent from a small validation split) becomes None so the JSON stays strict."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def test_train_budget(benchmark, measure, bench_device, bench_quick, tmp_path) -> None:
@@ -60,7 +56,7 @@ def test_train_budget(benchmark, measure, bench_device, bench_quick, tmp_path) -
         images_seen=steps * config.batch_size,
         val_images=metrics.get("n_seg_images"),
         **{k: v for k, v in budget.items() if k != "num_workers"},
-        **{k: _clean(metrics.get(k)) for k in METRICS},
+        **{k: json_safe(metrics.get(k)) for k in METRICS},
     )
 
 
@@ -92,5 +88,5 @@ def test_evaluate_checkpoint(benchmark, measure, pytestconfig, bench_device, tmp
         img_size=report["img_size"],
         n_images=n_images,
         eval_images_per_s=n_images / seconds if seconds else None,
-        **{k: _clean(metrics.get(k)) for k in METRICS},
+        **{k: json_safe(metrics.get(k)) for k in METRICS},
     )
