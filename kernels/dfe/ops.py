@@ -112,13 +112,19 @@ def _conv_configs(c_in: int, c_out: int, dtype: torch.dtype) -> list[dict]:
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
 
     if dtype == torch.float32:
-        # No spills with the ptxas of triton 3.6 (12.8) and of 3.8 (12.9, --regAllocOptLevel=2): 3.6's allocates
-        # only 80-96 registers here and spilled 64 x 64 tiles over 4 or 8 warps (the AOT report).
+        # Small tiles: the only ones found without spills under both triton 3.6 (ptxas 12.8) and 3.8 (ptxas 12.9
+        # with --regAllocOptLevel=2). Either ptxas spills 4-170 bytes somewhere for 64 x 64 tiles over 2, 4 or 8
+        # warps, 32 x 64 tiles, or 32 x 32 x 32 tiles, often at 80-96 registers of a possible 255.
         block_n, block_k = min(64, max(16, np2(c_out))), min(32, max(16, np2(c_in)))
-        return [cfg(32, block_n, 16, 4, 1), cfg(64, block_n, block_k, 2, 1), cfg(32, min(32, block_n), block_k, 4, 1)]
+        small_n = min(32, block_n)
+        out = [cfg(32, small_n, 16, 4, 1), cfg(16, block_n, block_k, 4, 1), cfg(16, small_n, block_k, 4, 1)]
+        # At 16 channels or fewer (no DFE level of the model) a 64 x 16 tile holds few registers: fewer programs.
+        return [cfg(64, 16, 16, 4, 1), *out] if block_n == block_k == 16 else out
     if c_out >= 128:
-        k32, k64 = min(32, max(16, np2(c_in))), min(64, max(16, np2(c_in)))
-        return [cfg(128, 128, k32, 8, 3), cfg(128, 128, k64, 8, 3), cfg(64, 128, k64, 4, 4)]
+        # 64-wide K steps spill under triton 3.8 (128 x 128 over 8 warps: 8 bytes in the merge; 64 x 128 over 4
+        # warps: 44-120 bytes), so the candidates vary the M tile and the pipeline depth.
+        k32 = min(32, max(16, np2(c_in)))
+        return [cfg(128, 128, k32, 8, 3), cfg(128, 128, k32, 8, 4), cfg(64, 128, k32, 4, 3)]
     block_n, k64, k32 = max(16, np2(c_out)), min(64, max(16, np2(c_in))), min(32, max(16, np2(c_in)))
     return [cfg(64, block_n, k64, 4, 3), cfg(128, block_n, k64, 8, 3), cfg(64, block_n, k32, 4, 4)]
 

@@ -47,12 +47,13 @@ def _blocks(n: int) -> tuple[int, int]:
 
 def configs(n: int) -> list[dict]:
     """Autotuning candidates of all four kernels for a window of n tokens, default first: the default tiles with 3
-    and 2 stages, and half the query tile (twice the programs: small grids at batch 1). All compile without spills
-    on sm_90a (``tests/kernels/test_window_attention_aot.py``)."""
+    and 2 stages and, for windows of 128 tokens or more, a 128-token query tile over 8 warps. All compile without
+    spills and with wgmma for sm_90a under triton 3.6 and 3.8 (``tests/kernels/test_window_attention_aot.py``); a
+    32-token query tile would fall back to mma.sync (wgmma needs 64 rows per warp group) and spills under 3.8."""
     block_m, block_n = _blocks(n)
     out = [{"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": NUM_WARPS, "num_stages": s} for s in (3, 2)]
-    if block_m > 16:
-        out.append({"BLOCK_M": block_m // 2, "BLOCK_N": block_n, "num_warps": NUM_WARPS, "num_stages": 3})
+    if triton.next_power_of_2(n) >= 128:
+        out.append({"BLOCK_M": 128, "BLOCK_N": block_n, "num_warps": 8, "num_stages": 3})
     return out
 
 
