@@ -109,7 +109,7 @@ def _is_main_rank() -> bool:
 
 
 def _device(name: str) -> str:
-    from fastmtl.engine.distributed import resolve_device
+    from fastmtl.runtime import resolve_device
 
     return str(resolve_device(name)) if name in ("auto", "cuda") else name
 

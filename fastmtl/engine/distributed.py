@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fastmtl.runtime import resolve_device  # noqa: F401 - re-exported for callers of the old home
+from fastmtl.runtime import resolve_device
 
 __all__ = ["DistInfo", "all_gather_objects", "barrier", "broadcast_object", "cleanup", "init_distributed"]
 
