@@ -31,10 +31,11 @@ using fastmtl::RgbImage;
 namespace {
 
 const char* kUsage =
-    "usage: fastmtl-infer --package MODEL.pt2 --output DIR [--batch-size N] [--threshold T] [--threads N] "
+    "usage: fastmtl-infer --package MODEL.pt2 --out DIR [--batch-size N] [--threshold T] [--threads N] "
     "INPUT [INPUT ...]\n"
     "  INPUT: image files (.png, .jpg, .jpeg), folders (searched recursively) or text files listing paths.\n"
-    "  Writes DIR/masks/<id>.png, DIR/probabilities.csv and, if some inputs fail, DIR/failures.csv.\n";
+    "  Writes DIR/masks/<id>.png, DIR/probabilities.csv and, if some inputs fail, DIR/failures.csv.\n"
+    "  --output is accepted as an alias of --out, as in the fastmtl command line.\n";
 
 struct Options {
   std::string package, output;
@@ -57,7 +58,7 @@ Options parse_args(int argc, char** argv) {
       std::exit(0);
     } else if (a == "--package") {
       o.package = value();
-    } else if (a == "--output") {
+    } else if (a == "--out" || a == "--output") {
       o.output = value();
     } else if (a == "--batch-size") {
       o.batch_size = std::stoi(value());
@@ -72,7 +73,7 @@ Options parse_args(int argc, char** argv) {
     }
   }
   if (o.package.empty() || o.output.empty() || o.inputs.empty())
-    throw std::invalid_argument("--package, --output and at least one INPUT are required");
+    throw std::invalid_argument("--package, --out and at least one INPUT are required");
   if (o.batch_size < 1) throw std::invalid_argument("--batch-size must be at least 1");
   return o;
 }

@@ -1,34 +1,54 @@
 """The ``fastmtl`` command line: argparse subcommands only; the work happens in :mod:`fastmtl.engine`.
 
-    fastmtl train   --config FILE|quick --data-root DIR --out DIR [--resume] [--set k=v ...] [--device cpu|cuda]
-    fastmtl eval    --checkpoint FILE --data-root DIR --split {training,validation,test,train,val} --out DIR
-    fastmtl predict --checkpoint FILE --input PATH [PATH ...] --output DIR [--batch-size N --workers N --overlays]
-    fastmtl export  --checkpoint FILE --format aoti|onnx --output PATH
+    fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
+    fastmtl eval    --checkpoint FILE [--data-root DIR] [--split training|validation|test|train|val] --out DIR [--kind KIND] [--batch-size N] [--workers N] [--device DEVICE]
+    fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile]
+    fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE]
     fastmtl info
-    fastmtl demo    [--data-root DIR] [--out DIR]
+    fastmtl demo    [--data-root DIR] [--out DIR] [--device auto|cpu|cuda] [--set KEY=VALUE ...] [--resume]
 
-Bad input (a missing file, an unknown option or model, a mismatched checkpoint, a diverging loss) prints one
-``fastmtl: error: ...`` line to stderr and exits with status 2; an interrupted run exits with 130.
-"""
+Every command writes to ``--out`` (``--output`` is accepted as an alias); options are never abbreviated. Paths
+and numbers are checked before PyTorch is imported, so a mistake is answered at once. Bad input (a missing file,
+an unknown option or model, a mismatched checkpoint, a diverging loss) prints one ``fastmtl: error: ...`` line to
+stderr and exits with status 2; an interrupted run exits with 130.
+"""  # noqa: E501 - the synopsis lines are compared with the parser by tests/test_cli.py
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["build_parser", "main"]
 
 _SPLITS = ("training", "validation", "test", "train", "val")  # each dataset kind resolves these to its own names
+_DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1 ..."
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", allow_abbrev=False)
+
+
+def _add_out(p: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
+    p.add_argument("--out", "--output", dest="out", metavar="DIR" if "FILE" not in help else "FILE", help=help,
+                   **kwargs)  # fmt: skip
+
+
+def _add_loader(p: argparse.ArgumentParser, batch: int) -> None:
+    p.add_argument("--batch-size", type=int, default=batch, metavar="N", help=f"images per batch (default {batch})")
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="image decoding processes (default 2; 0 decodes in the main process)")  # fmt: skip
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model", description="Train a model (SPEC section 5 protocol).")
-    p.add_argument("--config", required=True, help="TOML config file or preset name (quick, demo)")
-    p.add_argument("--data-root", help="dataset folder (kind auto-detected); omit for synthetic data")
-    p.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
+    p = _parser(sub, "train", "train a model (the paper's protocol or a preset)")
+    p.add_argument("--config", required=True, metavar="FILE|quick|demo", help="TOML config file or preset name")
+    p.add_argument("--data-root", metavar="DIR", help="dataset folder (kind auto-detected); omit for synthetic data")
+    _add_out(p, "run folder: checkpoints, logs, curves (default: runs/train)", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set lr=1e-4 --set model_options.dfe=none")  # fmt: skip
@@ -36,58 +56,61 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors file written by fastmtl")
-    p.add_argument("--data-root", help="dataset folder (kind auto-detected); omit for synthetic data")
+    p = _parser(sub, "eval", "evaluate a checkpoint on a dataset split with the paper's metrics")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors file written by fastmtl")
+    p.add_argument("--data-root", metavar="DIR", help="dataset folder (kind auto-detected); omit for synthetic data")
     p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate, any kind (default: test)")
-    p.add_argument("--out", required=True, help="report folder (metrics.json, plots, worst cases)")
-    p.add_argument("--kind", help="dataset kind (default: detected)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    _add_out(p, "report folder: metrics.json, plots, worst cases", required=True)
+    p.add_argument("--kind", help="dataset kind (default: detected from the folder)")
+    _add_loader(p, batch=8)
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="predict masks and class probabilities for images")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors file written by fastmtl")
-    p.add_argument("--input", required=True, nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--output", required=True, help="output folder (masks/, probabilities.csv, overlays/)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
+    p = _parser(sub, "predict", "predict masks and class probabilities for images")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors file written by fastmtl")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                   help="image files, folders, glob patterns or a text file listing images")  # fmt: skip
+    _add_out(p, "output folder: masks/, probabilities.csv, failures.csv, overlays/", required=True)
+    _add_loader(p, batch=8)
     p.add_argument("--overlays", action="store_true", help="also write the predictions drawn on the images")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--img-size", type=int, help="inference side (default: the checkpoint's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--threshold", type=float, default=0.5, metavar="P",
+                   help="probability above which a pixel or a label is positive (default 0.5)")  # fmt: skip
+    p.add_argument("--img-size", type=int, metavar="N", help="inference side (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--no-optimize", action="store_true", help="run the model as saved (no BN folding etc.)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized model (slow to start)")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a checkpoint as an AOTInductor package (.pt2) or an ONNX file")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors file written by fastmtl")
+    p = _parser(sub, "export", "export a checkpoint as an AOTInductor package (.pt2) or an ONNX file")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors file written by fastmtl")
     p.add_argument("--format", choices=("aoti", "onnx"), default="aoti", help="aoti (.pt2, default) or onnx")
-    p.add_argument("--output", required=True, help="file to write (.pt2 or .onnx)")
-    p.add_argument("--img-size", type=int, help="input side (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=1, help="example batch (the only one with --static-batch)")
+    _add_out(p, "FILE to write (.pt2 or .onnx)", required=True)
+    p.add_argument("--img-size", type=int, metavar="N", help="input side (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="example batch (the only one with --static-batch; default 1)")  # fmt: skip
     p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of 1..1024")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
     p.add_argument("--device", default="cpu", help="compile for cpu (default), cuda, cuda:1 ...")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train briefly, evaluate and predict: the whole pipeline in a minute or two")
-    p.add_argument("--data-root", help="dataset folder (default: the embedded synthetic lesions)")
-    p.add_argument("--out", default="fastmtl-demo", help="output folder (default: fastmtl-demo)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p = _parser(sub, "demo", "train briefly, evaluate and predict: the whole pipeline in a few minutes")
+    p.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the embedded synthetic lesions)")
+    _add_out(p, "output folder (default: fastmtl-demo)", default="fastmtl-demo")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the demo preset")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the five subcommands."""
+    """The argument parser with the six subcommands."""
     parser = argparse.ArgumentParser(
-        prog="fastmtl", description="ResFormer-MTL: lesion segmentation + classification with one network."
+        prog="fastmtl",
+        description="ResFormer-MTL: lesion segmentation + classification with one network.",
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--threads",
@@ -99,9 +122,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_predict(sub)
     _add_export(sub)
-    sub.add_parser("info", help="versions, devices and registered models")
+    _parser(sub, "info", "versions, devices and registered models")
     _add_demo(sub)
     return parser
+
+
+# ------------------------------------------------------------------ checks that run before PyTorch is imported
+def _existing(path: str | None, what: str, kind: str = "file") -> None:
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if kind == "file" and not p.is_file():
+        raise IsADirectoryError(f"{what} {path} is a folder; expected a file")
+    if kind == "dir" and not p.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file; expected a folder")
+
+
+def _positive(value: int | None, flag: str, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Paths and numbers of ``args``, checked without importing PyTorch."""
+    _positive(args.threads, "--threads")
+    _existing(getattr(args, "checkpoint", None), "checkpoint")
+    _existing(getattr(args, "data_root", None), "data folder", kind="dir")
+    _positive(getattr(args, "batch_size", None), "--batch-size")
+    _positive(getattr(args, "workers", None), "--workers", minimum=0)
+    img_size = getattr(args, "img_size", None)
+    if img_size is not None and (img_size <= 0 or img_size % 16):
+        raise ValueError(f"--img-size must be a positive multiple of 16, got {img_size}")
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
+    for item in getattr(args, "input", None) or ():
+        text = os.path.expanduser(item)
+        if not os.path.exists(text) and not glob.glob(text, recursive=True):
+            raise FileNotFoundError(f"input {item} does not exist (nor does it match any file as a pattern)")
 
 
 def _is_main_rank() -> bool:
@@ -115,11 +175,12 @@ def _device(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastmtl.engine.train import train
-    from fastmtl.engine.train_config import load_config
+    from fastmtl.engine.train_config import load_config  # no PyTorch: a bad config is answered at once
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     config = load_config(args.config, overrides)
+    from fastmtl.engine.train import train
+
     result = train(config, args.data_root, args.out, resume=args.resume)
     if _is_main_rank():
         _print_train(result)
@@ -152,7 +213,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fastmtl.engine.predict import predict
 
-    summary = predict(args.checkpoint, args.input, args.output, batch_size=args.batch_size, num_workers=args.workers,
+    summary = predict(args.checkpoint, args.input, args.out, batch_size=args.batch_size, num_workers=args.workers,
                       device=_device(args.device), overlays=args.overlays, threshold=args.threshold,
                       img_size=args.img_size, optimize=not args.no_optimize, compile=args.compile)  # fmt: skip
     return 1 if summary.n_failed and not summary.n_images else 0
@@ -161,7 +222,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from fastmtl.engine.export import export
 
-    path = export(args.checkpoint, args.output, format=args.format, img_size=args.img_size,
+    path = export(args.checkpoint, args.out, format=args.format, img_size=args.img_size,
                   batch_size=args.batch_size, dynamic_batch=not args.static_batch, check=not args.no_check,
                   device=_device(args.device))  # fmt: skip
     print(f"exported {path}" + ("" if args.no_check else " (outputs match the eager model)"))
@@ -208,9 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
+        _check_args(args)
         if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be a positive int, got {args.threads}")
             import torch
 
             torch.set_num_threads(args.threads)

@@ -58,7 +58,7 @@ def test_train_with_overrides_writes_run_and_resolved_config(tmp_path, capsys):
         (["--set", "amp=fp8"], r"amp='fp8' is not valid; expected one of auto, bf16, fp16, off"),
         (["--set", "model=no_such_model"], r"unknown model 'no_such_model'; registered models: "),
         (["--set", "lr=1e30"], r"non-finite training loss at epoch \d+ step \d+ \(global step \d+\): loss="),
-        (["--data-root", "/no/such/folder", "--set", "data=auto"], r"dataset root /no/such/folder not found"),
+        (["--data-root", "/no/such/folder", "--set", "data=auto"], r"data folder /no/such/folder does not exist"),
     ],
 )
 def test_train_errors_are_one_line_with_exit_code_2(tmp_path, capsys, args, expected):
@@ -153,7 +153,7 @@ def test_threads_option_sets_torch_threads_and_rejects_nonsense(capsys):
     finally:
         torch.set_num_threads(before)
     assert main(["--threads", "0", "info"]) == 2
-    assert "--threads must be a positive int" in capsys.readouterr().err
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
 
 
 def _layout(root: Path, kind: str) -> Path | None:
@@ -184,12 +184,16 @@ def test_eval_split_aliases_resolve_for_every_kind(tmp_path, monkeypatch, kind, 
     seen = []  # the split each call hands to the engine (a stand-in evaluate: the CLI's resolution is under test)
     monkeypatch.setattr(fastmtl.engine.evaluate, "evaluate", lambda c, r, split, o, **kw: seen.append(split) or {1: 1})
     root = _layout(tmp_path / "data", kind)
+    checkpoint = tmp_path / "c.safetensors"
+    checkpoint.write_bytes(b"")  # the CLI checks that the file exists; the stand-in never reads it
     for split in expected:
-        args = ["eval", "--checkpoint", "c.safetensors", "--split", split, "--out", str(tmp_path / "eval")]
+        args = ["eval", "--checkpoint", str(checkpoint), "--split", split, "--out", str(tmp_path / "eval")]
         assert main([*args, *(["--data-root", str(root)] if root else [])]) == 0
     assert seen == list(expected.values())
 
 
 def test_eval_with_an_unknown_kind_is_one_line(tmp_path, capsys):
-    assert main(["eval", "--checkpoint", "c.safetensors", "--kind", "isic", "--out", str(tmp_path / "e")]) == 2
+    (tmp_path / "c.safetensors").write_bytes(b"")
+    checkpoint = str(tmp_path / "c.safetensors")
+    assert main(["eval", "--checkpoint", checkpoint, "--kind", "isic", "--out", str(tmp_path / "e")]) == 2
     assert "unknown dataset kind 'isic'; valid kinds: isic2017, retouch, oct, folder, synthetic" in _error(capsys)

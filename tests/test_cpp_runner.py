@@ -85,7 +85,7 @@ def test_cpp_runner_matches_predict(runner: Path, tmp_path: Path) -> None:
     _images(tmp_path / "images")
     (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
     predict(checkpoint, tmp_path / "images", tmp_path / "py", batch_size=2, num_workers=0)
-    cmd = [str(runner), "--package", str(package), "--output", str(tmp_path / "cpp"), "--batch-size", "2",
+    cmd = [str(runner), "--package", str(package), "--out", str(tmp_path / "cpp"), "--batch-size", "2",
            str(tmp_path / "images")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
