@@ -408,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.ingest} is a dry run: it does not belong in bench/results (use --results DIR)")
         print(f"filed {ingest(Path(args.ingest), Path(args.results))}")
         return 0
+    if not args.dry_run and not _cuda_available():
+        raise SystemExit("gpu_suite: no CUDA device here; run it on a GPU machine, or check it on CPU with --dry-run")
     suite = Suite(args)
     chosen = [s for s in STEPS if args.only is None or s.name in args.only]
     if "env" not in [s.name for s in chosen]:

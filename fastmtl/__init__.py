@@ -21,6 +21,7 @@ _EXPORTS = {
     "kernel_backend": "fastmtl.backend",
     "list_models": "fastmtl.registry",
     "load_authors_checkpoint": "fastmtl.authors",
+    "load_model": "fastmtl.loading",
     "optimize_for_inference": "fastmtl.inference",
     "register_model": "fastmtl.registry",
     "set_kernel_backend": "fastmtl.backend",
@@ -34,6 +35,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and ``from fastmtl 
     "kernel_backend",
     "list_models",
     "load_authors_checkpoint",
+    "load_model",
     "optimize_for_inference",
     "register_model",
     "set_kernel_backend",
@@ -44,6 +46,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from fastmtl.backend import kernel_backend, set_kernel_backend
     from fastmtl.config import ModelConfig
     from fastmtl.inference import optimize_for_inference
+    from fastmtl.loading import load_model
     from fastmtl.output import MTLOutput
     from fastmtl.registry import create_model, create_model_from_config, list_models, register_model
 

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.goals import GOALS, judge, judge_paper
 from bench.gpu_suite import SHARED_ISIC
 
 REPO = Path(__file__).resolve().parents[1]
+_HAS_CUDA = torch.cuda.is_available()
 
 
 def _row(group: str, provider: str, ms: float) -> dict:
@@ -51,6 +53,13 @@ def test_goal_without_both_providers_says_why() -> None:
     assert judge_paper({"projected_150_epochs_min": 8.5, "train_images_per_s": 560.0}, "")["status"] == "holds"
     assert judge_paper({"projected_150_epochs_min": 12.0, "train_images_per_s": 400.0}, "")["status"] == "misses"
     assert judge_paper(None, "no data")["status"] == "not measured: no data"
+
+
+@pytest.mark.skipif(_HAS_CUDA, reason="checks the refusal on a machine without CUDA")
+def test_without_cuda_only_the_dry_run_runs(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "bench.gpu_suite", "--out", str(tmp_path / "o")]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--dry-run" in done.stderr and not (tmp_path / "o").exists()
 
 
 def test_deadline_plugin_cuts_short_without_losing_the_report(tmp_path: Path) -> None:
