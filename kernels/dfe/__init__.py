@@ -19,6 +19,8 @@ What runs where (eval mode, BN folded into the conv weights and a per-channel bi
 Layout: any strides (NCHW or channels_last); outputs keep the input's memory format. Kernel weight layout is
 ``(taps, C_in, C_out)`` with a 3x3 pattern's taps in row-major order; a rate-0 pattern (1x1 conv) reads tap 0.
 Numerics: fp32 accumulation (``input_precision="ieee"`` for fp32 so no TF32), outputs stored in the input dtype.
+Tiles: each launch autotunes over a few candidates (:func:`conv_configs`; ``fastmtl.kernels.autotune``), all
+compiled without register spills for sm_90a ahead of time; the interpreter runs the first.
 
 Training: BN in training mode needs batch statistics of the raw convolutions, which no single fused launch can
 produce. :func:`dfe_forward` then runs the same conv kernels with identity BN and no ReLU (raw convs), and calls
@@ -39,6 +41,7 @@ from .layer import dfe3_forward, dfe_forward
 from .ops import (
     branch_tap_counts,
     conv_config,
+    conv_configs,
     dfe_branches,
     dfe_branches_ref,
     dfe_merge,
@@ -50,6 +53,7 @@ from .ops import (
 __all__ = [
     "branch_tap_counts",
     "conv_config",
+    "conv_configs",
     "dfe3_forward",
     "dfe_branches",
     "dfe_branches_ref",

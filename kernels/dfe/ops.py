@@ -114,10 +114,11 @@ def _conv_configs(c_in: int, c_out: int, dtype: torch.dtype) -> list[dict]:
     if dtype == torch.float32:
         # Small tiles: the only ones found without spills under both triton 3.6 (ptxas 12.8) and 3.8 (ptxas 12.9
         # with --regAllocOptLevel=2). Either ptxas spills 4-170 bytes somewhere for 64 x 64 tiles over 2, 4 or 8
-        # warps, 32 x 64 tiles, or 32 x 32 x 32 tiles, often at 80-96 registers of a possible 255.
+        # warps, 32 x 64 tiles, or 32 x 32 x 32 tiles, often at 80-96 registers of a possible 255. The default
+        # (first, 16 x 64 x 16) is also spill-free for sm_80, where both spill 4-20 bytes of some other small tiles.
         block_n, block_k = min(64, max(16, np2(c_out))), min(32, max(16, np2(c_in)))
         small_n = min(32, block_n)
-        out = [cfg(32, small_n, 16, 4, 1), cfg(16, block_n, block_k, 4, 1), cfg(16, small_n, block_k, 4, 1)]
+        out = [cfg(16, block_n, 16, 4, 1), cfg(16, block_n, block_k, 4, 1), cfg(32, small_n, 16, 4, 1)]
         # At 16 channels or fewer (no DFE level of the model) a 64 x 16 tile holds few registers: fewer programs.
         return [cfg(64, 16, 16, 4, 1), *out] if block_n == block_k == 16 else out
     if c_out >= 128:
