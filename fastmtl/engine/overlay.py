@@ -16,7 +16,7 @@ from PIL import Image
 
 from fastmtl.files import atomic_write_bytes
 
-__all__ = ["GT_COLOR", "PRED_PALETTE", "draw_overlay", "mask_boundary", "save_png"]
+__all__ = ["GT_COLOR", "PRED_PALETTE", "case_panel", "draw_overlay", "mask_boundary", "save_png", "upscale"]
 
 GT_COLOR = np.array([0, 255, 0], dtype=np.uint8)
 # One colour per foreground class (class 1 first); cycles beyond four classes.
@@ -77,6 +77,69 @@ def draw_overlay(
     for edge, colour in contours:
         result[edge] = colour
     return result
+
+
+def upscale(array: np.ndarray, min_side: int) -> np.ndarray:
+    """Repeats pixels (nearest neighbour, an integer factor) until the shorter side is at least ``min_side``."""
+    factor = max(1, -(-min_side // max(min(array.shape[:2]), 1)))
+    return array if factor == 1 else np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def case_panel(
+    image: np.ndarray,
+    pred: np.ndarray,
+    gt: np.ndarray | None,
+    title: str,
+    class_names: tuple[str, ...] | list[str] = ("lesion",),
+    *,
+    min_side: int = 256,
+) -> np.ndarray:
+    """One evaluated image for a person to read: a title line, [image | prediction + ground-truth outline] side by
+    side, each at least ``min_side`` pixels on its shorter side (nearest-neighbour upscaling, so small inputs stay
+    crisp), and a legend with the ground-truth and prediction colours.
+
+    Args:
+        image: uint8 (H, W, 3) RGB.
+        pred: integer (H, W) predicted classes (0 = background).
+        gt: integer (H, W) ground-truth classes, or None.
+        title: the title line (e.g. the image id and its Dice).
+        class_names: foreground class names, class 1 first (legend entries for the prediction colours).
+        min_side: the smallest panel side in pixels.
+
+    Returns:
+        uint8 (H', W', 3).
+    """
+    from PIL import ImageDraw
+
+    big = upscale(image, min_side)
+    factor = big.shape[0] // image.shape[0]
+    grow = (lambda m: None if m is None else upscale(m, min_side)) if factor > 1 else (lambda m: m)
+    overlay = draw_overlay(big, grow(pred), grow(gt))
+    gap = np.full((big.shape[0], 8, 3), 255, dtype=np.uint8)
+    body = np.concatenate([big, gap, overlay], axis=1)
+    text, pad = max(14, body.shape[1] // 40), 6
+    line = text + 2 * pad
+    legend = [(tuple(int(c) for c in GT_COLOR), "ground truth (outline)")] if gt is not None else []
+    legend += [
+        (tuple(int(c) for c in PRED_PALETTE[i % len(PRED_PALETTE)]), f"prediction: {name} (fill + outline)")
+        for i, name in enumerate(class_names)
+    ]
+    canvas = Image.new("RGB", (body.shape[1], body.shape[0] + line * (1 + len(legend))), "white")
+    canvas.paste(Image.fromarray(body), (0, line))
+    draw, font = ImageDraw.Draw(canvas), _font(text)
+    draw.text((pad, pad), title, fill="black", font=font)
+    y = line + body.shape[0]
+    for colour, label in legend:
+        draw.rectangle((pad, y + pad, pad + 2 * text, y + pad + text), fill=colour)
+        draw.text((3 * text, y + pad), label, fill="black", font=font)
+        y += line
+    return np.asarray(canvas)
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray, *, atomic: bool = False) -> Path:

@@ -18,7 +18,7 @@ from sklearn.metrics import auc, roc_curve
 
 from fastmtl.files import atomic_write_bytes
 
-__all__ = ["plot_confusion", "plot_examples", "plot_history", "plot_roc"]
+__all__ = ["ROC_STYLES", "plot_confusion", "plot_examples", "plot_history", "plot_roc", "roc_figure"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -28,33 +28,49 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
-    """One ROC curve per class (one-vs-rest) with its AUC in the legend.
+# Per-class styles for curves that may coincide: line style, marker and width all differ, markers are offset
+# along the curve, and wider lines are drawn first, so two identical curves still show as two.
+ROC_STYLES = (("-", "o", 3.2), ("--", "s", 2.4), ("-.", "^", 1.8), (":", "D", 1.4), ((0, (5, 1, 1, 1)), "v", 1.2))
 
-    Args:
-        probs: (N, K) predicted probabilities.
-        labels: (N, K) {0, 1} ground truth.
-        class_names: K names.
-        path: output PNG.
+
+def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """The figure :func:`plot_roc` saves: one ROC curve per class (one-vs-rest), each with its own line style,
+    marker and width (:data:`ROC_STYLES`) and its AUC in the legend; the chance diagonal is thin and grey.
 
     A class whose labels hold a single value has no ROC curve; it is listed in the legend as undefined.
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(int)
     if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(class_names):
         raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be (N, {len(class_names)})")
-    fig = Figure(figsize=(5, 5))
+    fig = Figure(figsize=(5.5, 5.5))
     ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    ax.plot([0, 1], [0, 1], linestyle=(0, (1, 3)), color="grey", linewidth=0.8, label="chance (AUC 50.0)")
     for k, name in enumerate(class_names):
+        linestyle, marker, width = ROC_STYLES[k % len(ROC_STYLES)]
+        style = {"linestyle": linestyle, "marker": marker, "linewidth": width, "color": f"C{k}", "zorder": 2 + k}
         if np.unique(labels[:, k]).size < 2:
-            ax.plot([], [], label=f"{name} (undefined: one label value)")
+            ax.plot([], [], label=f"{name}: AUC undefined (one label value)", **style)
             continue
         fpr, tpr, _ = roc_curve(labels[:, k], probs[:, k])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {100 * auc(fpr, tpr):.1f})")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
-    ax.set_title(f"ROC ({probs.shape[0]} images)")
+        ax.plot(fpr, tpr, label=f"{name}: AUC {100 * auc(fpr, tpr):.1f}", markersize=4 + width,
+                markevery=(0.04 * k, 0.12), markerfacecolor="none", markeredgewidth=1.2, **style)  # fmt: skip
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
+    ax.set_title(f"ROC, one class vs the rest ({probs.shape[0]} images)")
+    ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    return _save(fig, path)
+    return fig
+
+
+def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """Writes :func:`roc_figure` as a PNG.
+
+    Args:
+        probs: (N, K) predicted probabilities.
+        labels: (N, K) {0, 1} ground truth.
+        class_names: K names.
+        path: output PNG.
+    """
+    return _save(roc_figure(probs, labels, class_names), path)
 
 
 def plot_confusion(counts: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
