@@ -248,6 +248,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if paths["report"]:
         print(f"  evaluation:       {paths['report']} (+ roc.png, confusion.png, worst/)")
     print(f"  predictions:      {paths['predictions']} (masks/, overlays/, probabilities.csv)")
+    kept = "" if (Path(paths["checkpoint"]).parent / "last.json").is_file() else "; training state (last.*) removed"
+    print(f"  disk use:         {result['disk_bytes'] / 1e6:,.1f} MB in {args.out}{kept}")
+    print(f"  wall time:        {result['seconds'] / 60:.1f} min")
+    if result["synthetic"]:
+        print("  note: trained on synthetic lesions; its outputs on real images mean nothing (--data-root DIR: yours)")
     return 0
 
 

@@ -1,32 +1,81 @@
 """``fastmtl demo``: train briefly, evaluate, predict on a few held-out images and say where everything is.
 
-Without a data folder it uses the embedded synthetic lesions (the ``demo`` preset: a minute or two on a
-2-core CPU); with one, the kind is detected and the same short protocol runs on it.
+Without a data folder it uses the embedded synthetic lesions (the ``demo`` preset: a few minutes on a 2-core
+CPU) and says so in a banner; with one, the kind is detected and the same short protocol runs on it. A finished
+demo keeps only what a user needs: the resumable training state (``last.*``, with the optimizer) is deleted
+once the demo has finished, so an interrupted demo still continues with ``resume=True``.
+
+A checkpoint trained on synthetic lesions is recognised from its metadata (``data_kind``, else the stored
+training config's ``data``); :func:`warn_if_synthetic` is what ``predict`` and ``eval`` call to say so.
 """
 
 from __future__ import annotations
 
+import contextvars
 import io
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
-from fastmtl.data.transforms import denormalize
-from fastmtl.engine.loaders import build_run_data
-from fastmtl.engine.train import train
-from fastmtl.engine.train_config import TrainConfig, load_config
 from fastmtl.files import atomic_write_bytes
-from fastmtl.runtime import resolve_device
 
-__all__ = ["demo_config", "run_demo"]
+if TYPE_CHECKING:
+    from fastmtl.engine.train_config import TrainConfig
+
+__all__ = ["SYNTHETIC_WARNING", "demo_config", "disk_usage", "run_demo", "trained_on_synthetic", "warn_if_synthetic"]
 
 N_PREDICT = 6
+SYNTHETIC_WARNING = "this model was trained on synthetic lesions; its outputs on real images mean nothing"
+# The resumable training state a finished demo deletes (weights + optimizer + RNG; best.safetensors stays).
+TRAINING_STATE = ("last.safetensors", "last.train.safetensors", "last.json")
+# Set while the demo evaluates and predicts: its banner has already said it, once.
+_IN_DEMO = contextvars.ContextVar("fastmtl_in_demo", default=False)
+
+
+def trained_on_synthetic(meta: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's metadata (``load_model``'s second result) says it was trained on synthetic data."""
+    kind = meta.get("data_kind")
+    if kind is None:
+        kind = (meta.get("train_config") or {}).get("data")
+    return kind == "synthetic"
+
+
+def warn_if_synthetic(meta: Mapping[str, Any], checkpoint: Any = None) -> bool:
+    """Prints ``fastmtl: warning: ...`` to stderr when the checkpoint was trained on synthetic lesions (not
+    inside :func:`run_demo`, whose banner says so); returns whether it was."""
+    if not trained_on_synthetic(meta):
+        return False
+    if _IN_DEMO.get():
+        return True
+    where = f" ({checkpoint})" if checkpoint is not None else ""
+    print(f"fastmtl: warning: {SYNTHETIC_WARNING}{where}", file=sys.stderr)
+    return True
+
+
+def disk_usage(folder: str | Path) -> int:
+    """Bytes in the regular files under ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _banner(config: TrainConfig, data_root: str | Path | None, out: Path) -> None:
+    if config.data == "synthetic":
+        print(
+            "fastmtl demo: training on SYNTHETIC lesions (generated shapes with classes synthetic_irregular / "
+            "_speckled / _regular), not on real images.\n"
+            "  The model learns nothing about real lesions: its predictions on real images mean nothing.\n"
+            "  Run `fastmtl demo --data-root DIR` to use an ISIC / OCT / image folder instead.\n"
+            f"  Output: {out}/ (135 MB with the demo's model; its resumable training state is deleted when done)."
+        )
+    else:
+        print(f"fastmtl demo: training briefly on {config.data} data from {data_root}; output in {out}/")
 
 
 def demo_config(data_root: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """The ``demo`` preset; with a data folder the kind is detected instead of using synthetic data."""
+    from fastmtl.engine.train_config import load_config
+
     config = load_config("demo", overrides)
     if data_root is not None and config.data == "synthetic":
         extra = {k.split("=", 1)[0] for k in overrides}
@@ -36,6 +85,11 @@ def demo_config(data_root: str | Path | None, overrides: Sequence[str] = ()) -> 
 
 def _write_inputs(config: TrainConfig, data_root: str | Path | None, folder: Path) -> list[Path]:
     """Saves the first few validation images as PNGs (what a user would feed to ``predict``)."""
+    from PIL import Image
+
+    from fastmtl.data.transforms import denormalize
+    from fastmtl.engine.loaders import build_run_data
+
     data = build_run_data(config, data_root)
     paths = []
     for i in range(min(N_PREDICT, len(data.val))):
@@ -72,6 +126,7 @@ def run_demo(
     device: str = "auto",
     overrides: Sequence[str] = (),
     resume: bool = False,
+    keep_training_state: bool = False,
 ) -> dict[str, Any]:
     """Runs the demo and returns the paths of what it wrote plus the training and evaluation results.
 
@@ -82,22 +137,43 @@ def run_demo(
         device: "auto", "cpu" or "cuda".
         overrides: ``key=value`` changes to the demo preset.
         resume: continue an interrupted demo run in ``out_dir/train``.
+        keep_training_state: keep ``train/last.*`` (weights + optimizer + RNG state, about three times the size
+            of ``best.safetensors``) after the demo finishes; by default it is deleted then (not when training
+            stopped at ``time_limit_min``, which ``resume`` continues).
+
+    Returns:
+        ``train``, ``eval``, ``predict`` (the three steps' results), ``paths``, ``synthetic`` (trained on
+        synthetic lesions), ``disk_bytes`` (what ``out_dir`` holds at the end) and ``seconds`` (wall time).
     """
     from fastmtl.engine.predict import predict
+    from fastmtl.engine.train import train
+    from fastmtl.runtime import resolve_device
 
+    start = time.perf_counter()
     out = Path(out_dir)
     config = demo_config(data_root, [*overrides, f"device={device}"])
+    _banner(config, data_root, out)
     result = train(config, data_root, out / "train", resume=resume)
     best = Path(result["best_checkpoint"])
     eval_device = str(resolve_device(config.device))
-    report = _evaluate(best, config, data_root, out / "eval", eval_device)
-    inputs = _write_inputs(config, data_root, out / "inputs")
-    summary = predict(best, [str(p) for p in inputs], out / "predictions", batch_size=config.batch_size,
-                      num_workers=0, device=eval_device, overlays=True)  # fmt: skip
+    token = _IN_DEMO.set(True)
+    try:
+        report = _evaluate(best, config, data_root, out / "eval", eval_device)
+        inputs = _write_inputs(config, data_root, out / "inputs")
+        summary = predict(best, [str(p) for p in inputs], out / "predictions", batch_size=config.batch_size,
+                          num_workers=0, device=eval_device, overlays=True)  # fmt: skip
+    finally:
+        _IN_DEMO.reset(token)
+    if not keep_training_state and not result["stopped_early"]:  # done: nothing left to resume
+        for name in TRAINING_STATE:
+            (out / "train" / name).unlink(missing_ok=True)
     return {
         "train": result,
         "eval": report,
         "predict": summary,
+        "synthetic": config.data == "synthetic",
+        "disk_bytes": disk_usage(out),
+        "seconds": time.perf_counter() - start,
         "paths": {
             "checkpoint": str(best),
             "curves": str(out / "train" / "curves.png"),

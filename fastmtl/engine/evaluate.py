@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fastmtl.engine.checkpoint import load_model, model_config
+from fastmtl.engine.demo import warn_if_synthetic
 from fastmtl.engine.eval_loop import EvalState, run_evaluation, sync_state
-from fastmtl.engine.overlay import draw_overlay, save_png
+from fastmtl.engine.overlay import case_panel, save_png
 from fastmtl.engine.plots import plot_confusion, plot_roc
 from fastmtl.files import atomic_write_json, safe_name
 from fastmtl.metrics import format_table
@@ -72,16 +73,19 @@ def predict_sample(
 
 
 def _write_worst(model: nn.Module, dataset: Any, worst: list[dict[str, Any]], folder: Path, device) -> list[Path]:
-    """Re-runs the worst images and saves [image | image + GT outline + prediction] panels."""
+    """Re-runs the worst images and saves one readable panel each: the id and Dice on top, [image | prediction
+    filled + ground truth outlined] at >= 256 px per side, and a colour legend (:func:`case_panel`)."""
     index = {image_id: i for i, image_id in enumerate(dataset.ids)}
     normalize = getattr(dataset, "normalize", "imagenet")
+    names = tuple(getattr(dataset, "seg_class_names", ()) or ("lesion",))
     paths = []
-    for record in worst:
+    for rank, record in enumerate(worst, 1):
         sample = dataset[index[record["id"]]]
         image, pred = predict_sample(model, sample["image"], normalize, device)
         if pred is None:
             break
-        panel = np.concatenate([image, draw_overlay(image, pred, sample["mask"].numpy())], axis=1)
+        title = f"#{rank} worst: {record['id']}   Dice {record['dice']:.1f}%"
+        panel = case_panel(image, pred, sample["mask"].numpy(), title, names)
         paths.append(save_png(folder / f"{safe_name(record['id'])}.png", panel))
     return paths
 
@@ -147,6 +151,7 @@ def evaluate(
 
     device = torch.device(device)
     model, meta = load_model(checkpoint, device=device)
+    warn_if_synthetic(meta, checkpoint)
     config = model_config(model)
     opts = {"normalize": meta.get("normalize", "imagenet"), **(dataset_opts or {})}
     dataset = build_dataset(kind or "auto", data_root, split, img_size=config.img_size, train=False, **opts)

@@ -9,6 +9,11 @@ a CUDA out-of-memory error splits the batch in halves without losing or repeatin
 writes the PNGs while the next batch runs and ``probabilities.csv`` is written atomically at the end
 (:mod:`fastmtl.engine.predict_writer`).
 
+The output folder is locked for the run (:func:`fastmtl.files.exclusive_folder`: a second job into it is refused
+with the holder's name), and a rerun into a folder an earlier prediction used starts clean
+(:func:`~fastmtl.engine.predict_writer.start_clean`), so the masks, ``probabilities.csv`` and ``failures.csv``
+always describe exactly one run, also after a killed one.
+
 Under ``torchrun`` (``WORLD_SIZE`` > 1) or an initialised process group (:mod:`fastmtl.engine.distributed`), rank
 r takes inputs r::world of the sorted list and writes ``probabilities.part<r>.csv``; rank 0 merges the parts into
 one CSV.
@@ -29,10 +34,12 @@ from tqdm.auto import tqdm
 
 from fastmtl.data.images import ImagePaths, collate_predict
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
-from fastmtl.engine.distributed import cleanup, init_distributed
+from fastmtl.engine.demo import warn_if_synthetic
+from fastmtl.engine.distributed import barrier, cleanup, init_distributed
 from fastmtl.engine.inputs import collect_inputs, image_ids
 from fastmtl.engine.predict_runner import ChunkedRunner
-from fastmtl.engine.predict_writer import PredictionWriter, write_tables
+from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
+from fastmtl.files import exclusive_folder
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
 
@@ -122,23 +129,27 @@ def predict(
     world = init_distributed(str(device))
     rank, dev = world.rank, world.device
     try:
-        paths = collect_inputs(inputs, exclude=[out / "masks", out / "overlays"])
-        ids = image_ids(paths)  # over the full list, so every rank names files alike
-        mine = list(range(rank, len(paths), world.world_size))
-        model, dataset, writer = _setup(
-            checkpoint, [paths[i] for i in mine], out, dev, img_size, threshold, overlays, optimize, compile
-        )
-        loader = DataLoader(
-            dataset, batch_size, num_workers=num_workers, collate_fn=collate_predict, pin_memory=dev.type == "cuda"
-        )
-        start = time.perf_counter()
-        try:
-            runner = ChunkedRunner(model, dev, threshold, _log)
-            failures, n = _run(loader, runner, writer, *_pick(paths, ids, mine), rank == 0)
-        finally:
-            rows = writer.close()
-        seconds = time.perf_counter() - start
-        rows, failures, n, seconds = write_tables(out, rows, failures, n, seconds, world)
+        with exclusive_folder(out, "predict", enabled=rank == 0):
+            paths = collect_inputs(inputs, exclude=[out / "masks", out / "overlays"])
+            ids = image_ids(paths)  # over the full list, so every rank names files alike
+            mine = list(range(rank, len(paths), world.world_size))
+            model, dataset, writer = _setup(
+                checkpoint, [paths[i] for i in mine], out, dev, img_size, threshold, overlays, optimize, compile
+            )
+            if rank == 0:  # only once the inputs and the model are good: a typo must not cost the earlier results
+                start_clean(out)
+            barrier(world)  # no rank writes before rank 0 has cleared an earlier run's outputs
+            loader = DataLoader(
+                dataset, batch_size, num_workers=num_workers, collate_fn=collate_predict, pin_memory=dev.type == "cuda"
+            )
+            start = time.perf_counter()
+            try:
+                runner = ChunkedRunner(model, dev, threshold, _log)
+                failures, n = _run(loader, runner, writer, *_pick(paths, ids, mine), rank == 0)
+            finally:
+                rows = writer.close()
+            seconds = time.perf_counter() - start
+            rows, failures, n, seconds = write_tables(out, rows, failures, n, seconds, world)
     finally:
         cleanup(world)
     rate = n / max(seconds, 1e-9)
@@ -157,6 +168,7 @@ def predict(
 def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold, overlays, optimize, compile):
     """Loads the model (optimized for inference unless told not to) and builds this rank's dataset and writer."""
     model, meta = load_model(checkpoint, device=dev)
+    warn_if_synthetic(meta, checkpoint)
     config = model_config(model)
     if optimize:
         from fastmtl.inference import optimize_for_inference
