@@ -12,13 +12,32 @@ import json
 import math
 import os
 import re
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "file_mode", "json_dumps", "json_safe", "replacing", "safe_name"]
+__all__ = [
+    "FolderBusyError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "exclusive_folder",
+    "file_mode",
+    "json_dumps",
+    "json_safe",
+    "replacing",
+    "safe_name",
+]
+
+LOCK_NAME = ".fastmtl.lock"
+
+
+class FolderBusyError(ValueError):
+    """An output folder is in use by another fastmtl job."""
 
 
 def _umask() -> int:
@@ -106,3 +125,64 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, strict: bool = True)
 def safe_name(text: str) -> str:
     """A file-name-safe version of an image id."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"
+
+
+def _take_lock(lock: Path) -> int | None:
+    """An fd holding an exclusive ``flock`` on ``lock`` (None: another process holds it)."""
+    import fcntl
+
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextmanager
+def exclusive_folder(folder: str | os.PathLike, job: str, *, enabled: bool = True) -> Iterator[None]:
+    """Holds an exclusive lock on an output folder (created) for the duration of a job.
+
+    The lock is an ``flock`` on ``<folder>/.fastmtl.lock``, so the kernel releases it when the process dies, however
+    it dies: a killed job never leaves a stale lock. The file names the holder (job, pid, host, command, start time)
+    for the error a second job gets; it is removed on release, and so is the folder when the job created it and
+    left it empty.
+
+    Raises:
+        FolderBusyError: another process holds the folder.
+    """
+    if not enabled:
+        yield
+        return
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    fd = _take_lock(lock)
+    if fd is None:
+        try:
+            holder = lock.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise FolderBusyError(f"{folder} is in use by another fastmtl job ({holder}); wait for it or use another --out")
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{job}, pid {os.getpid()} on {socket.gethostname()}, started {stamp}: {command}".encode())
+    try:
+        yield
+    finally:
+        Path(lock).unlink(missing_ok=True)
+        os.close(fd)
+        if created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass

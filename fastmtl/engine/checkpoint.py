@@ -6,8 +6,11 @@ Layout for a stem ``run/last``:
     run/last.train.safetensors  optimizer state tensors (only with ``optimizer=``), for ``--resume``.
     run/last.json               optimizer/scheduler hyper-parameters, epoch, step, metrics, RNG states, config.
 
-Every file is written to a temporary name and moved into place with ``os.replace``, weights first and the JSON
-sidecar last, so a run killed while saving leaves the previous checkpoint intact. Loading never unpickles.
+With an optimizer the three files form one *set*, either wholly old or wholly new for ``--resume``
+(:mod:`fastmtl.engine.ckpt_set`): each file carries the set's token, the sidecar (replaced last) the content
+hashes, and the previous set stays as ``run/last.prev.*`` until the new one is complete, so a run killed between
+any two file operations resumes from a consistent set. Loading never unpickles; non-finite weights and malformed
+metadata are refused with a :class:`CheckpointError` naming the tensor or field.
 """
 
 from __future__ import annotations
@@ -23,13 +26,11 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from fastmtl.config import ModelConfig
-from fastmtl.files import atomic_write_json, json_dumps, replacing
+from fastmtl.engine.ckpt_meta import check_finite, checked_config, checked_meta
+from fastmtl.engine.ckpt_set import TOKEN_KEY, CheckpointError, save_set, verify
+from fastmtl.files import json_dumps, replacing
 from fastmtl.metrics import default_class_names, default_seg_class_names
 from fastmtl.registry import create_model_from_config
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, or belongs to another model."""
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -78,12 +79,20 @@ def save_checkpoint(
         "fastmtl_config": json.dumps(config.to_dict()),
         "fastmtl_meta": json_dumps(meta or {}, strict=False),
     }
-    _atomic_save_tensors(state, weights, metadata)
-    if optimizer is not None:
-        opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
-        _atomic_save_tensors(opt_tensors, stem.with_name(stem.name + ".train.safetensors"), {})
-        sidecar = {"config": config.to_dict(), "meta": meta or {}, "optimizer": opt_json, **(train_state or {})}
-        atomic_write_json(stem.with_name(stem.name + ".json"), sidecar, strict=False)
+    if optimizer is None:
+        _atomic_save_tensors(state, weights, metadata)
+        return weights
+    opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
+    sidecar = {"config": config.to_dict(), "meta": meta or {}, "optimizer": opt_json, **(train_state or {})}
+
+    def write(tensors: dict[str, torch.Tensor], extra: dict[str, str]) -> Any:
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        return lambda path, token: save_file(cpu, path, metadata={**extra, TOKEN_KEY: token})
+
+    def sidecar_bytes(record: dict) -> bytes:
+        return (json_dumps({**sidecar, "set": record}, strict=False, indent=2) + "\n").encode()
+
+    save_set(stem, write(state, metadata), write(opt_tensors, {}), sidecar_bytes)
     return weights
 
 
@@ -123,10 +132,14 @@ def read_checkpoint_info(path: str | os.PathLike) -> tuple[ModelConfig, dict[str
     if "fastmtl_config" not in metadata:
         raise CheckpointError(f"checkpoint {path} has no fastmtl model config; was it written by fastmtl?")
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["fastmtl_config"]))
-    except ValueError as e:
+        config = ModelConfig.from_dict(checked_config(metadata["fastmtl_config"]))
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {e}") from e
-    return config, json.loads(metadata.get("fastmtl_meta", "{}"))
+    try:
+        meta = checked_meta(metadata.get("fastmtl_meta", "{}"), "fastmtl_meta")
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} has invalid metadata: {e}") from e
+    return config, meta
 
 
 def stored_class_names(config: ModelConfig, meta: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -164,20 +177,34 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
     own = model_config(model)
     if stored.name != own.name:
         raise CheckpointError(f"checkpoint {path} holds model {stored.name!r}, not {own.name!r}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    bad = check_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} holds non-finite values (NaN or inf) in {bad}; refusing to load it")
     try:
         _unwrap(model).load_state_dict(state, strict=strict)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit model {own.name!r}: {e}") from e
 
 
-def load_training_state(stem: str | os.PathLike, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restores the optimizer saved with ``stem`` and returns the JSON sidecar (step, epoch, RNG, ...)."""
+def load_training_state(
+    stem: str | os.PathLike, optimizer: torch.optim.Optimizer, *, verified: bool = False
+) -> dict[str, Any]:
+    """Restores the optimizer saved with ``stem`` and returns the JSON sidecar (step, epoch, RNG, ...).
+
+    The set's consistency (:func:`fastmtl.engine.ckpt_set.verify`) is checked first unless ``verified``.
+    """
     stem = Path(stem)
     sidecar_path = stem.with_name(stem.name + ".json")
     tensor_path = stem.with_name(stem.name + ".train.safetensors")
     if not sidecar_path.is_file() or not tensor_path.is_file():
         raise CheckpointError(f"no resumable training state at {stem} (expected {sidecar_path} and {tensor_path})")
+    reason = None if verified else verify(stem)
+    if reason is not None:
+        raise CheckpointError(f"the checkpoint {stem} is inconsistent: {reason}")
     try:
         sidecar = json.loads(sidecar_path.read_text())
     except json.JSONDecodeError as e:

@@ -20,7 +20,37 @@ from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier
 from fastmtl.engine.overlay import draw_overlay, save_png
 from fastmtl.files import atomic_write_bytes
 
-__all__ = ["PredictionWriter", "write_tables"]
+__all__ = ["MARKER", "PredictionWriter", "start_clean", "write_tables"]
+
+MARKER = ".fastmtl-predict"
+_TABLES = ("probabilities.csv", "failures.csv")
+
+
+def start_clean(out: Path) -> None:
+    """Removes what an earlier prediction into ``out`` wrote (masks, overlays, CSVs, a killed run's partial
+    outputs) and marks ``out`` as a prediction folder.
+
+    Raises:
+        ValueError: ``out/masks`` or ``out/overlays`` holds files no fastmtl prediction wrote (e.g. ``--out``
+            points at a dataset's folder): nothing is removed.
+    """
+    ours = (out / MARKER).is_file() or (out / "probabilities.csv").is_file()
+    folders = [out / "masks", out / "overlays"]
+    if not ours:
+        foreign = [f for folder in folders if folder.is_dir() for f in folder.iterdir()]
+        if foreign:
+            raise ValueError(
+                f"{foreign[0].parent} holds files that fastmtl predict did not write ({foreign[0].name}, ...); "
+                "pick another --out"
+            )
+    for folder in folders:
+        if folder.is_dir():
+            for file in folder.iterdir():
+                if file.is_file() and (file.suffix == ".png" or file.name.endswith(".tmp")):
+                    file.unlink()
+    for name in [*_TABLES, *(p.name for p in out.glob("probabilities.part*.csv"))]:
+        (out / name).unlink(missing_ok=True)
+    atomic_write_bytes(out / MARKER, b"fastmtl predict output folder: a rerun replaces what is here\n")
 
 
 class PredictionWriter:

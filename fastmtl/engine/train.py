@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fastmtl.engine.checkpoint import CheckpointError, load_training_state, load_weights
+from fastmtl.engine.ckpt_set import clean_stale, resumable, set_files
 from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader, decode_split
 from fastmtl.engine.device_step import DeviceStep, evaluate_split, with_kernel_fallback
 from fastmtl.engine.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -51,12 +52,12 @@ from fastmtl.engine.loaders import (
     steps_per_epoch,
 )
 from fastmtl.engine.loop import StepContext, _to_device, run_epoch, validate
-from fastmtl.engine.records import plot_curves
+from fastmtl.engine.records import plot_curves, write_logs
 from fastmtl.engine.run import Run, after_step, finish_epoch, run_summary
 from fastmtl.engine.schedule import poly_lr
 from fastmtl.engine.state import RunState, restore_rng
 from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, config_from_dict, save_config
-from fastmtl.files import atomic_write_json
+from fastmtl.files import atomic_write_json, exclusive_folder
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model, model_options
 from fastmtl.runtime import amp_dtype
@@ -111,16 +112,20 @@ def _build_model(config: TrainConfig, data: RunData) -> nn.Module:
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
-    if resume and not (out_dir / "last.json").is_file():
+    held = [f for stem in ("last", "last.prev") for f in set_files(out_dir / stem) if f.exists()]
+    if resume and not held:
         raise CheckpointError(f"nothing to resume in {out_dir}: no last.json / last.train.safetensors there")
-    if not resume and (out_dir / "last.safetensors").exists():
-        raise ValueError(f"{out_dir} already holds a training run (last.safetensors); resume it or pick another --out")
+    if not resume and held:
+        raise ValueError(f"{out_dir} already holds a training run ({held[0].name}); resume it or pick another --out")
 
 
 def _resume(out_dir: Path, model: nn.Module, optimizer, config: TrainConfig, world: DistInfo) -> RunState:
-    """Loads ``last``: weights, optimizer, counters and this rank's RNG state."""
-    stem = out_dir / "last"
-    sidecar = load_training_state(stem, optimizer)
+    """Loads the newest consistent ``last`` set (falling back to ``last.prev`` with a printed line when a kill
+    cut the last save short): weights, optimizer, counters and this rank's RNG state."""
+    stem, note = resumable(out_dir / "last")
+    if note and world.is_main:
+        tqdm.write(f"fastmtl: {note}")
+    sidecar = load_training_state(stem, optimizer, verified=True)
     saved = sidecar.get("train_config", {})
     defaults = config_from_dict({}).to_dict()  # a run saved before a field existed ran with its default
     changed = sorted(
@@ -131,7 +136,7 @@ def _resume(out_dir: Path, model: nn.Module, optimizer, config: TrainConfig, wor
             f"cannot resume {out_dir}: the config differs from the saved run in {changed}; resume with the saved "
             f"{out_dir / 'config.toml'}"
         )
-    load_weights(model, stem.with_name("last.safetensors"))
+    load_weights(model, set_files(stem)[0])
     rngs = sidecar["rng"]
     restore_rng(rngs[world.rank] if len(rngs) == world.world_size else rngs[0])
     return RunState.from_json(sidecar["state"])
@@ -191,7 +196,10 @@ def train(
     """
     world = init_distributed(config.device)
     try:
-        with _determinism(config, world.device):
+        with exclusive_folder(out_dir, "train", enabled=world.is_main), _determinism(config, world.device):
+            if world.is_main:
+                for stem in ("last", "best"):
+                    clean_stale(Path(out_dir) / stem)
             return _train(config, data_root, Path(out_dir), resume, world, deadline)
     finally:
         cleanup(world)
@@ -335,6 +343,7 @@ def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: D
         stopped = not _epoch(run)
     barrier(world)
     if world.is_main and run.state.history:
+        write_logs(run.state.history, out_dir)  # again: a kill right after the last checkpoint left them behind
         plot_curves(run.state.history, out_dir / "curves.png")
     summary = run_summary(out_dir, run.state, stopped)
     if run.step is not None:
