@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -241,13 +242,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.data_root, args.out, device=args.device, overrides=args.overrides, resume=args.resume)
     paths, train = result["paths"], result["train"]
-    print(f"\ndemo done: {train['global_step']} training steps, best {train['selection_metric']} = "
-          f"{train['best_value']:.1f}")  # fmt: skip
-    print(f"  checkpoint:       {paths['checkpoint']}")
+    if train["stopped_early"]:
+        print(f"\ndemo stopped at its time limit: {train['global_step']} training steps; --resume continues it")
+    else:
+        print(f"\ndemo done: {train['global_step']} training steps, best {train['selection_metric']} = "
+              f"{train['best_value']:.1f}")  # fmt: skip
+    if Path(paths["checkpoint"]).is_file():
+        print(f"  checkpoint:       {paths['checkpoint']}")
     print(f"  learning curves:  {paths['curves']} (per-epoch log: {paths['log']})")
     if paths["report"]:
         print(f"  evaluation:       {paths['report']} (+ roc.png, confusion.png, worst/)")
-    print(f"  predictions:      {paths['predictions']} (masks/, overlays/, probabilities.csv)")
+    if paths["predictions"]:
+        print(f"  predictions:      {paths['predictions']} (masks/, overlays/, probabilities.csv)")
     kept = "" if (Path(paths["checkpoint"]).parent / "last.json").is_file() else "; training state (last.*) removed"
     print(f"  disk use:         {result['disk_bytes'] / 1e6:,.1f} MB in {args.out}{kept}")
     print(f"  wall time:        {result['seconds'] / 60:.1f} min")
@@ -266,6 +272,18 @@ _COMMANDS = {
 }
 
 
+_WORKER = "Original Traceback"  # what PyTorch puts in an exception re-raised from a DataLoader worker
+
+
+def _error_line(error: BaseException) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker (which PyTorch wraps with the worker's
+    traceback), the original exception's own line, which names the file."""
+    text = str(error).strip()
+    if _WORKER in text:
+        text = re.sub(r"^[\w.]*(Error|Exception|Warning)\w*: ", "", text.splitlines()[-1].strip())
+    return text or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastmtl`` console script; returns the exit status.
 
@@ -280,8 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return _COMMANDS[args.command](args)
-    except (ValueError, ImportError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        print(f"fastmtl: error: {e}", file=sys.stderr)
+    except (ValueError, ImportError, OSError) as e:  # OSError: paths, permissions, unreadable images
+        print(f"fastmtl: error: {_error_line(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if _WORKER not in str(e):
+            raise
+        print(f"fastmtl: error: {_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastmtl: interrupted (a training run continues with --resume)", file=sys.stderr)

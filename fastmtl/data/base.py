@@ -49,9 +49,23 @@ def make_cache(cache_dir: CacheDir) -> ArrayCache:
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:
-    """0/1 masks stay as they are (> 0); 0/255 masks (and JPEG-noisy ones) are thresholded at > 127."""
-    threshold = 0 if mask.size == 0 or mask.max() <= 1 else 127
-    return (mask > threshold).astype(np.uint8)
+    """Lesion = 1. A clean two-valued map ``{0, v}`` marks the lesion with ``v`` whatever it is (0/1, 0/2, 0/100, a
+    16-bit 0/1000 read as 0/62, 0/255); masks with more values (JPEG noise) are thresholded at 127 when their
+    maximum exceeds 127 (0/255 masks), else at half their maximum."""
+    if mask.size == 0:
+        return np.zeros(mask.shape, np.uint8)
+    top = int(mask.max())
+    if top <= 1 or np.count_nonzero(np.bincount(mask.ravel(), minlength=256)) <= 2:
+        return (mask > 0).astype(np.uint8)
+    return (mask > (127 if top > 127 else top // 2)).astype(np.uint8)
+
+
+def check_plain_id(image_id: str, where: str) -> str:
+    """``image_id`` when it is a plain file name (no folder part, not ``.`` / ``..``, no NUL), else a ValueError
+    naming ``where``: ids from CSVs build file names, and must not lead out of the data folder."""
+    if not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\\0") or Path(image_id).is_absolute():
+        raise ValueError(f"{where}: image id {image_id!r} is not a plain file name (it must not name a folder)")
+    return image_id
 
 
 def encode_mask(mask: np.ndarray, rule: str | np.ndarray, seg_classes: int, path: Path) -> np.ndarray:

@@ -25,7 +25,8 @@ from fastmtl.files import replacing
 
 __all__ = ["CACHE_VERSION", "ArrayCache", "default_cache_dir", "source_key", "resize_image", "resize_mask"]
 
-CACHE_VERSION = 1  # bump when the stored layout or the resize rules change
+# 2: a mask marking the lesion with a value other than 255 is read (was empty)
+CACHE_VERSION = 2  # bump when the stored layout or the resize rules change
 
 Arrays = dict[str, np.ndarray]
 

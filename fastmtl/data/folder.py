@@ -45,7 +45,12 @@ def read_label_table(csv_path: Path) -> tuple[tuple[str, ...], dict[str, np.ndar
             values = np.array([float(cell) for cell in row[1:]], dtype=np.float32)
         except ValueError as err:
             raise ValueError(f"{csv_path}:{line}: non-numeric label in {row}") from err
-        table[Path(row[0].strip()).stem] = values
+        if not np.isin(values, (0.0, 1.0)).all():
+            raise ValueError(f"{csv_path}:{line}: labels must be 0 or 1, got {row[1:]}")
+        stem = Path(row[0].strip()).stem
+        if stem in table:
+            raise ValueError(f"{csv_path}:{line}: {stem} is listed twice")
+        table[stem] = values
     return names, table
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmtl.data.base import CacheDir, MTLDataset
+from fastmtl.data.base import CacheDir, MTLDataset, check_plain_id
 
 __all__ = ["ISIC2017", "ISIC_CLASSES", "isic_split_name", "read_isic_labels"]
 
@@ -40,7 +40,8 @@ def read_isic_labels(csv_path: Path) -> tuple[list[str], np.ndarray]:
         (image ids, float32 (N, 3) labels melanoma / seborrheic keratosis / nevus).
 
     Raises:
-        ValueError: a required column is missing or a value is not a number.
+        ValueError: a required column is missing; an id is not a plain file name or is listed twice; a label is
+            not 0 or 1, or an image is both melanoma and seborrheic keratosis.
     """
     with open(csv_path, newline="") as file:
         reader = csv.DictReader(file)
@@ -51,14 +52,22 @@ def read_isic_labels(csv_path: Path) -> tuple[list[str], np.ndarray]:
                 f"{csv_path} lacks column(s) {missing}; expected image_id, melanoma, seborrheic_keratosis, "
                 f"found {columns}"
             )
-        ids, rows = [], []
+        ids, rows, seen = [], [], {}
         for line, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            image_id = check_plain_id(row["image_id"], f"{csv_path}:{line}")
             try:
                 mel, sk = float(row["melanoma"]), float(row["seborrheic_keratosis"])
             except ValueError as err:
                 raise ValueError(f"{csv_path}:{line}: non-numeric label in {row}") from err
-            ids.append(row["image_id"])
+            if mel not in (0.0, 1.0) or sk not in (0.0, 1.0):
+                raise ValueError(f"{csv_path}:{line}: labels must be 0 or 1, got {mel} and {sk} for {image_id}")
+            if mel and sk:
+                raise ValueError(f"{csv_path}:{line}: {image_id} is labelled both melanoma and seborrheic keratosis")
+            if image_id in seen:
+                raise ValueError(f"{csv_path}:{line}: {image_id} is listed twice (also on line {seen[image_id]})")
+            seen[image_id] = line
+            ids.append(image_id)
             rows.append((mel, sk, float(mel < 0.5 and sk < 0.5)))
     return ids, np.asarray(rows, dtype=np.float32).reshape(-1, 3)
 

@@ -125,6 +125,11 @@ def predict(
     Raises:
         FileNotFoundError: no input matches.
     """
+    if not 0.0 < threshold < 1.0:  # NaN fails too
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+    if batch_size < 1 or num_workers < 0 or (img_size is not None and img_size < 1):
+        raise ValueError(f"batch_size must be >= 1, num_workers >= 0 and img_size >= 1; got {batch_size}, "
+                         f"{num_workers}, {img_size}")  # fmt: skip
     out = Path(output_dir)
     world = init_distributed(str(device))
     rank, dev = world.rank, world.device

@@ -183,8 +183,11 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"config {key} must be >= 1, got {getattr(self, key)}")
         for key in _NON_NEGATIVE:
-            if getattr(self, key) < 0:
-                raise ValueError(f"config {key} must be >= 0, got {getattr(self, key)}")
+            if not getattr(self, key) >= 0 or not math.isfinite(getattr(self, key)):  # NaN fails >= as well
+                raise ValueError(f"config {key} must be a finite number >= 0, got {getattr(self, key)}")
+        for key in ("poly_power", "alpha"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise ValueError(f"config {key} must be a finite number >= 0, got {getattr(self, key)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"config val_fraction must be in (0, 1), got {self.val_fraction}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -1,0 +1,148 @@
+"""Inputs that used to be read silently wrong: masks marking the lesion with a value other than 255, CSV ids that
+lead out of the data folder, invalid or conflicting labels, numeric options without meaning; and training data
+errors raised in DataLoader workers, which must reach the user as one line naming the file."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastmtl.cli import main
+from fastmtl.data import ISIC2017
+from fastmtl.data.base import binarize_mask
+from fastmtl.data.io import read_mask
+from fastmtl.engine.train_config import TrainConfig
+from tests.engine.conftest import write_isic_split
+from tests.engine.test_train import tiny_config  # registers tiny_mtl_test
+from tests.test_cli import TINY, _error, _tiny_toml
+
+
+def _ellipse(h=40, w=48) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((yy - h / 2) ** 2 / (h / 3) ** 2 + (xx - w / 2) ** 2 / (w / 3) ** 2) < 1
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype"), [(1, np.uint8), (2, np.uint8), (100, np.uint8), (255, np.uint8), (1000, np.uint16)]
+)
+def test_a_clean_label_map_is_read_whatever_its_lesion_value(tmp_path, value, dtype):
+    lesion = _ellipse()
+    path = tmp_path / "mask.png"
+    Image.fromarray((lesion * value).astype(dtype)).save(path)
+    assert np.array_equal(binarize_mask(read_mask(path)), lesion.astype(np.uint8))
+
+
+def test_noisy_masks_keep_their_thresholds():
+    rng = np.random.default_rng(0)
+    lesion = _ellipse()
+    noisy = np.clip(lesion * 255.0 + rng.normal(0, 20, lesion.shape), 0, 255).astype(np.uint8)  # JPEG-like 0/255
+    assert np.array_equal(binarize_mask(noisy), lesion.astype(np.uint8))
+    assert binarize_mask(np.zeros((4, 4), np.uint8)).sum() == 0
+
+
+def test_isic_masks_with_other_lesion_values_load_as_lesions(tmp_path):
+    root = write_isic_split(tmp_path, n=3)
+    truth = root / "ISIC-2017_Validation_Part1_GroundTruth"
+    Image.fromarray((_ellipse() * 2).astype(np.uint8)).save(truth / "ISIC_0000000_segmentation.png")
+    Image.fromarray((_ellipse() * 1000).astype(np.uint16)).save(truth / "ISIC_0000002_segmentation.png")
+    data = ISIC2017(root, "validation", img_size=(40, 48), cache_dir=False)
+    for index in (0, 2):
+        assert np.array_equal(data[index]["mask"].numpy(), _ellipse().astype(np.int64)), index
+
+
+def _isic_with_rows(tmp_path, rows: list[str]):
+    root = write_isic_split(tmp_path, n=3)
+    csv_path = root / "ISIC-2017_Validation_Part3_GroundTruth.csv"
+    csv_path.write_text("\n".join(["image_id,melanoma,seborrheic_keratosis", *rows]) + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["../../ISIC_0000000,0,0"], "is not a plain file name"),
+        (["/etc/ISIC_0000000,0,0"], "is not a plain file name"),
+        (["..,0,0"], "is not a plain file name"),
+        (["ISIC_0000000,1,0", "ISIC_0000000,0,1"], r"listed twice \(also on line 2\)"),
+        (["ISIC_0000000,1,1"], "both melanoma and seborrheic keratosis"),
+        (["ISIC_0000000,2,0"], "labels must be 0 or 1"),
+        (["ISIC_0000000,-1,0"], "labels must be 0 or 1"),
+        (["ISIC_0000000,inf,0"], "labels must be 0 or 1"),
+        (["ISIC_0000000,nan,0"], "labels must be 0 or 1"),
+    ],
+)
+def test_isic_label_rows_are_validated(tmp_path, rows, message):
+    root = _isic_with_rows(tmp_path, rows)
+    with pytest.raises(ValueError, match=message):
+        ISIC2017(root, "validation", img_size=32, cache_dir=False)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [("id,a,b\nx,0,2\n", "labels must be 0 or 1"), ("id,a,b\nx,0,1\nx.png,1,0\n", "listed twice")],
+)
+def test_folder_label_tables_are_validated(tmp_path, table, message):
+    from fastmtl.data.folder import read_label_table
+
+    (tmp_path / "labels.csv").write_text(table)
+    with pytest.raises(ValueError, match=message):
+        read_label_table(tmp_path / "labels.csv")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"grad_clip": math.nan},
+        {"grad_clip": -1.0},
+        {"poly_power": -0.9},
+        {"poly_power": math.inf},
+        {"alpha": math.nan},
+        {"weight_decay": math.inf},
+        {"time_limit_min": math.nan},
+    ],
+)
+def test_numeric_options_without_meaning_are_refused(change):
+    (key,) = change
+    with pytest.raises(ValueError, match=f"config {key} must be a finite number >= 0"):
+        TrainConfig(**change)
+
+
+def test_predict_refuses_a_threshold_outside_0_1(tmp_path):
+    from fastmtl.engine.predict import predict
+
+    for threshold in (0.0, 1.0, 1.5, math.nan):
+        with pytest.raises(ValueError, match="threshold must lie strictly between 0 and 1"):
+            predict(tmp_path / "absent.safetensors", tmp_path, tmp_path / "out", threshold=threshold)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_truncated_training_image_is_one_error_line_naming_it(tmp_path, capsys, workers):
+    root = write_isic_split(tmp_path / "isic", "Training", n=8)
+    broken = root / "ISIC-2017_Training_Data" / "ISIC_0000003.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])  # a truncated JPEG: the header reads, the pixels do not
+    args = ["train", "--config", str(_tiny_toml(tmp_path)), "--data-root", str(root), "--out", str(tmp_path / "run"),
+            "--set", "data=auto", "--set", "data_options={}", "--set", "val_fraction=0.25", *TINY,
+            "--set", f"num_workers={workers}", "--set", f"cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "ISIC_0000003.jpg" in err and len(err.splitlines()) == 1
+
+
+def test_a_mask_of_another_size_is_one_error_line_naming_both_files(tmp_path, capsys):
+    root = write_isic_split(tmp_path / "isic", "Training", n=8)
+    mask = root / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000004_segmentation.png"
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(mask)
+    args = ["train", "--config", str(_tiny_toml(tmp_path)), "--data-root", str(root), "--out", str(tmp_path / "run"),
+            "--set", "data=auto", "--set", "data_options={}", "--set", "val_fraction=0.25", *TINY,
+            "--set", "num_workers=2", "--set", f"cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "size mismatch" in err and "ISIC_0000004_segmentation.png" in err and len(err.splitlines()) == 1
+
+
+def test_tiny_config_is_still_valid():
+    assert tiny_config().grad_clip == 0.0
