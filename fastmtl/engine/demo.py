@@ -28,8 +28,9 @@ __all__ = ["SYNTHETIC_WARNING", "demo_config", "disk_usage", "run_demo", "traine
 
 N_PREDICT = 6
 SYNTHETIC_WARNING = "this model was trained on synthetic lesions; its outputs on real images mean nothing"
-# The resumable training state a finished demo deletes (weights + optimizer + RNG; best.safetensors stays).
-TRAINING_STATE = ("last.safetensors", "last.train.safetensors", "last.json")
+# The resumable training state a finished demo deletes (weights + optimizer + RNG, with a previous set
+# ``last.prev.*`` and temporaries of a cut-off save if any; best.safetensors stays).
+TRAINING_STATE = ("last.*", ".last.*.tmp")
 # Set while the demo evaluates and predicts: its banner has already said it, once.
 _IN_DEMO = contextvars.ContextVar("fastmtl_in_demo", default=False)
 
@@ -156,17 +157,22 @@ def run_demo(
     result = train(config, data_root, out / "train", resume=resume)
     best = Path(result["best_checkpoint"])
     eval_device = str(resolve_device(config.device))
-    token = _IN_DEMO.set(True)
-    try:
-        report = _evaluate(best, config, data_root, out / "eval", eval_device)
-        inputs = _write_inputs(config, data_root, out / "inputs")
-        summary = predict(best, [str(p) for p in inputs], out / "predictions", batch_size=config.batch_size,
-                          num_workers=0, device=eval_device, overlays=True)  # fmt: skip
-    finally:
-        _IN_DEMO.reset(token)
+    report = summary = None
+    if result["stopped_early"]:  # time_limit_min: keep last.* and stop here; resume=True carries on
+        print(f"demo: training stopped at its time limit after {result['global_step']} steps; run the same command "
+              "with --resume to finish it")  # fmt: skip
+    else:
+        token = _IN_DEMO.set(True)
+        try:
+            report = _evaluate(best, config, data_root, out / "eval", eval_device)
+            inputs = _write_inputs(config, data_root, out / "inputs")
+            summary = predict(best, [str(p) for p in inputs], out / "predictions", batch_size=config.batch_size,
+                              num_workers=0, device=eval_device, overlays=True)  # fmt: skip
+        finally:
+            _IN_DEMO.reset(token)
     if not keep_training_state and not result["stopped_early"]:  # done: nothing left to resume
-        for name in TRAINING_STATE:
-            (out / "train" / name).unlink(missing_ok=True)
+        for path in [p for pattern in TRAINING_STATE for p in (out / "train").glob(pattern) if p.is_file()]:
+            path.unlink(missing_ok=True)
     return {
         "train": result,
         "eval": report,
@@ -179,6 +185,6 @@ def run_demo(
             "curves": str(out / "train" / "curves.png"),
             "log": str(out / "train" / "log.csv"),
             "report": None if report is None else str(out / "eval" / "metrics.json"),
-            "predictions": str(out / "predictions"),
+            "predictions": None if summary is None else str(out / "predictions"),
         },
     }

@@ -24,7 +24,7 @@ def test_demo_prints_banner_and_disk_use_keeps_no_optimizer_state_and_its_checkp
     assert "training state (last.*) removed" in printed and "wall time:" in printed
     train = out / "train"
     assert (train / "best.safetensors").is_file()
-    assert not [p.name for p in train.iterdir() if p.name.startswith("last.")]  # no optimizer / resume state
+    assert not [p.name for p in train.iterdir() if "last." in p.name]  # no optimizer / resume state, no temporaries
 
     best = train / "best.safetensors"
     assert main(["predict", "--checkpoint", str(best), "--input", str(out / "inputs"), "--out",
@@ -58,3 +58,17 @@ def test_disk_usage_counts_files_in_subfolders(tmp_path):
     (tmp_path / "a" / "x.bin").write_bytes(b"0" * 100)
     (tmp_path / "a" / "b" / "y.bin").write_bytes(b"0" * 23)
     assert disk_usage(tmp_path) == 123
+
+
+def test_time_boxed_demo_keeps_its_training_state_and_resume_finishes_it(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--device", "cpu", *TINY, "--set", "data_options.n=16"]
+    assert main([*args, "--set", "time_limit_min=0.00001"]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped at its time limit" in printed and "--resume" in printed
+    assert (out / "train" / "last.json").is_file() and not (out / "eval").exists()  # resumable; nothing evaluated
+
+    assert main([*args, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "demo done: " in printed and (out / "eval" / "metrics.json").is_file()
+    assert not [p.name for p in (out / "train").iterdir() if "last." in p.name]
