@@ -5,6 +5,7 @@
     fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile]
     fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE]
     fastmtl info
+    fastmtl check-data --data-root DIR [--split training|validation|test|train|val] [--kind KIND] [--out FILE]
     fastmtl demo    [--data-root DIR] [--out DIR] [--device auto|cpu|cuda] [--set KEY=VALUE ...] [--resume]
 
 Every command writes to ``--out`` (``--output`` is accepted as an alias); options are never abbreviated. Paths
@@ -54,6 +55,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set lr=1e-4 --set model_options.dfe=none")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
+
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "check-data", "check every image, mask and label of a dataset split before training on it")
+    p.add_argument("--data-root", required=True, metavar="DIR", help="dataset folder (kind auto-detected)")
+    p.add_argument("--split", default="training", choices=_SPLITS, help="split to check (default: training)")
+    p.add_argument("--kind", default="auto", help="dataset kind (default: detected from the folder)")
+    _add_out(p, "the CSV report FILE: path, problem, detail (default: check-data.csv)", default="check-data.csv")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -118,12 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="CPU threads for PyTorch (default: torch's choice); use 1 per process when other jobs share the cores",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,info,demo}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,eval,predict,export,info,check-data,demo}"
+    )
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
     _add_export(sub)
     _parser(sub, "info", "versions, devices and registered models")
+    _add_check_data(sub)
     _add_demo(sub)
     return parser
 
@@ -262,12 +274,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from fastmtl.data.preflight import check_data, write_report
+
+    problems = check_data(args.data_root, args.split, kind=args.kind)
+    write_report(problems, args.out)
+    for p in problems:
+        print(f"{p.problem:<22} {p.path}: {p.detail}")
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) in {args.data_root} ({args.split}); report: {args.out}")
+    print(f"{args.data_root} ({args.split}): no problems; report: {args.out}")
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "predict": _cmd_predict,
     "export": _cmd_export,
     "info": _cmd_info,
+    "check-data": _cmd_check_data,
     "demo": _cmd_demo,
 }
 

@@ -39,7 +39,7 @@ def _synopsis_flags(line: str) -> dict[str, bool]:
 
 
 def _synopses(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(0) for m in re.finditer(r"^\s*fastmtl (\w+)\b.*$", text, re.MULTILINE)}
+    return {m.group(1): m.group(0) for m in re.finditer(r"^\s*fastmtl ([\w-]+)(?![\w-]).*$", text, re.MULTILINE)}
 
 
 @pytest.mark.parametrize("source", ["README.md", "fastmtl/cli.py"])

@@ -5,6 +5,7 @@ errors raised in DataLoader workers, which must reach the user as one line namin
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,46 @@ def test_a_mask_of_another_size_is_one_error_line_naming_both_files(tmp_path, ca
 
 def test_tiny_config_is_still_valid():
     assert tiny_config().grad_clip == 0.0
+
+
+def test_check_data_lists_every_problem_in_one_table_and_csv(tmp_path, capsys, monkeypatch):
+    import csv
+
+    monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path / "cache"))
+    root = write_isic_split(tmp_path / "isic", "Training", n=6)
+    data, truth = root / "ISIC-2017_Training_Data", root / "ISIC-2017_Training_Part1_GroundTruth"
+    (data / "ISIC_0000001.jpg").write_bytes((data / "ISIC_0000001.jpg").read_bytes()[:200])  # truncated
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(truth / "ISIC_0000002_segmentation.png")  # wrong size
+    noisy = (np.arange(40 * 48).reshape(40, 48) % 7).astype(np.uint8)  # 7 values: not a label map
+    Image.fromarray(noisy).save(truth / "ISIC_0000003_segmentation.png")
+    rotated = Image.open(data / "ISIC_0000004.jpg")
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(data / "ISIC_0000004.jpg", exif=exif)
+    Image.new("RGB", (48, 40)).save(data / "ISIC_0000099.jpg")  # an image without a label row
+    report = tmp_path / "report.csv"
+    args = ["check-data", "--data-root", str(root), "--split", "training", "--out", str(report)]
+    for _ in range(2):  # the second run answers from the cache, with the same findings
+        assert main(args) == 2
+        out, err = capsys.readouterr()
+        assert "fastmtl: error: 5 problem(s)" in err and str(report) in err and "Traceback" not in err
+        with open(report, newline="") as file:
+            rows = {(Path(r["path"]).name, r["problem"]) for r in csv.DictReader(file)}
+        assert rows == {
+            ("ISIC_0000001.jpg", "unreadable image"),
+            ("ISIC_0000002_segmentation.png", "size mismatch"),
+            ("ISIC_0000003_segmentation.png", "mask values"),
+            ("ISIC_0000004.jpg", "exif orientation"),
+            ("ISIC_0000099.jpg", "image without a label"),
+        }
+        assert "read as lesion where the value is above 3" in out
+
+
+def test_check_data_reports_label_table_problems_and_passes_clean_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path / "cache"))
+    root = write_isic_split(tmp_path / "isic", "Training", n=3)
+    assert main(["check-data", "--data-root", str(root), "--out", str(tmp_path / "ok.csv")]) == 0
+    assert "no problems" in capsys.readouterr().out
+    (root / "ISIC-2017_Training_Part3_GroundTruth.csv").write_text("image_id,melanoma,seborrheic_keratosis\n../x,0,0\n")
+    assert main(["check-data", "--data-root", str(root), "--out", str(tmp_path / "bad.csv")]) == 2
+    assert "not a plain file name" in capsys.readouterr().out
