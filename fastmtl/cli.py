@@ -1,6 +1,6 @@
 """The ``fastmtl`` command line: argparse subcommands only; the work happens in :mod:`fastmtl.engine`.
 
-    fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
+    fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume] [--skip-bad] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
     fastmtl eval    --checkpoint FILE [--data-root DIR] [--split training|validation|test|train|val] --out DIR [--kind KIND] [--batch-size N] [--workers N] [--device DEVICE]
     fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile]
     fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE]
@@ -52,6 +52,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (kind auto-detected); omit for synthetic data")
     _add_out(p, "run folder: checkpoints, logs, curves (default: runs/train)", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out cases with an unreadable or mismatched image / mask (see split.json)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set lr=1e-4 --set model_options.dfe=none")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
@@ -191,6 +193,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fastmtl.engine.train_config import load_config  # no PyTorch: a bad config is answered at once
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
+    overrides += ["skip_bad=true"] if args.skip_bad else []
     config = load_config(args.config, overrides)
     from fastmtl.engine.train import train
 

@@ -30,7 +30,7 @@ from fastmtl.data import io as image_io
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import atomic_write_bytes, atomic_write_json
 
-__all__ = ["Problem", "check_data", "write_report"]
+__all__ = ["Problem", "check_data", "screen", "write_report"]
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -103,6 +103,31 @@ def _unlabelled_isic(dataset) -> list[Problem]:
         if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.stem.startswith("ISIC_")
         and "superpixels" not in p.stem and p.stem not in listed
     ]  # fmt: skip
+
+
+def screen(dataset) -> dict[int, Problem]:
+    """The quick check training runs on its data: {sample index: problem} for every image or mask whose header
+    cannot be read or whose sizes differ (headers only, so it takes seconds even for thousands of files; a file
+    truncated past its header is named when training reads it, and by :func:`check_data`)."""
+    bad: dict[int, Problem] = {}
+    pairs = zip(getattr(dataset, "image_paths", []), getattr(dataset, "mask_paths", []), strict=False)
+    for index, (image_path, mask_path) in enumerate(pairs):
+        try:
+            size = image_io.image_size(image_path)
+        except image_io.ImageReadError as err:
+            bad[index] = Problem(str(image_path), "unreadable image", err.reason)
+            continue
+        if mask_path is None:
+            continue
+        try:
+            mask_size = image_io.image_size(mask_path)
+        except image_io.ImageReadError as err:
+            bad[index] = Problem(str(mask_path), "unreadable mask", err.reason)
+            continue
+        if mask_size != size:
+            bad[index] = Problem(str(mask_path), "size mismatch", f"mask {mask_size[0]}x{mask_size[1]} but image "
+                                 f"{Path(image_path).name} {size[0]}x{size[1]} (HxW)")  # fmt: skip
+    return bad
 
 
 def _cache_file(root: Path, split: str | None) -> Path:

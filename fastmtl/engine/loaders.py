@@ -9,8 +9,9 @@ to skip the first ``s`` batches of that epoch's order to see exactly the batches
 
 from __future__ import annotations
 
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,7 @@ class RunData:
         seg_classes: segmentation channels of the data (1 = binary).
         seg_class_names: foreground segmentation class names.
         full_train_size: training images before ``max_train_images`` (what a full run would train on).
+        skipped: the bad cases ``skip_bad`` left out ({"id", "path", "problem", "detail"}).
     """
 
     kind: str
@@ -113,6 +115,7 @@ class RunData:
     seg_classes: int
     seg_class_names: tuple[str, ...]
     full_train_size: int = 0
+    skipped: list = field(default_factory=list)
 
 
 def _cache(config: TrainConfig) -> str | bool | None:
@@ -142,13 +145,21 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         except TypeError as e:  # an option the dataset's constructor does not take
             raise ValueError(f"data_options {options} do not fit the {kind} dataset: {e}") from e
 
+    skipped: list[dict[str, str]] = []
     own = dataset_class(kind).own_val_split(root) if config.val_source != "carve" else None
     if config.val_source == "dataset" and own is None:
         raise ValueError(f"val_source='dataset' but the {kind} data at {root} has no validation split")
     if own is not None:
         train_set, val_set, source = build("train", True), build(own, False), "dataset"
+        keep = _screened(train_set, config, root, skipped)
+        train_set = train_set if keep is None else subset(train_set, keep)
+        keep = _screened(val_set, config, root, skipped)
+        val_set = val_set if keep is None else subset(val_set, keep)
     else:
         full_train, full_eval = build("train", True), build("train", False)
+        keep = _screened(full_eval, config, root, skipped)
+        if keep is not None:
+            full_train, full_eval = subset(full_train, keep), subset(full_eval, keep)
         train_idx, val_idx = split_indices(full_eval, config.val_fraction, config.split_seed)
         train_set, val_set, source = subset(full_train, train_idx), subset(full_eval, val_idx), "carve"
     full_train_size = len(train_set)
@@ -158,7 +169,28 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         if len(ds) == 0:
             raise ValueError(f"the {name} split of the {kind} data at {root} is empty")
     names, seg_names = tuple(train_set.class_names), tuple(train_set.seg_class_names)
-    return RunData(kind, train_set, val_set, source, names, int(train_set.seg_classes), seg_names, full_train_size)
+    seg_classes = int(train_set.seg_classes)
+    return RunData(kind, train_set, val_set, source, names, seg_classes, seg_names, full_train_size, skipped)
+
+
+def _screened(dataset, config: TrainConfig, root, skipped: list) -> list[int] | None:
+    """The indices to keep after :func:`fastmtl.data.preflight.screen` (None: all are good). A bad case stops the
+    run with one line, or with ``skip_bad`` is left out, printed and recorded in ``skipped``."""
+    from fastmtl.data.preflight import screen
+
+    bad = screen(dataset)
+    if not bad:
+        return None
+    shown = "; ".join(f"{Path(p.path).name}: {p.problem} ({p.detail})" for p in list(bad.values())[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    if not config.skip_bad:
+        raise ValueError(f"{len(bad)} bad case(s) in {root}: {shown}{more}; `fastmtl check-data --data-root {root}` "
+                         "lists every problem, --skip-bad leaves these cases out")  # fmt: skip
+    for index, problem in bad.items():
+        skipped.append({"id": dataset.ids[index], "path": problem.path, "problem": problem.problem,
+                        "detail": problem.detail})  # fmt: skip
+    print(f"fastmtl: left out {len(bad)} bad case(s) (--skip-bad): {shown}{more}", file=sys.stderr)
+    return [i for i in range(len(dataset)) if i not in bad]
 
 
 def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
@@ -169,6 +201,8 @@ def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
         record.update(split_seed=config.split_seed, val_fraction=config.val_fraction)
     if config.max_train_images:
         record.update(max_train_images=config.max_train_images, full_train_size=data.full_train_size)
+    if data.skipped:
+        record.update(skipped=data.skipped)
     record.update(train_ids=list(data.train.ids), val_ids=list(data.val.ids))
     return record
 

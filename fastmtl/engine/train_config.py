@@ -126,6 +126,8 @@ class TrainConfig:
         checkpoint_every_epochs: save ``last`` at the end of every this many epochs (0 = only when the run ends
             or stops); the periodic mid-epoch and time-limit saves are unaffected.
         max_train_images: train on the first this many images of the training split (0 = all); for dry runs.
+        skip_bad: leave out the cases whose image or mask cannot be read or whose sizes differ (recorded in
+            ``split.json``) instead of stopping with an error naming them.
     """
 
     model: str = "resformer_mtl"
@@ -171,6 +173,7 @@ class TrainConfig:
     val_every_epochs: int = 1
     checkpoint_every_epochs: int = 1
     max_train_images: int = 0
+    skip_bad: bool = False
 
     def __post_init__(self) -> None:
         from fastmtl.data import DATASET_KINDS  # asked here, not at import: the datasets load PyTorch

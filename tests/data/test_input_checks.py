@@ -190,3 +190,30 @@ def test_check_data_reports_label_table_problems_and_passes_clean_data(tmp_path,
     (root / "ISIC-2017_Training_Part3_GroundTruth.csv").write_text("image_id,melanoma,seborrheic_keratosis\n../x,0,0\n")
     assert main(["check-data", "--data-root", str(root), "--out", str(tmp_path / "bad.csv")]) == 2
     assert "not a plain file name" in capsys.readouterr().out
+
+
+def _train_args(tmp_path, root, *extra):
+    return ["train", "--config", str(_tiny_toml(tmp_path)), "--data-root", str(root), "--out", str(tmp_path / "run"),
+            "--set", "data=auto", "--set", "data_options={}", "--set", "val_fraction=0.25", *TINY,
+            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "epochs=1", *extra]  # fmt: skip
+
+
+def test_training_stops_before_any_step_naming_every_bad_case_or_skips_them(tmp_path, capsys):
+    import json
+
+    root = write_isic_split(tmp_path / "isic", "Training", n=8)
+    data, truth = root / "ISIC-2017_Training_Data", root / "ISIC-2017_Training_Part1_GroundTruth"
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(truth / "ISIC_0000004_segmentation.png")  # wrong size
+    (data / "ISIC_0000006.jpg").write_bytes(b"not an image")
+    assert main(_train_args(tmp_path, root)) == 2
+    err = _error(capsys)
+    assert "2 bad case(s)" in err and "ISIC_0000004_segmentation.png: size mismatch" in err
+    assert "ISIC_0000006.jpg: unreadable image" in err and "--skip-bad" in err
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+    assert main(_train_args(tmp_path, root, "--skip-bad")) == 0
+    assert "left out 2 bad case(s) (--skip-bad)" in capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert sorted(s["id"] for s in record["skipped"]) == ["ISIC_0000004", "ISIC_0000006"]
+    used = set(record["train_ids"]) | set(record["val_ids"])
+    assert len(used) == 6 and not used & {"ISIC_0000004", "ISIC_0000006"}
