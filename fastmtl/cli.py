@@ -278,7 +278,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from fastmtl.data.preflight import check_data, write_report
+    from fastmtl.data import check_data, write_report
 
     problems = check_data(args.data_root, args.split, kind=args.kind)
     write_report(problems, args.out)

@@ -16,6 +16,7 @@ from fastmtl.data.folder import ImageFolder
 from fastmtl.data.io import ImageReadError, read_image, read_mask
 from fastmtl.data.isic2017 import ISIC2017, ISIC_CLASSES
 from fastmtl.data.oct import OCTManifest
+from fastmtl.data.preflight import Problem, check_data, write_report
 from fastmtl.data.registry import DATASET_KINDS, DATASETS, build_dataset, dataset_class, detect_kind
 from fastmtl.data.retouch import Retouch
 from fastmtl.data.splits import DatasetSubset, group_split, split_indices, stratified_split, subset
@@ -47,6 +48,9 @@ __all__ = [
     "normalize_image",
     "read_image",
     "read_mask",
+    "Problem",
+    "check_data",
+    "write_report",
     "split_indices",
     "stratified_split",
     "subset",

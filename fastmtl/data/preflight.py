@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fastmtl.data import io as image_io
+import fastmtl.data.io as image_io
 from fastmtl.data.cache import default_cache_dir
+from fastmtl.data.registry import build_dataset, detect_kind
 from fastmtl.files import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Problem", "check_data", "screen", "write_report"]
@@ -140,8 +141,6 @@ def check_data(
     data_root: str | os.PathLike, split: str | None = None, *, kind: str = "auto", progress: bool = True
 ) -> list[Problem]:
     """Every problem of one split of ``data_root`` (see the module docstring); an empty list when it is clean."""
-    from fastmtl.data.registry import build_dataset, detect_kind
-
     root = Path(data_root)
     kind = detect_kind(root) if kind == "auto" else kind
     try:
