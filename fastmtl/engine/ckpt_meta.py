@@ -7,8 +7,11 @@ file ends in one ``ValueError`` naming the field instead of a ``RecursionError``
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -124,3 +127,29 @@ def check_finite(state: dict[str, torch.Tensor]) -> str | None:
         if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
             return name
     return None
+
+
+# ------------------------------------------------------------------------------- what the training data was
+SYNTHETIC_WARNING = "this model was trained on synthetic lesions; its outputs on real images mean nothing"
+# Set while the demo evaluates and predicts: its banner has already said it, once.
+IN_DEMO = contextvars.ContextVar("fastmtl_in_demo", default=False)
+
+
+def trained_on_synthetic(meta: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's metadata (``load_model``'s second result) says it was trained on synthetic data."""
+    kind = meta.get("data_kind")
+    if kind is None:
+        kind = (meta.get("train_config") or {}).get("data")
+    return kind == "synthetic"
+
+
+def warn_if_synthetic(meta: Mapping[str, Any], checkpoint: Any = None) -> bool:
+    """Prints ``fastmtl: warning: ...`` to stderr when the checkpoint was trained on synthetic lesions (not
+    inside ``fastmtl demo``, whose banner says so); returns whether it was."""
+    if not trained_on_synthetic(meta):
+        return False
+    if IN_DEMO.get():
+        return True
+    where = f" ({checkpoint})" if checkpoint is not None else ""
+    print(f"fastmtl: warning: {SYNTHETIC_WARNING}{where}", file=sys.stderr)
+    return True

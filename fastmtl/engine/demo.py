@@ -6,53 +6,29 @@ demo keeps only what a user needs: the resumable training state (``last.*``, wit
 once the demo has finished, so an interrupted demo still continues with ``resume=True``.
 
 A checkpoint trained on synthetic lesions is recognised from its metadata (``data_kind``, else the stored
-training config's ``data``); :func:`warn_if_synthetic` is what ``predict`` and ``eval`` call to say so.
+training config's ``data``; see :mod:`fastmtl.engine.ckpt_meta`), and ``predict`` and ``eval`` say so.
 """
 
 from __future__ import annotations
 
-import contextvars
 import io
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastmtl.engine.ckpt_meta import IN_DEMO
 from fastmtl.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from fastmtl.engine.train_config import TrainConfig
 
-__all__ = ["SYNTHETIC_WARNING", "demo_config", "disk_usage", "run_demo", "trained_on_synthetic", "warn_if_synthetic"]
+__all__ = ["demo_config", "disk_usage", "run_demo"]
 
 N_PREDICT = 6
-SYNTHETIC_WARNING = "this model was trained on synthetic lesions; its outputs on real images mean nothing"
 # The resumable training state a finished demo deletes (weights + optimizer + RNG, with a previous set
 # ``last.prev.*`` and temporaries of a cut-off save if any; best.safetensors stays).
 TRAINING_STATE = ("last.*", ".last.*.tmp")
-# Set while the demo evaluates and predicts: its banner has already said it, once.
-_IN_DEMO = contextvars.ContextVar("fastmtl_in_demo", default=False)
-
-
-def trained_on_synthetic(meta: Mapping[str, Any]) -> bool:
-    """Whether a checkpoint's metadata (``load_model``'s second result) says it was trained on synthetic data."""
-    kind = meta.get("data_kind")
-    if kind is None:
-        kind = (meta.get("train_config") or {}).get("data")
-    return kind == "synthetic"
-
-
-def warn_if_synthetic(meta: Mapping[str, Any], checkpoint: Any = None) -> bool:
-    """Prints ``fastmtl: warning: ...`` to stderr when the checkpoint was trained on synthetic lesions (not
-    inside :func:`run_demo`, whose banner says so); returns whether it was."""
-    if not trained_on_synthetic(meta):
-        return False
-    if _IN_DEMO.get():
-        return True
-    where = f" ({checkpoint})" if checkpoint is not None else ""
-    print(f"fastmtl: warning: {SYNTHETIC_WARNING}{where}", file=sys.stderr)
-    return True
 
 
 def disk_usage(folder: str | Path) -> int:
@@ -162,14 +138,14 @@ def run_demo(
         print(f"demo: training stopped at its time limit after {result['global_step']} steps; run the same command "
               "with --resume to finish it")  # fmt: skip
     else:
-        token = _IN_DEMO.set(True)
+        token = IN_DEMO.set(True)
         try:
             report = _evaluate(best, config, data_root, out / "eval", eval_device)
             inputs = _write_inputs(config, data_root, out / "inputs")
             summary = predict(best, [str(p) for p in inputs], out / "predictions", batch_size=config.batch_size,
                               num_workers=0, device=eval_device, overlays=True)  # fmt: skip
         finally:
-            _IN_DEMO.reset(token)
+            IN_DEMO.reset(token)
     if not keep_training_state and not result["stopped_early"]:  # done: nothing left to resume
         for path in [p for pattern in TRAINING_STATE for p in (out / "train").glob(pattern) if p.is_file()]:
             path.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fastmtl.engine.checkpoint import load_model, model_config
-from fastmtl.engine.demo import warn_if_synthetic
+from fastmtl.engine.ckpt_meta import warn_if_synthetic
 from fastmtl.engine.eval_loop import EvalState, run_evaluation, sync_state
 from fastmtl.engine.overlay import case_panel, save_png
 from fastmtl.engine.plots import plot_confusion, plot_roc

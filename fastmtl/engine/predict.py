@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from fastmtl.data.images import ImagePaths, collate_predict
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
-from fastmtl.engine.demo import warn_if_synthetic
+from fastmtl.engine.ckpt_meta import warn_if_synthetic
 from fastmtl.engine.distributed import barrier, cleanup, init_distributed
 from fastmtl.engine.inputs import collect_inputs, image_ids
 from fastmtl.engine.predict_runner import ChunkedRunner

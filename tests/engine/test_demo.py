@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fastmtl.cli import main
-from fastmtl.engine.demo import SYNTHETIC_WARNING, disk_usage, trained_on_synthetic, warn_if_synthetic
+from fastmtl.engine.ckpt_meta import SYNTHETIC_WARNING, trained_on_synthetic, warn_if_synthetic
+from fastmtl.engine.demo import disk_usage
 from tests.engine.test_train import tiny_config  # noqa: F401  (registers tiny_mtl_test)
 
 TINY = ["--set", "model=tiny_mtl_test", "--set", "img_size=32", "--set", "num_workers=0", "--set", "progress=false"]
