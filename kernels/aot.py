@@ -36,6 +36,27 @@ PTX_OPS = {
 }
 
 
+# Register spills the AOT tests accept, each stated here and in the report rows it covers (``spill_allowance``,
+# bytes). None on the GPU target, sm_90a.
+SPILL_ALLOWANCES = (
+    {
+        "capability": 80,
+        "dtype": "float32",
+        "max_bytes": 32,
+        "reason": "sm_80 is not the GPU machine's target (its default candidate is compiled as a portability check):"
+        " ptxas 12.9 of triton 3.8 spills 20 bytes of the fp32 branches-sum kernel at 72 of 255 registers, and 4-20"
+        " bytes of some launch for every other small fp32 tile tried (ptxas 12.8 of triton 3.6 spills none)",
+    },
+)
+
+
+def spill_allowance(capability: int, dtype: str) -> int:
+    """Spilled bytes :data:`SPILL_ALLOWANCES` accepts for a kernel compiled for ``capability`` in ``dtype``."""
+    return max(
+        (a["max_bytes"] for a in SPILL_ALLOWANCES if (a["capability"], a["dtype"]) == (capability, dtype)), default=0
+    )
+
+
 def signature(fn, args: dict, constexprs: dict) -> tuple[dict, dict]:
     """Triton signature and divisibility attributes for ``fn`` called with ``args`` (tensors may be meta).
 
@@ -143,10 +164,11 @@ def report(
     ``fwd``, ``bwd_dkdv``, ``bwd_dq``, ``bwd_dbias``), None for all.
 
     Returns:
-        ``{"torch", "triton", "rows", "spilling"}``: one row per compile with ``kernel`` ("dfe" or
-        "window_attention"), ``launch``, ``shape``, ``dtype``, ``capability``, ``candidate`` (autotuning candidate
-        index, 0 the default), the tiles and launch options, and :func:`compile_kernel`'s fields (``ptx_ops``
-        included); ``spilling`` lists the rows with spilled registers.
+        ``{"torch", "triton", "rows", "spilling", "spill_allowances"}``: one row per compile with ``kernel`` ("dfe"
+        or "window_attention"), ``launch``, ``shape``, ``dtype``, ``capability``, ``candidate`` (autotuning
+        candidate index, 0 the default), the tiles and launch options, :func:`compile_kernel`'s fields
+        (``ptx_ops`` included) and ``spill_allowance``; ``spilling`` lists the rows with spilled registers,
+        ``spill_allowances`` is :data:`SPILL_ALLOWANCES`.
     """
     from bench.shapes import dfe_shapes, window_attention_shapes
 
@@ -175,8 +197,11 @@ def report(
                     rows.append({"kernel": "window_attention", "launch": launch, "shape": shape.name,
                                  "dtype": str(dtype).split(".")[-1], "shifted": shifted, "capability": cap,
                                  "candidate": candidate, **info})  # fmt: skip
+    for row in rows:
+        row["spill_allowance"] = spill_allowance(row["capability"], row["dtype"])
     spilling = [r for r in rows if r["n_spills"]]
-    return {"torch": torch.__version__, "triton": triton.__version__, "rows": rows, "spilling": spilling}
+    return {"torch": torch.__version__, "triton": triton.__version__, "rows": rows, "spilling": spilling,
+            "spill_allowances": list(SPILL_ALLOWANCES)}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -201,7 +226,9 @@ def main(argv=None) -> int:
     else:
         Path(args.json).write_text(text + "\n")
     n, bad = len(result["rows"]), len(result["spilling"])
-    print(f"{n} configurations compiled (triton {triton.__version__}), {bad} spill registers", file=sys.stderr)
+    over = sum(r["n_spills"] > r["spill_allowance"] for r in result["spilling"])
+    print(f"{n} configurations compiled (triton {triton.__version__}), {bad} spill registers, {over} beyond the"
+          " stated allowances", file=sys.stderr)  # fmt: skip
     return 0
 
 

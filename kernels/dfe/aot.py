@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..aot import compile_kernel
+from ..aot import compile_kernel, spill_allowance
 from ..autotune import split
 from .ops import BRANCHES, MERGE, SA_GATE, SA_POOL, branches_plan, merge_plan, sa_plans
 
@@ -73,9 +73,10 @@ def aot_report(
 
     Returns:
         rows with ``shape``, ``launch``, ``dtype``, ``capability``, ``candidate`` (autotuning candidate index, 0 the
-        default), the constexprs and launch options, and :func:`fastmtl.kernels.aot.compile_kernel`'s ``n_regs``,
-        ``n_spills``, ``shared``, ``has_tensor_cores``, ``ptx_ops``, ... Configurations that compile to the same
-        code at several shapes are compiled once and reported for the first shape.
+        default), the constexprs and launch options, :func:`fastmtl.kernels.aot.compile_kernel`'s ``n_regs``,
+        ``n_spills``, ``shared``, ``has_tensor_cores``, ``ptx_ops``, ... and ``spill_allowance`` (bytes the tests
+        accept, :data:`fastmtl.kernels.aot.SPILL_ALLOWANCES`). Configurations that compile to the same code at
+        several shapes are compiled once and reported for the first shape.
     """
     rows, seen = [], set()
     for shape in shapes:
@@ -89,6 +90,8 @@ def aot_report(
                         continue
                     seen.add(key)
                     info = compile_kernel(fn, args, const, opts, cap)
-                    rows.append({"shape": shape.name, "launch": name, "dtype": str(dtype).split(".")[-1],
-                                 "capability": cap, "candidate": candidate, **const, **opts, **info})  # fmt: skip
+                    dt = str(dtype).split(".")[-1]
+                    rows.append({"shape": shape.name, "launch": name, "dtype": dt, "capability": cap,
+                                 "candidate": candidate, **const, **opts, **info,
+                                 "spill_allowance": spill_allowance(cap, dt)})  # fmt: skip
     return rows

@@ -1,6 +1,8 @@
 """GPU readiness without a GPU: every DFE kernel configuration compiles ahead of time for sm_90a and sm_80, uses
-tensor-core instructions for 16-bit tiles and spills no registers (``ptxas -v``, which Triton ships). Every
-autotuning candidate of a launch is compiled for sm_90a (the GPU target), the default candidate for sm_80 too.
+tensor-core instructions for 16-bit tiles and spills no registers (``ptxas -v``, which Triton ships), but for the
+one stated allowance (``SPILL_ALLOWANCES`` in kernels/aot.py: up to 32 bytes for fp32 on sm_80, which ptxas 12.9
+of triton 3.8 spills in one launch). Every autotuning candidate of a launch is compiled for sm_90a (the GPU
+target), the default candidate for sm_80 too.
 
 The default run compiles a representative set (smallest and widest level at 224, both conv kernels in fp16 and
 fp32, bf16 and the attention kernels once); the ``slow`` test sweeps every configuration of ``dfe_shapes()``.
@@ -43,7 +45,10 @@ def _check(rows):
     assert rows
     for row in rows:
         where = f"{row['shape']} {row['launch']} {row['dtype']} sm_{row['capability']} candidate {row['candidate']}"
-        assert row["n_spills"] == 0, f"{where} spills {row['n_spills']} bytes ({row['n_regs']} registers)"
+        # The stated allowance (kernels/aot.py SPILL_ALLOWANCES): fp32 on sm_80, never the GPU target sm_90a.
+        allowed = row["spill_allowance"] if row["capability"] == 80 and row["dtype"] == "float32" else 0
+        assert row["spill_allowance"] == allowed, where
+        assert row["n_spills"] <= allowed, f"{where} spills {row['n_spills']} bytes ({row['n_regs']} registers)"
         assert 0 < row["n_regs"] <= 255, where
         assert row["shared"] <= SHARED_LIMIT[row["capability"]], f"{where} needs {row['shared']} B of shared memory"
         assert set(row["ptx_ops"]) == {*PTX_OPS, "wgmma_wait_min_pending"}, where
@@ -67,14 +72,12 @@ def test_aot_representative():
     )
     _check(rows)
     assert {r["arch"] for r in rows} == {"sm_80", "sm_90a"}
-    # Each launch: its default for sm_80, and every candidate of it for sm_90a.
+    # Each launch: its default for sm_80, and every autotuning candidate of it (at least two) for sm_90a.
     for launch, dtype in (("branches", "float16"), ("merge", "float32"), ("sa-pool", "float16")):
-        candidates = sorted(r["candidate"] for r in rows if r["launch"] == launch and r["dtype"] == dtype)
-        sm90 = sorted(
-            r["candidate"] for r in rows if r["launch"] == launch and r["dtype"] == dtype and r["capability"] == 90
-        )
-        assert len(sm90) >= 2 * (launch != "sa-pool") + 2 * (launch == "sa-pool"), (launch, candidates)
-        assert sorted(set(sm90)) == list(range(max(sm90) + 1)), (launch, sm90)
+        picked = [r for r in rows if r["launch"] == launch and r["dtype"] == dtype]
+        sm90 = {r["candidate"] for r in picked if r["capability"] == 90}
+        assert len(sm90) >= 2 and sm90 == set(range(len(sm90))), (launch, dtype, sm90)
+        assert {r["candidate"] for r in picked if r["capability"] == 80} == {0}, (launch, dtype)
 
 
 @pytest.mark.slow
