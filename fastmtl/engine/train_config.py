@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import typing
@@ -316,7 +317,9 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
 
     Args:
         source: a ``.toml`` path, a preset name such as "quick", or None for the defaults.
-        overrides: ``key=value`` strings as given to ``--set``.
+        overrides: ``key=value`` strings as given to ``--set``. The environment variable ``FASTMTL_SET``
+            (whitespace-separated ``key=value`` items) is applied first, so an explicit override still wins: a way
+            to shrink every run of a script or a test, e.g. ``FASTMTL_SET="epochs=1 max_steps_per_epoch=2"``.
 
     Raises:
         FileNotFoundError: ``source`` is neither a preset nor an existing file.
@@ -338,7 +341,8 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"config file {path} is not valid TOML: {e}") from e
         name = str(path)
-    return config_from_dict(apply_overrides(base, overrides), source=name)
+    from_env = os.environ.get("FASTMTL_SET", "").split()
+    return config_from_dict(apply_overrides(base, [*from_env, *overrides]), source=name)
 
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -77,3 +77,14 @@ def test_data_kinds_come_from_the_dataset_table_and_import_loads_no_torch():
     code = "import sys, fastmtl.engine.train_config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # the kind table is asked when a config is built, not when the module loads
+
+
+def test_fastmtl_set_environment_overrides_come_first(monkeypatch):
+    from fastmtl.engine.train_config import load_config
+
+    monkeypatch.setenv("FASTMTL_SET", "epochs=1  batch_size=2")
+    config = load_config("quick", ["batch_size=3"])
+    assert (config.epochs, config.batch_size) == (1, 3)  # the environment shrinks, an explicit --set still wins
+    monkeypatch.setenv("FASTMTL_SET", "epochs")
+    with pytest.raises(ValueError, match="expects key=value"):
+        load_config("quick")
