@@ -42,8 +42,9 @@ def _add_out(p: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
 
 def _add_loader(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--batch-size", type=int, default=batch, metavar="N", help=f"images per batch (default {batch})")
-    p.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="image decoding processes (default 2; 0 decodes in the main process)")  # fmt: skip
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="image decoding processes (0: in the main process; default: sized from the cores "
+                        "available, none on a CPU with up to 4 cores); torch gets the remaining cores")  # fmt: skip
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -215,13 +216,25 @@ def _print_train(result: dict[str, Any]) -> None:
     print(f"logs and curves: {result['out_dir']}/log.csv, {result['out_dir']}/curves.png")
 
 
+def _fit_cpu(args: argparse.Namespace) -> tuple[str, int]:
+    """(device, workers): decoding workers and torch threads sized from the cores available, unless given."""
+    from fastmtl.runtime import default_workers, fit_threads
+
+    device = _device(args.device)
+    workers = default_workers(device) if args.workers is None else args.workers
+    if args.threads is None and not os.environ.get("OMP_NUM_THREADS"):
+        fit_threads(workers)
+    return device, workers
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from fastmtl.data import dataset_class
     from fastmtl.engine.evaluate import evaluate
 
     split = dataset_class(args.kind or "auto", args.data_root).resolve_split(args.split)
+    device, workers = _fit_cpu(args)
     report = evaluate(args.checkpoint, args.data_root, split, args.out, kind=args.kind, batch_size=args.batch_size,
-                      num_workers=args.workers, device=_device(args.device))  # fmt: skip
+                      num_workers=workers, device=device)  # fmt: skip
     print(f"report: {args.out}/metrics.json")
     return 0 if report else 1
 
@@ -229,8 +242,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fastmtl.engine.predict import predict
 
-    summary = predict(args.checkpoint, args.input, args.out, batch_size=args.batch_size, num_workers=args.workers,
-                      device=_device(args.device), overlays=args.overlays, threshold=args.threshold,
+    device, workers = _fit_cpu(args)
+    summary = predict(args.checkpoint, args.input, args.out, batch_size=args.batch_size, num_workers=workers,
+                      device=device, overlays=args.overlays, threshold=args.threshold,
                       img_size=args.img_size, optimize=not args.no_optimize, compile=args.compile)  # fmt: skip
     return 1 if summary.n_failed and not summary.n_images else 0
 

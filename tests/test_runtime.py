@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -61,3 +63,24 @@ def test_batch_to_device_keeps_tensors_only():
     moved = batch_to_device(batch, CPU, channels_last=True)
     assert moved.keys() == {"image", "label"}
     assert moved["image"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cpu_budget_sizes_workers_and_threads(tmp_path, monkeypatch):
+    import torch
+
+    from fastmtl import runtime
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container limited to 1.5 cores
+    assert runtime._cgroup_cpus(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert runtime._cgroup_cpus(tmp_path) is None
+    assert runtime._cgroup_cpus(tmp_path / "none") is None
+    assert 1 <= runtime.available_cpus() <= (os.cpu_count() or 1)
+    assert [runtime.default_workers("cpu", n) for n in (1, 2, 4, 8, 32)] == [0, 0, 0, 2, 8]
+    assert [runtime.default_workers("cuda", n) for n in (1, 2, 16)] == [0, 1, 8]
+    before = torch.get_num_threads()
+    try:
+        assert runtime.fit_threads(workers=1, cpus=3) == 2
+        assert runtime.fit_threads(workers=4, cpus=2) == 1
+    finally:
+        torch.set_num_threads(before)
