@@ -156,18 +156,29 @@ def _existing(path: str | None, what: str, kind: str = "file") -> None:
         raise NotADirectoryError(f"{what} {path} is a file; expected a folder")
 
 
-def _positive(value: int | None, flag: str, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise ValueError(f"{flag} must be >= {minimum}, got {value}")
+def _in_range(value: int | None, flag: str, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        raise ValueError(f"{flag} must be between {low} and {high}, got {value}")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def _check_args(args: argparse.Namespace) -> None:
     """Paths and numbers of ``args``, checked without importing PyTorch."""
-    _positive(args.threads, "--threads")
+    cores = os.cpu_count() or 1
+    _in_range(args.threads, "--threads", 1, 4 * cores)  # far more threads than cores only thrashes (or crashes)
     _existing(getattr(args, "checkpoint", None), "checkpoint")
     _existing(getattr(args, "data_root", None), "data folder", kind="dir")
-    _positive(getattr(args, "batch_size", None), "--batch-size")
-    _positive(getattr(args, "workers", None), "--workers", minimum=0)
+    _in_range(getattr(args, "batch_size", None), "--batch-size", 1, 65536)
+    _in_range(getattr(args, "workers", None), "--workers", 0, 4 * cores)
+    device = getattr(args, "device", None)
+    if device is not None and not _DEVICE.match(device):
+        raise ValueError(f"--device {device!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
+    if args.command == "export":
+        parent = Path(args.out).expanduser().parent
+        if not parent.is_dir():
+            raise FileNotFoundError(f"the folder of --out {args.out} does not exist; create {parent} first")
     img_size = getattr(args, "img_size", None)
     if img_size is not None and (img_size <= 0 or img_size % 16):
         raise ValueError(f"--img-size must be a positive multiple of 16, got {img_size}")

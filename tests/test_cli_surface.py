@@ -82,6 +82,10 @@ def test_every_option_has_help_and_abbreviations_are_refused(capsys) -> None:
         (["train", "--config", "missing.toml"], "missing.toml"),
         (["train", "--config", "quick", "--set", "lr=abc"], "lr"),
         (["--threads", "0", "info"], "--threads"),
+        (["--threads", "100000", "info"], "--threads must be between 1 and"),  # torch segfaulted on this
+        (["predict", "--checkpoint", "README.md", "--input", ".", "--out", "o", "--device", "foo"], "--device 'foo'"),
+        (["predict", "--checkpoint", "README.md", "--input", ".", "--out", "o", "--batch-size", "99999999"], "65536"),
+        (["export", "--checkpoint", "README.md", "--out", "no/such/dir/m.pt2"], "no/such/dir does not exist"),
     ],
 )
 def test_mistakes_are_answered_before_torch_is_imported(argv: list[str], message: str) -> None:
