@@ -85,7 +85,7 @@ def test_every_option_has_help_and_abbreviations_are_refused(capsys) -> None:
         (["--threads", "100000", "info"], "--threads must be between 1 and"),  # torch segfaulted on this
         (["predict", "--checkpoint", "README.md", "--input", ".", "--out", "o", "--device", "foo"], "--device 'foo'"),
         (["predict", "--checkpoint", "README.md", "--input", ".", "--out", "o", "--batch-size", "99999999"], "65536"),
-        (["export", "--checkpoint", "README.md", "--out", "no/such/dir/m.pt2"], "no/such/dir does not exist"),
+        (["export", "--checkpoint", "README.md", "--out", "no/such/dir/m.pt2"], "create no/such/dir first"),
     ],
 )
 def test_mistakes_are_answered_before_torch_is_imported(argv: list[str], message: str) -> None:
