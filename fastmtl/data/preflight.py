@@ -131,6 +131,12 @@ def screen(dataset) -> dict[int, Problem]:
     return bad
 
 
+def describe(bad: dict[int, Problem]) -> str:
+    """The first few problems of :func:`screen` in one line, with the count of the rest."""
+    shown = "; ".join(f"{Path(p.path).name}: {p.problem} ({p.detail})" for p in list(bad.values())[:3])
+    return shown + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+
+
 def _cache_file(root: Path, split: str | None) -> Path:
     base = default_cache_dir()
     digest = hashlib.sha256(f"{root.resolve()}|{split}".encode()).hexdigest()[:20]

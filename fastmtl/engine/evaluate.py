@@ -148,6 +148,7 @@ def evaluate(
         ``"table"``, the printed text table.
     """
     from fastmtl.data import build_dataset
+    from fastmtl.data.preflight import describe, screen
 
     device = torch.device(device)
     model, meta = load_model(checkpoint, device=device)
@@ -155,6 +156,10 @@ def evaluate(
     config = model_config(model)
     opts = {"normalize": meta.get("normalize", "imagenet"), **(dataset_opts or {})}
     dataset = build_dataset(kind or "auto", data_root, split, img_size=config.img_size, train=False, **opts)
+    bad = screen(dataset)  # unreadable files and mask size mismatches, from the headers: seconds
+    if bad:
+        raise ValueError(f"{len(bad)} bad case(s) in the {split} split of {data_root}: {describe(bad)}; "
+                         f"`fastmtl check-data --data-root {data_root}` lists every problem")  # fmt: skip
     class_names = _check_compatible(config, dataset)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"

@@ -176,20 +176,18 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
 def _screened(dataset, config: TrainConfig, root, skipped: list) -> list[int] | None:
     """The indices to keep after :func:`fastmtl.data.preflight.screen` (None: all are good). A bad case stops the
     run with one line, or with ``skip_bad`` is left out, printed and recorded in ``skipped``."""
-    from fastmtl.data.preflight import screen
+    from fastmtl.data.preflight import describe, screen
 
     bad = screen(dataset)
     if not bad:
         return None
-    shown = "; ".join(f"{Path(p.path).name}: {p.problem} ({p.detail})" for p in list(bad.values())[:3])
-    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     if not config.skip_bad:
-        raise ValueError(f"{len(bad)} bad case(s) in {root}: {shown}{more}; `fastmtl check-data --data-root {root}` "
+        raise ValueError(f"{len(bad)} bad case(s) in {root}: {describe(bad)}; `fastmtl check-data --data-root {root}` "
                          "lists every problem, --skip-bad leaves these cases out")  # fmt: skip
     for index, problem in bad.items():
         skipped.append({"id": dataset.ids[index], "path": problem.path, "problem": problem.problem,
                         "detail": problem.detail})  # fmt: skip
-    print(f"fastmtl: left out {len(bad)} bad case(s) (--skip-bad): {shown}{more}", file=sys.stderr)
+    print(f"fastmtl: left out {len(bad)} bad case(s) (--skip-bad): {describe(bad)}", file=sys.stderr)
     return [i for i in range(len(dataset)) if i not in bad]
 
 

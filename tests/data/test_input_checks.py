@@ -217,3 +217,17 @@ def test_training_stops_before_any_step_naming_every_bad_case_or_skips_them(tmp_
     assert sorted(s["id"] for s in record["skipped"]) == ["ISIC_0000004", "ISIC_0000006"]
     used = set(record["train_ids"]) | set(record["val_ids"])
     assert len(used) == 6 and not used & {"ISIC_0000004", "ISIC_0000006"}
+
+
+def test_evaluation_checks_its_split_before_any_batch(tmp_path, capsys):
+    root = write_isic_split(tmp_path / "isic", "Training", n=8)
+    assert main(_train_args(tmp_path, root)) == 0  # a checkpoint trained on the clean split
+    capsys.readouterr()
+    mask = root / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000002_segmentation.png"
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(mask)
+    args = ["eval", "--checkpoint", str(tmp_path / "run" / "best.safetensors"), "--data-root", str(root),
+            "--split", "training", "--out", str(tmp_path / "eval"), "--workers", "0"]  # fmt: skip
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "1 bad case(s) in the training split" in err and "ISIC_0000002_segmentation.png: size mismatch" in err
+    assert not (tmp_path / "eval" / "metrics.json").exists()
