@@ -15,14 +15,13 @@ handed to Inductor, which times them itself; :func:`chosen_configs` reports the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import triton
 from torch.library import wrap_triton
 
-# Read once, like ``@triton.jit`` does when it decides between compiled and interpreted kernels.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._utils import INTERPRET
+
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 _TUNED: dict[str, Tuned] = {}

@@ -2,8 +2,11 @@
 
 :class:`DFE` is the four-branch module of the authors' code (1x1 and dilated 3x3 branches, 3x3 merge over the
 concatenation, 1x1 shortcut, ReLU, spatial attention). :class:`DFE3` is the three-branch module the paper's text
-describes. Both keep the channel count. On the Triton backend :class:`DFE` runs the fused kernels of
-``fastmtl.kernels.dfe``; state_dicts are the same on every backend.
+describes. Both keep the channel count. On the Triton backend both run the fused kernels of
+``fastmtl.kernels.dfe``: the modules gather their weights, fold their BNs (:meth:`ConvBN.folded`, the library's one
+fold) and call the tensor ops. Eval: BN folded on the fly (nothing cached; the state_dict stays untouched; ConvBNs
+already folded by ``fastmtl.inference`` work the same). Training: raw conv kernels + the modules' own BatchNorms,
+so running statistics follow PyTorch exactly. State_dicts are the same on every backend.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import torch
 from torch import nn
 
 from fastmtl.backend import default_backend, use_triton
+from fastmtl.kernels.dfe.ref import taps_from_conv_weight as _taps
+from fastmtl.layers.conv_bn import ConvBN
 from fastmtl.layers.spatial_attention import SpatialAttention
 
+__all__ = ["DFE", "DFE3", "ConvBN"]
 
-class ConvBN(nn.Sequential):
-    """Conv2d without bias followed by BatchNorm2d; ``padding = dilation * (k // 2)`` keeps the size."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, dilation: int = 1) -> None:
-        pad = dilation * (kernel_size // 2)
-        conv = nn.Conv2d(cin, cout, kernel_size, padding=pad, dilation=dilation, bias=False)
-        super().__init__(OrderedDict(conv=conv, bn=nn.BatchNorm2d(cout)))
+def _stack(taps: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Stacks per-branch taps to (nb, T, C_in, C_out), zero-padding 1x1 branches (they read tap 0) to T taps."""
+    n = max(t.shape[0] for t in taps)
+    padded = [t if t.shape[0] == n else torch.cat([t, t.new_zeros(n - t.shape[0], *t.shape[1:])]) for t in taps]
+    return torch.stack(padded).to(dtype)
 
 
 def _check_dilations(dilations: tuple[int, ...]) -> tuple[int, ...]:
@@ -62,10 +67,28 @@ class DFE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_triton(self.kernels, x.is_cuda):
-            from fastmtl.kernels.dfe import dfe_forward
-
-            return dfe_forward(self, x)
+            return self.forward_triton(x)
         return self.forward_reference(x)
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused kernels (eval, BN folded) or the raw conv kernels + this module's BatchNorms (training)."""
+        from fastmtl.kernels.dfe import dfe_branches, dfe_merge, spatial_attention
+
+        rates = [b.rate for b in self.branches]
+        if not any(cb.uses_batch_stats() for cb in (*self.branches, self.merge, self.shortcut)):
+            taps, biases = zip(*((_taps(w), b) for w, b in (cb.folded() for cb in self.branches)), strict=True)
+            cat = dfe_branches(x, _stack(list(taps), x.dtype), torch.cat(biases), rates, False, True)  # (B, nb*C, H, W)
+            (wm, bm), (ws, bs) = self.merge.folded(), self.shortcut.folded()
+            y = dfe_merge(cat, x, _taps(wm).to(x.dtype), _taps(ws).to(x.dtype), bm + bs, True)
+        else:
+            weight = _stack([_taps(b.conv.weight.float()) for b in self.branches], x.dtype)
+            raw = dfe_branches(x, weight, None, rates, False, False)
+            c = raw.shape[1] // len(rates)
+            cat = torch.cat([torch.relu(b.bn(raw[:, i * c : (i + 1) * c])) for i, b in enumerate(self.branches)], 1)
+            merged = dfe_merge(cat, x, _taps(self.merge.conv.weight).to(x.dtype), None, None, False)
+            short = dfe_branches(x, _stack([_taps(self.shortcut.conv.weight)], x.dtype), None, [0], False, False)
+            y = torch.relu(self.merge.bn(merged) + self.shortcut.bn(short))
+        return spatial_attention(y, self.attention.conv.weight)
 
 
 class DFE3(nn.Module):
@@ -98,7 +121,31 @@ class DFE3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_triton(self.kernels, x.is_cuda):
-            from fastmtl.kernels.dfe import dfe3_forward
-
-            return dfe3_forward(self, x)
+            return self.forward_triton(x)
         return self.forward_reference(x)
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval: every branch is linear up to the sum, so ``BN2(conv1x1(BN1(conv3x3_d(x))))`` folds into one dilated
+        3x3 and the branches' shared centre taps into one (``1 + 8 * nb`` taps), run by one
+        ``dfe_branches(sum_branches=True)`` launch with bias and ReLU. Training: the dilated convs run as raw
+        kernels, the BNs and 1x1s are this module's own."""
+        from fastmtl.kernels.dfe import dfe_branches, spatial_attention
+
+        rates = [b.dilated.rate for b in self.branches]
+        if not any(cb.uses_batch_stats() for b in self.branches for cb in (b.dilated, b.point)):
+            taps, biases = [], []
+            for branch in self.branches:
+                (w1, b1), (w2, b2) = branch.dilated.folded(), branch.point.folded()
+                point = w2[:, :, 0, 0]  # (C_out, C_mid)
+                taps.append(_taps(w1) @ point.t())  # (9, C_in, C_out)
+                biases.append(point @ b1 + b2)
+            centre = sum(t[4] for t in taps)
+            first = torch.cat([taps[0][:4], centre[None], taps[0][5:]])
+            y = dfe_branches(x, _stack([first, *taps[1:]], x.dtype), sum(biases), rates, True, True)
+        else:
+            weight = _stack([_taps(b.dilated.conv.weight.float()) for b in self.branches], x.dtype)
+            raw = dfe_branches(x, weight, None, rates, False, False)  # (B, nb*C_mid, H, W)
+            c = raw.shape[1] // len(rates)
+            parts = [b.point(b.dilated.bn(raw[:, i * c : (i + 1) * c])) for i, b in enumerate(self.branches)]
+            y = torch.relu(sum(parts[1:], parts[0]))
+        return spatial_attention(y, self.attention.conv.weight)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastmtl.kernels.dfe.ref import spatial_attention_ref
 
-def spatial_attention_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Reference spatial attention: ``x * sigmoid(conv7x7([mean_c(x), max_c(x)]))``.
-
-    Args:
-        x: (B, C, H, W) features.
-        weight: (1, 2, k, k) convolution weight; input channel 0 reads the channel mean, 1 the channel max.
-    """
-    pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
-    gate = torch.sigmoid(nn.functional.conv2d(pooled, weight, padding=weight.shape[-1] // 2))  # (B, 1, H, W)
-    return x * gate
+__all__ = ["SpatialAttention", "spatial_attention_ref"]
 
 
 class SpatialAttention(nn.Module):

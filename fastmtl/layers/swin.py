@@ -1,8 +1,8 @@
 """Swin Transformer blocks with (shifted) window attention and a relative position bias (SPEC.md §1).
 
-Tokens are kept as (B, H, W, C) maps. The attention itself is :func:`window_attention_ref` (pure PyTorch: roll,
-window partition, bias gather, seam mask, softmax attention, reverse) or the fused Triton kernel in
-``fastmtl.kernels.window_attention``, which computes the same thing without the copies.
+Tokens are kept as (B, H, W, C) maps. The attention itself is ``fastmtl.kernels.window_attention``'s reference
+:func:`window_attention_ref` (pure PyTorch: roll, window partition, bias gather, seam mask, softmax attention,
+reverse) or its fused Triton kernel, which computes the same thing without the copies.
 """
 
 from __future__ import annotations
@@ -11,87 +11,23 @@ import torch
 from torch import nn
 
 from fastmtl.backend import default_backend, use_triton
+
+# The window helpers and the reference live with the kernel (``fastmtl.kernels.window_attention.ref``, no Triton)
+# and are re-exported here for the layers' users.
+from fastmtl.kernels.window_attention.ref import (
+    MASK_VALUE,
+    relative_position_index,
+    seam_mask,
+    shift_region_ids,
+    window_attention_ref,
+    window_partition,
+    window_reverse,
+)
 from fastmtl.layers.drop import DropPath
 from fastmtl.layers.eca import ECA
 
-MASK_VALUE = -100.0  # additive penalty across the shifted-window seams, as in Swin
-
-
-def relative_position_index(window: int, device: torch.device | None = None) -> torch.Tensor:
-    """(N, N) index into the (2w-1)^2 bias table for the token pair (i, j) of one w x w window, N = w*w."""
-    r = torch.arange(window, device=device)
-    coords = torch.stack(torch.meshgrid(r, r, indexing="ij")).flatten(1)  # (2, N)
-    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2w-2]
-    return rel[0] * (2 * window - 1) + rel[1]
-
-
-def shift_region_ids(height: int, width: int, window: int, shift: int, device: torch.device | None = None):
-    """(H, W) region id of every position of the rolled map; tokens attend only within their region."""
-
-    def bands(n: int) -> torch.Tensor:
-        pos = torch.arange(n, device=device)
-        return (pos >= n - window).long() + (pos >= n - shift).long()  # 0, 1, 2 along one axis
-
-    return bands(height)[:, None] * 3 + bands(width)[None, :]
-
-
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * nW, w*w, C), windows in row-major order."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
-
-
-def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
-    """(B * nW, w*w, C) -> (B, H, W, C); the inverse of :func:`window_partition`."""
-    c = windows.shape[-1]
-    x = windows.view(-1, height // window, width // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
-
-
-def seam_mask(height: int, width: int, window: int, shift: int, device: torch.device | None = None) -> torch.Tensor:
-    """(nW, N, N) additive mask (0 or -100) for the cyclically shifted windows of an H x W map.
-
-    Built from shapes alone, so under ``torch.compile`` it folds into a constant.
-    """
-    ids = shift_region_ids(height, width, window, shift, device)[None, :, :, None]  # (1, H, W, 1)
-    ids = window_partition(ids, window).squeeze(-1)  # (nW, N)
-    return (ids[:, :, None] != ids[:, None, :]).float() * MASK_VALUE  # (nW, N, N)
-
-
-def window_attention_ref(
-    qkv: torch.Tensor, bias_table: torch.Tensor, window: int, shift: int, scale: float | None = None
-) -> torch.Tensor:
-    """Reference (shifted-)window multi-head attention with relative position bias.
-
-    Args:
-        qkv: (B, H, W, 3, heads, d) output of the fused qkv projection; H and W multiples of ``window``.
-        bias_table: ((2w-1)^2, heads) relative position bias table.
-        window: window side w.
-        shift: cyclic shift (0 for plain windows); the map is rolled by -shift and seams are masked.
-        scale: softmax scale, default d^-0.5.
-
-    Returns:
-        (B, H, W, heads * d) attention output at the original (un-shifted) positions, in qkv's dtype.
-    """
-    b, h, w, _, heads, d = qkv.shape
-    scale = d**-0.5 if scale is None else scale
-    if shift:
-        qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
-    n = window * window
-    win = window_partition(qkv.reshape(b, h, w, 3 * heads * d), window)  # (B*nW, N, 3*heads*d)
-    q, k, v = win.view(-1, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW, heads, N, d)
-    index = relative_position_index(window, qkv.device)
-    bias = bias_table[index.view(-1)].view(n, n, heads).permute(2, 0, 1)  # (heads, N, N)
-    attn = (q * scale) @ k.transpose(-2, -1) + bias  # (B*nW, heads, N, N)
-    if shift:
-        mask = seam_mask(h, w, window, shift, qkv.device).to(attn.dtype)  # (nW, N, N)
-        attn = (attn.view(b, -1, heads, n, n) + mask[None, :, None]).view(-1, heads, n, n)
-    out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, n, heads * d)  # (B*nW, N, heads*d)
-    out = window_reverse(out, window, h, w)
-    if shift:
-        out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-    return out
+__all__ = ["MASK_VALUE", "Mlp", "SwinBlock", "SwinStage", "WindowAttention", "relative_position_index", "seam_mask",
+           "shift_region_ids", "window_attention_ref", "window_partition", "window_reverse"]  # fmt: skip
 
 
 class WindowAttention(nn.Module):

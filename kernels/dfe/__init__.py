@@ -23,8 +23,9 @@ Tiles: each launch autotunes over a few candidates (:func:`conv_configs`; ``fast
 compiled without register spills for sm_90a ahead of time; the interpreter runs the first.
 
 Training: BN in training mode needs batch statistics of the raw convolutions, which no single fused launch can
-produce. :func:`dfe_forward` then runs the same conv kernels with identity BN and no ReLU (raw convs), and calls
-the layer's own ``nn.BatchNorm2d`` modules on their outputs, so running statistics (momentum, unbiased variance,
+produce. The DFE layers (``fastmtl.layers.dfe``, which gather weights and fold BNs: the ops take tensors only) then
+run the same conv kernels with no bias and no ReLU (raw convs), and call their own ``nn.BatchNorm2d`` modules on the
+outputs, so running statistics (momentum, unbiased variance,
 ``num_batches_tracked``) follow PyTorch exactly. Backward: each op registers an analytic autograd formula made of
 ATen ops (``convolution_backward`` per branch, closed-form spatial attention gradient), so gradients reach the
 input, the conv weights and, through the differentiable folding, the BN affine parameters; cuDNN's backward is
@@ -35,31 +36,26 @@ Deliberately unsupported: strides other than 1, groups, dilated merge convs, mor
 (the rates travel packed in one integer).
 
 CPU tensors run the reference (``*_ref``) unless ``TRITON_INTERPRET=1`` (then the kernels run in the interpreter).
+
+Anatomy (the same in every op package): ``kernels.py`` the ``@triton.jit`` code, ``ops.py`` the launchers, the
+``torch.library`` ops with their fakes and autograd, ``ref.py`` the PyTorch references (no Triton), ``aot.py`` the
+ahead-of-time compilation of every launch. The ops load on first use, so importing ``ref`` needs no Triton.
 """
 
-from .layer import dfe3_forward, dfe_forward
-from .ops import (
-    branch_tap_counts,
-    conv_config,
-    conv_configs,
-    dfe_branches,
-    dfe_branches_ref,
-    dfe_merge,
-    dfe_merge_ref,
-    live_tap_counts,
-    spatial_attention,
-)
+from .ref import conv_weight_from_taps, dfe_branches_ref, dfe_merge_ref, spatial_attention_ref, taps_from_conv_weight
 
-__all__ = [
-    "branch_tap_counts",
-    "conv_config",
-    "conv_configs",
-    "dfe3_forward",
-    "dfe_branches",
-    "dfe_branches_ref",
-    "dfe_forward",
-    "dfe_merge",
-    "dfe_merge_ref",
-    "live_tap_counts",
-    "spatial_attention",
-]
+_OPS = ("branch_tap_counts", "conv_config", "conv_configs", "dfe_branches", "dfe_merge", "live_tap_counts",
+        "spatial_attention")  # fmt: skip
+
+__all__ = ["branch_tap_counts", "conv_config", "conv_configs", "conv_weight_from_taps", "dfe_branches",
+           "dfe_branches_ref", "dfe_merge", "dfe_merge_ref", "live_tap_counts", "spatial_attention",
+           "spatial_attention_ref", "taps_from_conv_weight"]  # fmt: skip
+
+
+def __getattr__(name: str):
+    """The ops import Triton and register themselves: only on first use."""
+    if name in _OPS:
+        from . import ops
+
+        return getattr(ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

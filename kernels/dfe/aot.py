@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..aot import compile_kernel, spill_allowance
+from ..aot_compile import compile_kernel, spill_allowance
 from ..autotune import split
 from .ops import BRANCHES, MERGE, SA_GATE, SA_POOL, branches_plan, merge_plan, sa_plans
 
@@ -73,9 +73,9 @@ def aot_report(
 
     Returns:
         rows with ``shape``, ``launch``, ``dtype``, ``capability``, ``candidate`` (autotuning candidate index, 0 the
-        default), the constexprs and launch options, :func:`fastmtl.kernels.aot.compile_kernel`'s ``n_regs``,
+        default), the constexprs and launch options, :func:`fastmtl.kernels.aot_compile.compile_kernel`'s ``n_regs``,
         ``n_spills``, ``shared``, ``has_tensor_cores``, ``ptx_ops``, ... and ``spill_allowance`` (bytes the tests
-        accept, :data:`fastmtl.kernels.aot.SPILL_ALLOWANCES`). Configurations that compile to the same code at
+        accept, :data:`fastmtl.kernels.aot_compile.SPILL_ALLOWANCES`). Configurations that compile to the same code at
         several shapes are compiled once and reported for the first shape.
     """
     rows, seen = [], set()

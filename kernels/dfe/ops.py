@@ -1,93 +1,37 @@
-"""DFE ops: references, launch plans, ``torch.library`` registration (``triton_op``) and analytic autograd.
+"""DFE ops: launch plans, ``torch.library`` registration and analytic autograd. Tensors in, tensors out.
 
-Weight layout of the ops is the kernels' ``(taps, C_in, C_out)`` (:func:`taps_from_conv_weight`); the layer code
-in ``layer.py`` folds BN into it on the fly. The fake implementation of each op is the op function itself, which
-``triton_op`` traces under FakeTensorMode (``wrap_triton`` launches nothing there).
+Weight layout of the ops is the kernels' ``(taps, C_in, C_out)`` (:func:`~.ref.taps_from_conv_weight`); the DFE
+layers (``fastmtl.layers.dfe``) gather their weights, fold their BNs and call these ops. With compiled kernels the
+fake implementation of each op is the op function itself, which ``triton_op`` traces under FakeTensorMode
+(``wrap_triton`` launches nothing there). The references are in ``ref.py``.
 """
 
 from __future__ import annotations
 
-from functools import reduce
-
 import torch
 import triton
-from torch.library import triton_op
 from torch.nn import functional as F
 
-from fastmtl.layers.spatial_attention import spatial_attention_ref
-
-from ..autotune import INTERPRET, Tuned, split
-from ._kernels import _dfe_branches_kernel, _dfe_merge_kernel, _sa_gate_kernel, _sa_pool_kernel
+from .._utils import dot_precision, interpreted, register_op, runs_kernels
+from ..autotune import Tuned, split
+from .kernels import _dfe_branches_kernel, _dfe_merge_kernel, _sa_gate_kernel, _sa_pool_kernel
+from .ref import (
+    conv_weight_from_taps,
+    dfe_branches_ref,
+    dfe_merge_ref,
+    drop_center,
+    spatial_attention_ref,
+    taps_from_conv_weight,
+)
 
 MAX_BRANCHES = 8  # rates travel packed 8 bits each in one integer kernel argument
 MAX_RATE = 255
 
-_INTERPRET = INTERPRET  # kernels built by the interpreter (TRITON_INTERPRET=1 when the kernels were imported)
-
-
-def _run_kernels(x: torch.Tensor) -> bool:
-    """CUDA tensors run the kernels; CPU tensors only under the interpreter (else the reference)."""
-    return x.is_cuda or _INTERPRET
-
 
 def _register(name: str, fake):
-    """``triton_op`` (Inductor sees the kernels; the op function doubles as its fake). Under the interpreter
-    ``wrap_triton`` cannot trace interpreted kernels, so the op stays opaque (``custom_op``) with ``fake``."""
-
-    def deco(fn):
-        if not _INTERPRET:
-            return triton_op(name, fn, mutates_args=())
-        op = torch.library.custom_op(name, fn, mutates_args=())
-        op.register_fake(fake)
-        return op
-
-    return deco
-
-
-# -------------------------------------------------------------------------------------------------------- references
-def taps_from_conv_weight(w: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, k, k) conv weight -> (k*k, C_in, C_out) kernel taps, row-major over the k x k window."""
-    return w.permute(2, 3, 1, 0).reshape(-1, w.shape[1], w.shape[0])
-
-
-def conv_weight_from_taps(taps: torch.Tensor, rate: int, center: bool = True) -> torch.Tensor:
-    """(T, C_in, C_out) taps of one pattern -> (C_out, C_in, k, k) conv weight (rate 0: 1x1 from tap 0).
-
-    ``center=False`` zeroes the centre tap (the kernel skips it: DFE3 pre-sums the centres into branch 0).
-    """
-    if rate == 0:
-        return taps[0].t()[:, :, None, None]
-    w = taps[:9].reshape(3, 3, *taps.shape[1:]).permute(3, 2, 0, 1)
-    return w if center else drop_center(w)
-
-
-def drop_center(w: torch.Tensor) -> torch.Tensor:
-    """Zeroes the centre tap of a (C_out, C_in, 3, 3) weight (out of place, differentiable)."""
-    keep = torch.ones(3, 3, dtype=w.dtype, device=w.device)
-    keep[1, 1] = 0
-    return w * keep
-
-
-def dfe_branches_ref(x, weight, bias=None, rates=(0,), sum_branches=False, relu=False):
-    """Reference of ``fastmtl::dfe_branches``: per-branch convs, concatenated (or summed), + bias, ReLU."""
-    outs = [
-        F.conv2d(x, conv_weight_from_taps(weight[i], r, not (sum_branches and i > 0)), padding=r, dilation=max(r, 1))
-        for i, r in enumerate(rates)
-    ]
-    y = reduce(torch.add, outs) if sum_branches else torch.cat(outs, dim=1)  # (B, nb*C or C, H, W)
-    if bias is not None:
-        y = y + bias.to(y.dtype)[:, None, None]
-    return torch.relu(y) if relu else y
-
-
-def dfe_merge_ref(cat, x, weight, shortcut=None, bias=None, relu=False):
-    """Reference of ``fastmtl::dfe_merge``: 3x3 conv over ``cat`` (+ 1x1 shortcut conv on ``x``) + bias, ReLU."""
-    y = F.conv2d(cat, conv_weight_from_taps(weight, 1), padding=1)  # (B, C, H, W)
-    if shortcut is not None:
-        y = y + F.conv2d(x, conv_weight_from_taps(shortcut, 0))
-    if bias is not None:
-        y = y + bias.to(y.dtype)[:, None, None]
-    return torch.relu(y) if relu else y
+    """Decorator form of :func:`fastmtl.kernels._utils.register_op` (the op function doubles as its fake when
+    compiled; ``fake`` serves the interpreter)."""
+    return lambda fn: register_op(name, fn, fake if interpreted() else None)
 
 
 # ------------------------------------------------------------------------------------------------------ launch plans
@@ -166,10 +110,6 @@ SA_GATE = Tuned(
 )
 
 
-def _precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 without TF32; ignored for 16-bit inputs
-
-
 def _strides(t: torch.Tensor, prefix: str) -> dict:
     return dict(zip([f"stride_{prefix}{d}" for d in "bchw"], t.stride(), strict=True))
 
@@ -189,7 +129,7 @@ def branches_plan(x, weight, bias, out, counts, rates, sum_branches, relu):
             **_strides(x, "x"), "stride_wb": n_taps * c_in * c_out, "stride_wt": c_in * c_out,
             **_strides(out, "o")}  # fmt: skip
     const = {"SUM_BRANCHES": sum_branches, "HAS_BIAS": bias is not None, "RELU": relu,
-             "COUNT_TAPS": counts is not None, "DOT_PRECISION": _precision(x.dtype)}  # fmt: skip
+             "COUNT_TAPS": counts is not None, "DOT_PRECISION": dot_precision(x.dtype)}  # fmt: skip
     return grid, args, const
 
 
@@ -207,7 +147,7 @@ def merge_plan(cat, x, weight, shortcut, bias, out, relu):
             "c_out": c_out, "height": cat.shape[2], "width": cat.shape[3], **_strides(cat, "c"), **_strides(x, "x"),
             **_strides(out, "o")}  # fmt: skip
     const = {"HAS_SHORTCUT": shortcut is not None, "HAS_BIAS": bias is not None, "RELU": relu,
-             "DOT_PRECISION": _precision(cat.dtype)}  # fmt: skip
+             "DOT_PRECISION": dot_precision(cat.dtype)}  # fmt: skip
     return grid, args, const
 
 
@@ -276,7 +216,7 @@ def dfe_branches(
         relu: apply ReLU in the epilogue.
     """
     _check_branches(x, weight, bias, rates, sum_branches)
-    if not _run_kernels(x):
+    if not runs_kernels(x):
         return dfe_branches_ref(x, weight, bias, rates, sum_branches, relu)
     out = _out_like(x, weight.shape[-1] * (1 if sum_branches else weight.shape[0]))
     grid, args, const = branches_plan(x, weight.contiguous(), bias, out, None, rates, sum_branches, relu)
@@ -298,7 +238,7 @@ def dfe_merge(
         raise ValueError(f"merge weight {tuple(weight.shape)} / shortcut does not fit cat {tuple(cat.shape)}")
     if weight.dtype != cat.dtype or x.dtype != cat.dtype:
         raise TypeError(f"dtypes differ: cat {cat.dtype}, x {x.dtype}, weight {weight.dtype}")
-    if not _run_kernels(cat):
+    if not runs_kernels(cat):
         return dfe_merge_ref(cat, x, weight, shortcut, bias, relu)
     out = _out_like(cat, weight.shape[-1])
     sc = None if shortcut is None else shortcut.contiguous()
@@ -312,7 +252,7 @@ def spatial_attention(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x * sigmoid(conv_kxk([mean_c x, max_c x]))``; weight (1, 2, k, k), k odd. Pools in fp32."""
     if weight.dim() != 4 or weight.shape[:2] != (1, 2) or weight.shape[-1] % 2 != 1:
         raise ValueError(f"spatial attention weight must be (1, 2, k, k) with k odd, got {tuple(weight.shape)}")
-    if not _run_kernels(x):
+    if not runs_kernels(x):
         return spatial_attention_ref(x, weight)
     pooled = torch.empty((x.shape[0], 2, x.shape[2] * x.shape[3]), dtype=torch.float32, device=x.device)
     out = torch.empty_like(x)

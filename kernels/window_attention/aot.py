@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of the window-attention kernels for a GPU target; no GPU needed (Triton ships ptxas).
 
 Used by the GPU-readiness test and the benchmark report: every kernel variant the model launches compiles for
-sm_90a and sm_80 through :func:`fastmtl.kernels.aot.compile_kernel`, which reports registers, spills, shared
+sm_90a and sm_80 through :func:`fastmtl.kernels.aot_compile.compile_kernel`, which reports registers, spills, shared
 memory and tensor-core use. The arguments are those of a real launch, built from meta tensors. Must run in a
 process where the kernels are JIT functions (``TRITON_INTERPRET`` unset when this package was imported).
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from ..aot import compile_kernel
+from ..aot_compile import compile_kernel
 from ..autotune import split
-from . import triton_kernels as tk
-from .op import _constexprs, _kernel_args, configs
+from . import kernels as tk
+from .ops import _constexprs, _kernel_args, configs
 
 KERNELS = {
     "fwd": tk._window_attention_fwd_kernel,

@@ -16,14 +16,15 @@ import torch
 
 import fastmtl.kernels
 from fastmtl.kernels import autotune
+from fastmtl.kernels._utils import interpreted
 from fastmtl.kernels.dfe import ops as dfe_ops
-from fastmtl.kernels.window_attention import op as wa_op
+from fastmtl.kernels.window_attention import ops as wa_op
 from fastmtl.kernels.window_attention import window_attention
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.triton
-if DEVICE == "cpu" and not dfe_ops._INTERPRET:
+if DEVICE == "cpu" and not interpreted():
     pytest.skip("the kernel modules were imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 
@@ -79,7 +80,7 @@ import re, torch
 from functorch.compile import aot_function
 from torch._subclasses.fake_tensor import FakeTensorMode
 from fastmtl.kernels.dfe import ops
-from fastmtl.kernels.window_attention import op, window_attention
+from fastmtl.kernels.window_attention import window_attention
 
 graphs = []
 def keep(gm, inputs):

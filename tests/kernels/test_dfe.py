@@ -10,12 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastmtl.kernels import dfe as K
+from fastmtl.kernels._utils import interpreted
+from fastmtl.kernels.dfe.ref import spatial_attention_ref
 from fastmtl.layers.dfe import DFE, DFE3
-from fastmtl.layers.spatial_attention import spatial_attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.triton
-if DEVICE == "cpu" and not K.ops._INTERPRET:  # the CPU ops would run the reference: comparing it with itself
+if DEVICE == "cpu" and not interpreted():  # the CPU ops would run the reference: comparing it with itself
     pytest.skip("fastmtl.kernels.dfe was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.shapes import window_attention_shapes
-from fastmtl.kernels.window_attention import op, table_grad, window_attention
+from fastmtl.kernels._utils import interpreted
+from fastmtl.kernels.window_attention import ops, table_grad, window_attention
+from fastmtl.kernels.window_attention.ref import window_attention_bwd_ref, window_attention_fwd_ref
 from fastmtl.layers.swin import (
     SwinBlock,
     relative_position_index,
@@ -26,7 +28,7 @@ from fastmtl.layers.swin import (
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.triton
-if DEVICE == "cpu" and not op._interpreted():
+if DEVICE == "cpu" and not interpreted():
     pytest.skip("kernel module was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 
@@ -72,13 +74,13 @@ def test_launchers_with_several_tiles(assert_close, window, shift, block_m, bloc
     qkv, table = _inputs(1, 2 * window, 2 * window, window, 2, 16, seed=1)
     qkv, table = qkv.detach(), table.detach()
     scale = 0.3
-    out, lse = op.forward(qkv, table, window, shift, scale, block_m, block_n)
-    ref_out, ref_lse = op._forward_ref(qkv, table, window, shift, scale)
+    out, lse = ops.forward(qkv, table, window, shift, scale, block_m, block_n)
+    ref_out, ref_lse = window_attention_fwd_ref(qkv, table, window, shift, scale)
     assert_close(out, ref_out)
     assert_close(lse, ref_lse)
     dout = torch.randn_like(out)
-    got = op.backward(dout, qkv, table, out, lse, window, shift, scale, block_m, block_n)
-    want = op._backward_ref(dout, qkv, table, window, shift, scale)
+    got = ops.backward(dout, qkv, table, out, lse, window, shift, scale, block_m, block_n)
+    want = window_attention_bwd_ref(dout, qkv, table, window, shift, scale)
     for g, r in zip(got, want, strict=True):
         assert_close(g, r)
 
@@ -108,7 +110,7 @@ def test_fuzz(assert_close, window, n_win, shift_frac, heads, seed):
 
 
 def _kernel_tokens(t, win_row, win_col, height, width, shift, window):
-    """Python mirror of triton_kernels._tokens: (bias coordinate, map row, map col, region id) of tokens t."""
+    """Python mirror of kernels._tokens: (bias coordinate, map row, map col, region id) of tokens t."""
     t = t.clamp(max=window * window - 1)
     r, c = t // window, t % window
     rolled_r, rolled_c = win_row * window + r, win_col * window + c
@@ -151,10 +153,10 @@ def test_pytorch_path_of_the_op(assert_close):
     """The op's own CPU path (used when the interpreter is off) against autograd through the reference."""
     qkv, table = _inputs(2, 8, 8, 4, 2, 16, seed=3)
     qkv, table = qkv.cpu(), table.cpu()
-    out, lse = op._forward_ref(qkv, table, 4, 2, 0.25)
+    out, lse = window_attention_fwd_ref(qkv, table, 4, 2, 0.25)
     ref = window_attention_ref(qkv, table, 4, 2, scale=0.25)
     dout = torch.randn_like(ref)
-    got = op._backward_ref(dout, qkv.detach(), table.detach(), 4, 2, 0.25)
+    got = window_attention_bwd_ref(dout, qkv.detach(), table.detach(), 4, 2, 0.25)
     want = torch.autograd.grad(ref, (qkv, table), dout)
     for g, r in zip((out, *got), (ref, *want), strict=True):
         assert_close(g, r)
@@ -187,9 +189,10 @@ def test_swin_block_compiles_fullgraph_and_keeps_state_dict():
 
 _NO_INTERPRETER = """
 import torch
-from fastmtl.kernels.window_attention import op, window_attention
+from fastmtl.kernels._utils import interpreted
+from fastmtl.kernels.window_attention import ops, window_attention
 from fastmtl.layers.swin import SwinBlock, window_attention_ref
-assert not op._interpreted()
+assert not interpreted()
 qkv, table = torch.randn(1, 8, 8, 3, 2, 16, requires_grad=True), torch.randn(49, 2, requires_grad=True)
 torch.library.opcheck(torch.ops.fastmtl.window_attention_fwd.default, (qkv, table, 4, 2, 0.25))
 torch.testing.assert_close(window_attention(qkv, table, window=4, shift=2), window_attention_ref(qkv, table, 4, 2))

@@ -1,38 +1,30 @@
-"""Launchers, the ``fastmtl::window_attention_*`` ops (forward and backward) and the public function.
+"""Launchers, the ``fastmtl::window_attention_*`` ops (forward and backward, fakes, autograd) and the public function.
 
 CUDA tensors run the Triton kernels. CPU tensors run them too when the kernels were built by the Triton
-interpreter (``TRITON_INTERPRET=1`` set before this module was imported); otherwise CPU tensors run the pure
-PyTorch path below, the same math as :func:`fastmtl.layers.swin.window_attention_ref`.
+interpreter (``TRITON_INTERPRET=1`` set before this module was imported); otherwise CPU tensors run the fp32
+PyTorch reference of ``ref.py`` (:func:`window_attention_fwd_ref`, :func:`window_attention_bwd_ref`).
 """
 
 from __future__ import annotations
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from fastmtl.layers.swin import relative_position_index, seam_mask, window_partition, window_reverse
-
+from .._utils import dot_precision, interpreted, register_op, runs_kernels
 from ..autotune import Tuned
-from .triton_kernels import (
-    LOG2E,
+from .kernels import (
     _window_attention_bwd_dbias_kernel,
     _window_attention_bwd_dkdv_kernel,
     _window_attention_bwd_dq_kernel,
     _window_attention_fwd_kernel,
 )
+from .ref import table_grad, window_attention_bwd_ref, window_attention_fwd_ref
 
 HEAD_DIMS = (16, 32, 64, 128)  # tl.dot needs a power-of-two inner dimension of at least 16
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_PROGRAMS = 1024  # target grid size of the bias-gradient kernel, which sums over window groups
 NUM_WARPS = 4
-
-
-def _interpreted() -> bool:
-    """Whether the kernels were built by the Triton interpreter (and so run on CPU tensors)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_window_attention_fwd_kernel, InterpretedFunction)
 
 
 def _blocks(n: int) -> tuple[int, int]:
@@ -89,8 +81,7 @@ def _kernel_args(qkv: torch.Tensor, bias_table: torch.Tensor, window: int, shift
 def _constexprs(dtype: torch.dtype, window: int, head_dim: int, shift: int) -> dict:
     """Compile-time arguments of all four kernels but the tiles (``DOT_PRECISION`` keeps fp32 exact; ignored for
     fp16/bf16)."""
-    precision = "ieee" if dtype == torch.float32 else "tf32"
-    return dict(WINDOW=window, HEAD_DIM=head_dim, SHIFTED=shift > 0, DOT_PRECISION=precision)
+    return dict(WINDOW=window, HEAD_DIM=head_dim, SHIFTED=shift > 0, DOT_PRECISION=dot_precision(dtype))
 
 
 _KEY = ["WINDOW", "HEAD_DIM", "SHIFTED", "n_heads", "height", "width"]
@@ -115,7 +106,7 @@ def _launch(name: str, grid, positional: tuple, constexprs: dict, blocks: tuple[
         return
     n = constexprs["WINDOW"] ** 2
     block_m, block_n = blocks[0] or _blocks(n)[0], blocks[1] or _blocks(n)[1]
-    kernel = tuned.fn if _interpreted() else wrap_triton(tuned.fn)  # torch 2.11 wraps no interpreted kernel
+    kernel = tuned.fn if interpreted() else wrap_triton(tuned.fn)  # torch 2.11 wraps no interpreted kernel
     kernel[grid](**args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
 
 
@@ -182,83 +173,12 @@ def backward(
     return dqkv, table_grad(dscore.sum(0), window).to(bias_table.dtype)
 
 
-def _diagonal_sums(x: torch.Tensor) -> torch.Tensor:
-    """(..., w, w) -> (..., 2w-1): entry i - j + w - 1 sums x[..., i, j] (skew the rows by padding, no scatter)."""
-    w = x.shape[-1]
-    skewed = torch.nn.functional.pad(x.flip(-1), (0, w)).flatten(-2)[..., : w * (2 * w - 1)]
-    return skewed.unflatten(-1, (w, 2 * w - 1)).sum(-2)
-
-
-def table_grad(dscore: torch.Tensor, window: int) -> torch.Tensor:
-    """(heads, N, N) score gradient summed over windows -> ((2w-1)^2, heads) bias-table gradient, deterministic.
-
-    Entry (dr, dc) of the table collects the pairs with row offset dr and column offset dc, so the sum splits into
-    diagonal sums over the column pair, then over the row pair.
-    """
-    heads = dscore.shape[0]
-    x = dscore.view(heads, window, window, window, window).permute(0, 1, 3, 2, 4)  # (heads, ri, rj, ci, cj)
-    x = _diagonal_sums(x).permute(0, 3, 1, 2)  # (heads, dc, ri, rj)
-    return _diagonal_sums(x).permute(2, 1, 0).reshape(-1, heads)  # (dr, dc, heads) -> ((2w-1)^2, heads)
-
-
-def _to_windows(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * nW, N, C) windows of the map rolled by -shift."""
-    return window_partition(torch.roll(x, (-shift, -shift), (1, 2)) if shift else x, window)
-
-
-def _to_tokens(x: torch.Tensor, window: int, height: int, width: int, shift: int) -> torch.Tensor:
-    """(B * nW, N, C) -> (B, H, W, C) at the un-shifted positions; the inverse of :func:`_to_windows`."""
-    x = window_reverse(x, window, height, width)
-    return torch.roll(x, (shift, shift), (1, 2)) if shift else x
-
-
-def _logits_ref(qkv, bias_table, window: int, shift: int, scale: float):
-    """q, k, v (B * nW, heads, N, d) and logits (B * nW, heads, N, N) with bias and seam mask, all in fp32."""
-    b, h, w, _, heads, d = qkv.shape
-    n = window * window
-    win = _to_windows(qkv.reshape(b, h, w, -1), window, shift).view(-1, n, 3, heads, d)
-    q, k, v = win.permute(2, 0, 3, 1, 4).float().unbind(0)
-    index = relative_position_index(window, qkv.device).view(-1)
-    logits = (q * scale) @ k.transpose(-2, -1) + bias_table.float()[index].view(n, n, heads).permute(2, 0, 1)
-    if shift:
-        mask = seam_mask(h, w, window, shift, qkv.device)[None, :, None]  # (1, nW, 1, N, N)
-        logits = (logits.view(b, -1, heads, n, n) + mask).view(-1, heads, n, n)
-    return q, k, v, logits
-
-
-def _forward_ref(qkv, bias_table, window: int, shift: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The op's PyTorch path: the kernel's outputs (out, log2-domain lse) from fp32 math."""
-    b, h, w, _, heads, d = qkv.shape
-    _, _, v, logits = _logits_ref(qkv, bias_table, window, shift, scale)
-    out = (logits.softmax(-1) @ v).transpose(1, 2).flatten(2)  # (B * nW, N, heads * d)
-    lse = (logits.logsumexp(-1) * LOG2E).transpose(1, 2)  # (B * nW, N, heads)
-    return _to_tokens(out, window, h, w, shift).to(qkv.dtype), _to_tokens(lse, window, h, w, shift).contiguous()
-
-
-def _backward_ref(dout, qkv, bias_table, window: int, shift: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The op's PyTorch backward (analytic softmax-attention gradients; the table gradient via :func:`table_grad`)."""
-    b, h, w, _, heads, d = qkv.shape
-    q, k, v, logits = _logits_ref(qkv, bias_table, window, shift, scale)
-    p = logits.softmax(-1)
-    do = _to_windows(dout.float(), window, shift).unflatten(-1, (heads, d)).transpose(1, 2)  # (B*nW, heads, N, d)
-    dp = do @ v.transpose(-2, -1)
-    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
-    grads = (ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ do)
-    dwin = torch.stack(grads, 2).permute(0, 3, 2, 1, 4).flatten(2)  # (B * nW, N, 3 * heads * d)
-    dqkv = _to_tokens(dwin, window, h, w, shift).view(qkv.shape).to(qkv.dtype)
-    return dqkv, table_grad(ds.sum(0), window).to(bias_table.dtype)
-
-
-def _runs_kernel(qkv: torch.Tensor) -> bool:
-    return qkv.is_cuda or _interpreted()
-
-
 def _fwd_impl(
     qkv: torch.Tensor, bias_table: torch.Tensor, window: int, shift: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _runs_kernel(qkv):
+    if runs_kernels(qkv):
         return forward(qkv, bias_table, window, shift, scale)
-    return _forward_ref(qkv, bias_table, window, shift, scale)
+    return window_attention_fwd_ref(qkv, bias_table, window, shift, scale)
 
 
 def _fwd_fake(qkv, bias_table, window, shift, scale):
@@ -276,26 +196,17 @@ def _bwd_impl(
     shift: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _runs_kernel(qkv):
+    if runs_kernels(qkv):
         return backward(dout, qkv, bias_table, out, lse, window, shift, scale)
-    return _backward_ref(dout, qkv, bias_table, window, shift, scale)
+    return window_attention_bwd_ref(dout, qkv, bias_table, window, shift, scale)
 
 
 def _bwd_fake(dout, qkv, bias_table, out, lse, window, shift, scale):
     return qkv.new_empty(qkv.shape), torch.empty_like(bias_table)
 
 
-def _define(name: str, impl, fake):
-    """``triton_op`` so Inductor sees the kernels; an opaque ``custom_op`` under the interpreter, whose kernels
-    run eagerly on CPU tensors but cannot be traced into a graph."""
-    define = torch.library.custom_op if _interpreted() else triton_op
-    op = define(name, impl, mutates_args=())
-    op.register_fake(fake)  # shapes only; never launches a kernel on fake tensors
-    return op
-
-
-_fwd_op = _define("fastmtl::window_attention_fwd", _fwd_impl, _fwd_fake)
-_bwd_op = _define("fastmtl::window_attention_bwd", _bwd_impl, _bwd_fake)
+_fwd_op = register_op("fastmtl::window_attention_fwd", _fwd_impl, _fwd_fake)
+_bwd_op = register_op("fastmtl::window_attention_bwd", _bwd_impl, _bwd_fake)
 
 
 def _setup_context(ctx, inputs, output) -> None:

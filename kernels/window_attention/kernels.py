@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-MASK_VALUE = -100.0  # additive seam penalty, as in Swin (fastmtl.layers.swin.MASK_VALUE)
+MASK_VALUE = -100.0  # additive seam penalty, as in Swin (ref.MASK_VALUE)
 
 
 @triton.jit
@@ -34,7 +34,7 @@ def _tokens(t, win_row, win_col, height, width, shift, WINDOW: tl.constexpr, SHI
     rolled_c = win_col * WINDOW + c
     region = tl.zeros_like(t)
     if SHIFTED:
-        # Same bands as fastmtl.layers.swin.shift_region_ids: 0 | last window minus shift | last shift positions.
+        # Same bands as ref.shift_region_ids: 0 | last window minus shift | last shift positions.
         band_r = (rolled_r >= height - WINDOW).to(tl.int32) + (rolled_r >= height - shift).to(tl.int32)
         band_c = (rolled_c >= width - WINDOW).to(tl.int32) + (rolled_c >= width - shift).to(tl.int32)
         region = band_r * 3 + band_c
