@@ -8,11 +8,9 @@ and applies, in order:
 2. **BN folding** (``fold_bn``): every eval-mode ``BatchNorm2d`` fed directly by a ``Conv2d`` (nothing in
    between) is folded into that convolution's weight and bias and replaced by ``nn.Identity``: the trunk stem,
    each BasicBlock's conv1/bn1, conv2/bn2 and downsample, every ``ConvBN`` of the DFE modules and each decoder
-   block's conv/bn. BNs that no convolution feeds (the classification head's BN -> ReLU -> pool) stay.
-   *DFE on Triton*: the fused DFE kernels fold BN on the fly and take bias-free convolutions, so the ConvBNs of a
-   DFE that runs on Triton are left as they are (folding them would gain nothing and change the structure the
-   kernels read). A DFE whose ConvBNs were folded is pinned to the reference backend; do not switch it to Triton
-   afterwards with :func:`fastmtl.set_kernel_backend` (call :func:`optimize_for_inference` again instead).
+   block's conv/bn. BNs that no convolution feeds (the classification head's BN -> ReLU -> pool) stay. The pairs
+   are those the modules declare and the fold is the layers' one (:mod:`fastmtl.layers.conv_bn`); a DFE on Triton
+   reads its folded ConvBNs the same way it folds unfolded ones on the fly, so any backend runs the result.
 3. **channels_last** memory format for the weights and the input.
 4. **Autocast** (``amp``): ``"auto"`` means bf16 on CUDA and fp32 elsewhere.
 5. **torch.compile** (``compile``), optionally with CUDA graphs (``cuda_graphs``: mode ``"reduce-overhead"``,
@@ -32,60 +30,14 @@ import torch
 from torch import nn
 
 from fastmtl.backend import check_backend, set_kernel_backend, use_triton
-from fastmtl.layers.dfe import DFE, DFE3
-from fastmtl.models.decoder import DecoderBlock
-from fastmtl.models.resformer import BasicBlock, ResNet34Trunk
+from fastmtl.layers.conv_bn import fold_conv_bn, foldable
 from fastmtl.output import MTLOutput
+from fastmtl.runtime import amp_dtype
 
 __all__ = ["InferenceModel", "count_batchnorms", "fold_batchnorms", "fold_conv_bn", "optimize_for_inference"]
 
 CompileMode = Literal["default", "max-autotune"] | bool
-AmpSpec = Literal["auto", "bf16", "fp16"] | bool | torch.dtype | None
-
-# Modules whose forward computes ``bn(conv(x))`` for these attribute pairs, with nothing in between.
-_CONV_BN_ATTRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
-    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-    ResNet34Trunk: (("conv1", "bn1"),),
-    DecoderBlock: (("conv", "bn"),),
-}
-
-
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Folds eval-mode ``bn`` into ``conv`` in place, so that ``conv(x) == bn(conv_before(x))``.
-
-    The arithmetic runs in float64 and is stored back in the convolution's dtype; a bias is added if needed.
-
-    Raises:
-        ValueError: the BN is in training mode, has no running statistics, or does not match the conv.
-    """
-    if bn.training or bn.running_mean is None or bn.running_var is None:
-        raise ValueError("only an eval-mode BatchNorm2d with running statistics can be folded")
-    if bn.num_features != conv.out_channels:
-        raise ValueError(f"BatchNorm2d({bn.num_features}) does not match Conv2d(out_channels={conv.out_channels})")
-    with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.double()
-        shift = -bn.running_mean.double() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.double()
-        weight = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.ndim - 1)))  # (C_out, C_in/g, k, k)
-        bias = shift if conv.bias is None else conv.bias.double() * scale + shift
-        conv.weight.copy_(weight.to(conv.weight.dtype))
-        if conv.bias is None:
-            conv.bias = nn.Parameter(bias.to(conv.weight), requires_grad=conv.weight.requires_grad)
-        else:
-            conv.bias.copy_(bias.to(conv.bias.dtype))
-
-
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (
-        type(conv) is nn.Conv2d
-        and isinstance(bn, nn.BatchNorm2d)
-        and not bn.training
-        and bn.running_mean is not None
-        and bn.num_features == conv.out_channels
-    )
+AmpSpec = Literal["auto", "bf16", "fp16", "off"] | bool | torch.dtype | None
 
 
 def _fold_sequential(seq: nn.Sequential) -> int:
@@ -93,42 +45,26 @@ def _fold_sequential(seq: nn.Sequential) -> int:
     names, folded = list(seq._modules), 0
     for first, second in zip(names, names[1:]):
         conv, bn = seq._modules[first], seq._modules[second]
-        if _foldable(conv, bn):
+        if foldable(conv, bn):
             fold_conv_bn(conv, bn)
             seq._modules[second] = nn.Identity()
             folded += 1
     return folded
 
 
-def _dfe_subtrees(model: nn.Module, keep_dfe: bool) -> set[int]:
-    """Ids of the modules inside the DFEs whose ConvBNs must stay (those that run the Triton kernels)."""
-    keep: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, (DFE, DFE3)):
-            if keep_dfe:
-                keep.update(id(m) for m in module.modules())
-            else:
-                module.kernels = "reference"  # its ConvBNs are folded below: the Triton path reads unfolded BNs
-    return keep
-
-
-def fold_batchnorms(model: nn.Module, *, keep_dfe: bool = False) -> int:
+def fold_batchnorms(model: nn.Module) -> int:
     """Folds every BatchNorm2d that directly follows a Conv2d into it, in place; returns how many were folded.
 
-    Args:
-        model: a fastmtl model in eval mode.
-        keep_dfe: leave the ConvBNs inside DFE modules untouched (their Triton path folds BN itself); otherwise
-            they are folded and the DFEs are pinned to the reference backend.
+    The pairs are what the modules declare: consecutive children of an ``nn.Sequential`` (``ConvBN``, ResNet
+    downsamples) and the ``conv_bn_pairs()`` of the blocks (:mod:`fastmtl.layers.conv_bn`). Training-mode BNs stay.
     """
-    skip, folded = _dfe_subtrees(model, keep_dfe), 0
+    folded = 0
     for module in list(model.modules()):
-        if id(module) in skip:
-            continue
         if isinstance(module, nn.Sequential):
             folded += _fold_sequential(module)
-        for conv_name, bn_name in _CONV_BN_ATTRS.get(type(module), ()):
+        for conv_name, bn_name in module.conv_bn_pairs() if hasattr(module, "conv_bn_pairs") else ():
             conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-            if _foldable(conv, bn):
+            if foldable(conv, bn):
                 fold_conv_bn(conv, bn)
                 setattr(module, bn_name, nn.Identity())
                 folded += 1
@@ -138,20 +74,6 @@ def fold_batchnorms(model: nn.Module, *, keep_dfe: bool = False) -> int:
 def count_batchnorms(model: nn.Module) -> int:
     """Number of ``BatchNorm2d`` modules in ``model``."""
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-
-
-def _amp_dtype(amp: AmpSpec, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if amp is None or amp is False:
-        return None
-    if amp is True or amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if isinstance(amp, torch.dtype):
-        return amp
-    raise ValueError(f"amp must be 'auto', 'bf16', 'fp16', a torch.dtype, True or False; got {amp!r}")
 
 
 def _compile_mode(compile: CompileMode, cuda_graphs: bool, device: torch.device) -> str | None:
@@ -224,7 +146,8 @@ def optimize_for_inference(
         compile: False, ``"default"`` (or True) or ``"max-autotune"`` for ``torch.compile``.
         cuda_graphs: with ``compile``, capture CUDA graphs (fixed batch shape; ignored off CUDA).
         kernels: ``"auto"`` (Triton on CUDA when available), ``"triton"`` or ``"reference"``.
-        amp: ``"auto"`` (bf16 on CUDA, none elsewhere), ``"bf16"``/True, ``"fp16"``, a dtype, or False.
+        amp: ``"auto"`` (bf16 on CUDA, none elsewhere), ``"bf16"``/True, ``"fp16"``, a dtype, or ``"off"``/False/
+            None (:func:`fastmtl.runtime.amp_dtype`; None means ``"off"``).
 
     Returns:
         An :class:`InferenceModel` whose forward returns :class:`~fastmtl.output.MTLOutput` with fp32 logits.
@@ -234,14 +157,14 @@ def optimize_for_inference(
     """
     device = _device_of(model)
     mode = _compile_mode(compile, cuda_graphs, device)
-    amp_dtype = _amp_dtype(amp, device)
+    dtype = amp_dtype("off" if amp is None else amp, device)  # the shared vocabulary; None keeps meaning "off"
     triton = use_triton(check_backend(kernels), device.type == "cuda")
     net = copy.deepcopy(model).eval().requires_grad_(False)
     set_kernel_backend(net, "triton" if triton else "reference")
     if fold_bn:
-        fold_batchnorms(net, keep_dfe=triton)
+        fold_batchnorms(net)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if mode is not None:
         net = torch.compile(net, mode=mode, dynamic=False)
-    return InferenceModel(net, channels_last, amp_dtype, cuda_graphs=mode in ("reduce-overhead", "max-autotune"))
+    return InferenceModel(net, channels_last, dtype, cuda_graphs=mode in ("reduce-overhead", "max-autotune"))

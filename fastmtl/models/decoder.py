@@ -17,6 +17,10 @@ class DecoderBlock(nn.Module):
         self.conv = nn.Conv2d(2 * cout, cout, 3, padding=1)
         self.bn = nn.BatchNorm2d(cout)
 
+    def conv_bn_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(conv, BN) attribute pairs computed as ``bn(conv(x))`` (see :mod:`fastmtl.layers.conv_bn`)."""
+        return (("conv", "bn"),)
+
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.up(x), skip], dim=1)
         return torch.relu(self.bn(self.conv(x)))

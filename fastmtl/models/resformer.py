@@ -29,6 +29,10 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
+    def conv_bn_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(conv, BN) attribute pairs computed as ``bn(conv(x))`` (the downsample is a Sequential pair)."""
+        return (("conv1", "bn1"), ("conv2", "bn2"))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -54,6 +58,10 @@ class ResNet34Trunk(nn.Module):
             blocks = [BasicBlock(cin, width, stride)] + [BasicBlock(width, width) for _ in range(depth - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = width
+
+    def conv_bn_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(conv, BN) attribute pairs computed as ``bn(conv(x))``: the stem."""
+        return (("conv1", "bn1"),)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, 64, H/2, W/2)
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
