@@ -8,7 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
+from fastmtl.inference import fold_batchnorms
 from fastmtl.kernels import dfe as K
 from fastmtl.kernels._utils import interpreted
 from fastmtl.kernels.dfe.ref import spatial_attention_ref
@@ -158,6 +160,17 @@ def test_layer_bottleneck_dilations(assert_close):
     """14x14 with the model's rates 6/12/18: most dilated taps are dead and skipped."""
     kernel, reference = _pair(DFE, 16, (6, 12, 18), train=False)
     _check_layer(kernel, reference, torch.randn(1, 16, 14, 14, device=DEVICE), assert_close)
+
+
+@pytest.mark.parametrize("cls", [DFE, DFE3])
+def test_folded_layer_runs_the_kernels(cls):
+    """After ``fold_batchnorms`` (the library's one BN fold, in place) the Triton path reads the folded ConvBNs
+    through the same ``ConvBN.folded`` and matches the unfolded reference."""
+    kernel, reference = _pair(cls, 5, (2, 3), train=False)
+    assert fold_batchnorms(kernel) == sum(isinstance(m, nn.BatchNorm2d) for m in reference.modules())
+    x = torch.randn(1, 5, 9, 11, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(kernel(x), reference(x), atol=1e-5, rtol=1e-4)
 
 
 @settings(max_examples=8, deadline=None)
