@@ -4,8 +4,9 @@ The bottom of the import graph: nothing here imports ``fastmtl.layers``, ``model
 package (``dfe/``, ``window_attention/``) has ``kernels.py`` (Triton code), ``ops.py`` (launchers, ``torch.library``
 ops, fakes, autograd; tensors only), ``ref.py`` (the PyTorch reference, importable without Triton) and ``aot.py``;
 shared helpers are in ``_utils.py``. Nothing is compiled or launched at import time; an ``ops`` module registers
-its ``torch.library`` ops when it is first imported (the layers import it lazily, only on the Triton path). ``python -m fastmtl.kernels.aot`` prints the
-ahead-of-time compilation report (registers, spills, load kinds) of every kernel configuration.
+its ``torch.library`` ops when it is first imported (the layers import it lazily, only on the Triton path).
+``python -m fastmtl.kernels.aot`` prints the ahead-of-time compilation report (registers, spills, load kinds) of
+every kernel configuration.
 """
 
 import sys
