@@ -36,6 +36,16 @@ def _killed_child(config, out, crash_at: int) -> None:
     os._exit(0)  # not killed: the hook was never reached
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The killed child trains on one thread (a forked process's OpenMP pool is not to be trusted); the reference
+    and the resumed runs must sum in the same order to match it bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _train_killed_at(config, out, crash_at: int) -> int:
     process = multiprocessing.get_context("fork").Process(target=_killed_child, args=(config, out, crash_at))
     process.start()
