@@ -1,9 +1,10 @@
 """Every code block of README.md runs as written, in order, from the repository root.
 
 A ``bash`` or ``python`` block runs unless the line before it says ``<!-- readme-test: skip: <reason> -->`` (the
-CI runner itself, installs from the network, a GPU, system packages); the reason must name where that block is
-covered instead, or why it cannot run in CI. The runs are shrunk only through documented environment knobs, never by editing the text:
-``FASTMTL_SET`` (extra config overrides, see README "Command line") makes the quickstart's demo a few steps long.
+CI runner itself, installs from the network, a GPU, system packages); the reason says where that block is covered
+instead, or why it cannot run in CI. The runs are shrunk only through documented environment knobs, never by
+editing the text: ``FASTMTL_SET`` (extra config overrides, see README "Command line") makes the quickstart's demo a
+few steps long.
 """
 
 from __future__ import annotations
