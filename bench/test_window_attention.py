@@ -98,19 +98,6 @@ def _xformers(qkv, table, window, shift):
     return _tokens(out.transpose(1, 2), b, h, w, window, shift)
 
 
-def _provider_fn(provider):
-    if provider == "xformers" and importlib.util.find_spec("xformers") is None:
-        pytest.skip("xformers is not installed")
-    return {
-        "triton": lambda q, t, w, s: window_attention(q, t, window=w, shift=s),
-        "eager": window_attention_ref,
-        "compiled": torch.compile(window_attention_ref, fullgraph=True),
-        "sdpa": _sdpa,
-        "flex": _flex,
-        "xformers": _xformers,
-    }[provider]
-
-
 def _skip_reason(provider: str, device: torch.device, quick: bool, cpu_compile: bool) -> str | None:
     if provider == "xformers" and importlib.util.find_spec("xformers") is None:
         return "xformers is not installed"
