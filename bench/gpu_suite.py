@@ -30,7 +30,6 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import shutil
@@ -43,6 +42,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fastmtl.files import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ISIC = REPO.parent / "shared" / "data" / "isic2017"
@@ -157,11 +158,11 @@ class Suite:
         info = telemetry.machine_info()
         info["gpu_now"] = telemetry.gpu_snapshot()
         info["dry_run"] = bool(self.args.dry_run)
-        info["tools"] = {t: shutil.which(t) for t in ("nvidia-smi", "compute-sanitizer", "ncu", "nvcc")}
-        info["tools"]["compute-sanitizer"] = _sanitizer()
+        info["tools"] = {t: shutil.which(t) for t in ("nvidia-smi", "ncu", "nvcc")}
+        info["tools"]["compute-sanitizer"] = _sanitizer()  # also where CUDA installs it off PATH
         info["python"] = sys.version.split()[0]
-        info["xformers"] = _version("xformers")
-        info["pytest_xdist"] = _version("pytest-xdist")
+        info["xformers"] = telemetry.dist_version("xformers")
+        info["pytest_xdist"] = telemetry.dist_version("pytest-xdist")
         self.env = info
         gpu = (info.get("gpu") or {}).get("name")
         return {"status": "ok", "reason": gpu or "no CUDA device: a dry run"}
@@ -281,8 +282,8 @@ class Suite:
             "args": vars(self.args),
             "wall_s": time.time() - self.start,
         }
-        _write_atomic(self.out / "suite.json", json.dumps(suite, indent=1, default=str))
-        _write_atomic(self.out / "summary.md", markdown(goals, self.records, self.env))
+        atomic_write_bytes(self.out / "suite.json", json.dumps(suite, indent=1, default=str).encode())
+        atomic_write_bytes(self.out / "summary.md", markdown(goals, self.records, self.env).encode())
 
     def finish(self) -> int:
         self.write_summary()
@@ -291,13 +292,6 @@ class Suite:
         self.log.close()
         failed = [n for n, r in self.records.items() if r["status"] in ("failed", "timed out")]
         return 1 if failed else 0
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _cuda_available() -> bool:
@@ -348,7 +342,7 @@ def ingest(src: Path, results: Path) -> Path:
     slug = merged["machine_info"]["fastmtl"]["device_slug"]
     results.mkdir(parents=True, exist_ok=True)
     target = results / f"{slug}.json"
-    _write_atomic(target, json.dumps(merged, indent=1))
+    atomic_write_bytes(target, json.dumps(merged, indent=1).encode())
     extras = results / slug / "gpu-suite"
     extras.mkdir(parents=True, exist_ok=True)
     for name in ("summary.md", "suite.json", "correctness.xml", "sanitizer.txt", "paper.json", "suite.log"):
@@ -356,12 +350,6 @@ def ingest(src: Path, results: Path) -> Path:
             shutil.copyfile(src / name, extras / name)
     write_readme(results)
     return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

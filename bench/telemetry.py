@@ -21,7 +21,7 @@ from torch import nn
 from fastmtl.backend import set_kernel_backend
 
 
-def _version(dist: str) -> str | None:
+def dist_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -124,11 +124,11 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
-        "triton": _version("triton"),
+        "triton": dist_version("triton"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "fastmtl": _version("fastmtl"),
-        "segmentation_models_pytorch": _version("segmentation-models-pytorch"),
+        "fastmtl": dist_version("fastmtl"),
+        "segmentation_models_pytorch": dist_version("segmentation-models-pytorch"),
         "cuda_available": torch.cuda.is_available(),
     }
     if hasattr(os, "getloadavg"):
