@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -80,7 +83,25 @@ def test_cpu_budget_sizes_workers_and_threads(tmp_path, monkeypatch):
     assert [runtime.default_workers("cuda", n) for n in (1, 2, 16)] == [0, 1, 8]
     before = torch.get_num_threads()
     try:
-        assert runtime.fit_threads(workers=1, cpus=3) == 2
-        assert runtime.fit_threads(workers=4, cpus=2) == 1
+        assert runtime.fit_threads(workers=1, cpus=3, idle=3.0) == 2
+        assert runtime.fit_threads(workers=4, cpus=2, idle=2.0) == 1
+        assert runtime.fit_threads(workers=0, cpus=4, idle=1.2) == 1  # another job holds most cores: no more threads
+        assert runtime.fit_threads(workers=0, cpus=1) == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity and /proc/stat")
+def test_idle_cpus_sees_a_busy_core(tmp_path):
+    """A process spinning on core 0 makes it count as busy; unreadable counters give None, not a guess."""
+    from fastmtl import runtime
+
+    assert runtime.idle_cpus(stat=tmp_path / "missing") is None
+    spin = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"])
+    try:
+        time.sleep(0.3)
+        assert runtime.idle_cpus({0}, interval=0.3) < 0.5
+    finally:
+        spin.kill()
+        spin.wait()
+    assert 0.0 <= runtime.idle_cpus() <= len(os.sched_getaffinity(0))

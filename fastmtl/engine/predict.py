@@ -40,6 +40,7 @@ from fastmtl.engine.inputs import collect_inputs, image_ids
 from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder
+from fastmtl.precision import PRECISIONS, PrecisionUnavailable, build_path, choose_precision
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
 
@@ -50,7 +51,7 @@ class PredictSummary:
 
     ``images_per_s`` is images predicted / ``seconds``, the wall time from the first batch request to the last
     file written (decoding, inference and writing included; the slowest rank in a sharded run). ``rows`` are
-    this process's CSV rows (rank 0: all of them).
+    this process's CSV rows (rank 0: all of them); ``precision`` the numeric path that ran (:mod:`fastmtl.precision`).
     """
 
     n_images: int
@@ -63,6 +64,7 @@ class PredictSummary:
     seconds: float = 0.0
     world_size: int = 1
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    precision: str = ""
 
 
 def _log(message: str) -> None:
@@ -100,6 +102,8 @@ def predict(
     img_size: int | None = None,
     optimize: bool = True,
     compile: bool = False,
+    precision: str = "auto",
+    calibrate: Any = None,
 ) -> PredictSummary:
     """Predicts masks and class probabilities for a set of images.
 
@@ -121,10 +125,20 @@ def predict(
             convolutions, channels_last, the Triton kernels and bf16 autocast on CUDA); same outputs within the
             tolerance table. False runs the checkpoint's model as it is.
         compile: also ``torch.compile`` the optimized model (worth it for large inputs; compiling takes minutes).
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (:mod:`fastmtl.precision`): ``auto`` is bf16
+            on CUDA and, on a CPU, the fastest path within tolerance of fp32 on a sample of the inputs (measured
+            for jobs of :data:`~fastmtl.precision.AUTO_MIN_IMAGES` images or more, then cached); the path taken is
+            printed and stored in ``PredictSummary.precision``.
+        calibrate: images to calibrate int8 / ``auto`` on (anything :func:`collect_inputs` takes); default the
+            first images of ``inputs``.
 
     Raises:
         FileNotFoundError: no input matches.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if not optimize and precision not in ("auto", "fp32"):
+        raise ValueError(f"precision {precision!r} needs the optimized model; drop --no-optimize")
     if not 0.0 < threshold < 1.0:  # NaN fails too
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
     if batch_size < 1 or num_workers < 0 or (img_size is not None and img_size < 1):
@@ -139,8 +153,13 @@ def predict(
             ids = image_ids(paths)  # over the full list, so every rank names files alike
             mine = list(range(rank, len(paths), world.world_size))
             model, dataset, writer = _setup(
-                checkpoint, [paths[i] for i in mine], out, dev, img_size, threshold, overlays, optimize, compile
+                checkpoint, [paths[i] for i in mine], out, dev, img_size, threshold, overlays
             )
+            model, path = _inference_path(
+                model, checkpoint, dataset, batch_size, optimize, compile, precision, calibrate
+            )
+            if rank == 0:
+                _log(f"path: {path}")
             if rank == 0:  # only once the inputs and the model are good: a typo must not cost the earlier results
                 start_clean(out)
             barrier(world)  # no rank writes before rank 0 has cleared an earlier run's outputs
@@ -160,7 +179,7 @@ def predict(
     rate = n / max(seconds, 1e-9)
     summary = PredictSummary(
         n, len(failures), failures, rate, out / "probabilities.csv", writer.mask_dir, writer.overlay_dir, seconds,
-        world.world_size, rows,
+        world.world_size, rows, path,
     )  # fmt: skip
     if rank == 0:
         print(
@@ -170,19 +189,51 @@ def predict(
     return summary
 
 
-def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold, overlays, optimize, compile):
-    """Loads the model (optimized for inference unless told not to) and builds this rank's dataset and writer."""
+def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold, overlays):
+    """Loads the model and builds this rank's dataset and writer."""
     model, meta = load_model(checkpoint, device=dev)
     warn_if_synthetic(meta, checkpoint)
     config = model_config(model)
-    if optimize:
-        from fastmtl.inference import optimize_for_inference
-
-        model = optimize_for_inference(model, compile="default" if compile else False)
     class_names, seg_names = stored_class_names(config, meta)
     size = (img_size or config.img_size,) * 2
     dataset = ImagePaths(paths, size, meta.get("normalize", "imagenet"), config.in_chans)
     return model, dataset, PredictionWriter(out, overlays, threshold, class_names, seg_names, config.seg_classes)
+
+
+def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, optimize, compile, precision, calibrate):
+    """(model to run, description of the path). A precision this machine cannot run falls back to fp32 with the
+    reason; ``auto``, int8 and compiled paths are built on a sample of the images (or of ``calibrate``)."""
+    if not optimize:
+        return model, "fp32, the checkpoint's model as saved (--no-optimize)"
+    sample = [torch.zeros(batch_size, 0)]  # the uncompiled float paths do not look at it
+    if precision in ("auto", "int8") or compile:
+        source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
+                                                              dataset.normalize, dataset.in_chans)  # fmt: skip
+        sample = _sample(source, batch_size, 4 if precision in ("auto", "int8") else 1, next(model.parameters()).device)
+    if precision == "auto":
+        net, decision = choose_precision(model, checkpoint, sample, n_images=len(dataset), log=_log)
+        return net, decision.describe()
+    try:
+        net = build_path(model, precision, sample[0], compile=compile, calibration=sample)
+    except PrecisionUnavailable as e:
+        _log(f"precision {precision} is not available here: {e}; running fp32 instead")
+        precision, net = "fp32", build_path(model, "fp32", sample[0], compile=compile)
+    return net, precision + (" compiled" if compile or precision == "int8" else "")
+
+
+def _sample(dataset: ImagePaths, batch_size: int, batches: int, device: torch.device) -> list[torch.Tensor]:
+    """Up to ``batches`` full batches of readable images from the start of ``dataset`` (at least one image)."""
+    images = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if "image" in item:
+            images.append(item["image"])
+        if len(images) == batch_size * batches:
+            break
+    if not images:
+        raise ValueError("no readable image to calibrate the precision on")
+    stacked = torch.stack(images).to(device)
+    return [stacked[i : i + batch_size] for i in range(0, len(images), batch_size)]
 
 
 def _pick(paths: list[Path], ids: list[str], indices: list[int]) -> tuple[list[Path], list[str]]:

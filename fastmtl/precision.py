@@ -1,0 +1,362 @@
+"""Numeric paths for inference, and a measured choice between them (``fastmtl predict --precision``).
+
+========  =========================================================================================================
+``fp32``  :func:`~fastmtl.inference.optimize_for_inference` in fp32 (BN folded, channels_last), optionally compiled
+``bf16``  the same under bf16 autocast: CUDA, or a CPU that computes bf16 natively (avx512_bf16 / AMX, as oneDNN
+          reports it; emulated bf16 is slower than fp32, so fastmtl refuses it rather than guess)
+``fp16``  CUDA only
+``int8``  CPU: PT2E static quantization with torchao's x86 Inductor quantizer, calibrated on the user's images;
+          convolutions and linears in int8, softmax, norms and the attention arithmetic in fp32; always compiled
+``auto``  CUDA: bf16. CPU: the fastest of the paths above whose outputs agree with fp32 on a calibration sample
+          within :data:`TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
+========  =========================================================================================================
+
+Compiled CPU paths use Inductor with freezing (weights folded in as constants, oneDNN-prepacked). Compilation costs
+minutes on a small machine; Inductor's on-disk caches live under the fastmtl cache folder (``$FASTMTL_CACHE`` or
+``~/.cache/fastmtl``), so a second run with the same checkpoint and shape pays much less. ``auto`` only tries the
+compiled paths when the job has at least :data:`AUTO_MIN_IMAGES` images (or a cached decision says which to take).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastmtl.data.cache import default_cache_dir
+from fastmtl.files import atomic_write_json
+from fastmtl.inference import optimize_for_inference
+from fastmtl.output import MTLOutput
+
+__all__ = [
+    "AUTO_MIN_IMAGES",
+    "PRECISIONS",
+    "TOLERANCE",
+    "CpuInfo",
+    "PrecisionUnavailable",
+    "agreement",
+    "build_path",
+    "choose_precision",
+    "cpu_info",
+]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+TOLERANCE = {"mask_dsc": 99.5, "prob_mean_abs": 0.005}  # against fp32 on the calibration sample
+AUTO_MIN_IMAGES = 1000  # below this a first run does not earn back measuring and compiling (module docstring)
+
+
+class PrecisionUnavailable(ValueError):
+    """The precision cannot run here (no native bf16, no torchao, fp16 on a CPU, ...); the message says why."""
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What the CPU computes natively: ``bf16`` as oneDNN reports it, ``int8_vnni`` from the ISA flags."""
+
+    name: str
+    isa: str
+    bf16: bool
+    int8_vnni: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}|{self.isa}|bf16={self.bf16}|vnni={self.int8_vnni}"
+
+
+def cpu_info() -> CpuInfo:
+    """Detects the CPU's native bf16 and int8 dot-product support (not guessed from the vendor)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return CpuInfo(name, torch.backends.cpu.get_cpu_capability(), bf16, vnni)
+
+
+# ------------------------------------------------------------------------------------------------ the paths
+
+
+class FixedBatch(nn.Module):
+    """Runs a shape-specialised model on any batch up to ``batch``: a short batch is zero-padded and the padding's
+    outputs dropped, so the last batch of a job never recompiles."""
+
+    def __init__(self, module: nn.Module, batch: int, unpack: Callable[[object], MTLOutput]) -> None:
+        super().__init__()
+        self.module, self.batch, self.unpack = module, batch, unpack
+
+    def forward(self, x: torch.Tensor) -> MTLOutput:
+        n = x.shape[0]
+        if n > self.batch:
+            return MTLOutput(*(torch.cat(ts) if ts[0] is not None else None
+                               for ts in zip(*(self(c) for c in x.split(self.batch)))))  # fmt: skip
+        if n < self.batch:
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.batch - n))
+        out = self.unpack(self.module(x))
+        return MTLOutput(*(None if t is None else t[:n].float() for t in out))
+
+
+@contextlib.contextmanager
+def _inductor_cpu() -> Iterator[None]:
+    """Freezing on, and Inductor's on-disk caches in the fastmtl cache folder (unless the user set their own)."""
+    import torch._inductor.config as inductor
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
+    with inductor.patch(freezing=True):
+        yield
+
+
+def _check(precision: str, device: torch.device, cpu: CpuInfo) -> None:
+    if precision not in PRECISIONS or precision == "auto":
+        raise ValueError(f"precision {precision!r} is not a path; expected one of {', '.join(PRECISIONS[1:])}")
+    if precision == "fp16" and device.type != "cuda":
+        raise PrecisionUnavailable("fp16 runs on CUDA only; on a CPU use fp32, bf16 (where native) or int8")
+    if precision == "int8" and device.type != "cpu":
+        raise PrecisionUnavailable("int8 is a CPU path; on CUDA use bf16 or fp16")
+    if precision == "bf16" and device.type == "cpu" and not cpu.bf16:
+        raise PrecisionUnavailable(f"this CPU ({cpu.name}, {cpu.isa}) has no native bf16 (avx512_bf16 or AMX): "
+                                   "emulated bf16 is slower than fp32; use fp32 or int8")  # fmt: skip
+    if precision == "int8":
+        try:
+            import torchao  # noqa: F401
+        except ImportError as e:
+            raise PrecisionUnavailable("int8 needs torchao: pip install 'fastmtl[int8]'") from e
+
+
+def _quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
+    """PT2E static int8 (x86 Inductor quantizer) of ``model`` exported at the calibration batch shape."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    net = optimize_for_inference(model, fold_bn=False, channels_last=False, amp="off").module
+    _unshare_activations(net)
+    graph = torch.export.export(net, (calibration[0],)).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+    return convert_pt2e(prepared)
+
+
+class _ReLU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+def _unshare_activations(model: nn.Module) -> None:
+    """Replaces each ``nn.ReLU`` by a plain module: a ResNet block calls its one ReLU twice, which the quantizer's
+    module-based pattern matching cannot annotate ("more than one output node"); convolutions stay quantized."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(model, name, _ReLU())
+        else:
+            _unshare_activations(child)
+
+
+def build_path(
+    model: nn.Module,
+    precision: str,
+    example: torch.Tensor,
+    *,
+    compile: bool = False,
+    calibration: list[torch.Tensor] | None = None,
+) -> nn.Module:
+    """The model ready to run in ``precision`` on the device it sits on, for batches shaped like ``example``.
+
+    Args:
+        model: a fastmtl model (left unchanged).
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``int8`` (see the module table).
+        example: one input batch (B, C, H, W); compiled paths are built and warmed up at this shape.
+        compile: ``torch.compile`` the fp32/bf16/fp16 paths (int8 is always compiled); on a CPU with freezing.
+        calibration: int8's calibration batches (default: ``[example]``).
+
+    Raises:
+        PrecisionUnavailable: the precision cannot run on this device or CPU.
+    """
+    device = next(model.parameters()).device
+    _check(precision, device, cpu_info())
+    cpu = device.type == "cpu"
+    if precision == "int8":
+        batches = [b.to(device) for b in (calibration or [example])]
+        batches = [F.pad(b, (0, 0, 0, 0, 0, 0, 0, example.shape[0] - b.shape[0])) for b in batches]
+        quantized = _quantize_int8(model, batches)
+        net = FixedBatch(torch.compile(quantized), example.shape[0], lambda out: MTLOutput(*out))
+    else:
+        amp = "off" if precision == "fp32" else precision
+        net = optimize_for_inference(model, amp=amp, compile="default" if compile else False)
+        if compile:
+            net = FixedBatch(net, example.shape[0], lambda out: out)
+    if precision == "int8" or compile:
+        with _inductor_cpu() if cpu else contextlib.nullcontext(), torch.inference_mode():
+            net(example.to(device))  # compile now, inside the freezing patch, not at the first real batch
+    return net
+
+
+# --------------------------------------------------------------------------------------------- the choice
+
+
+def agreement(reference: MTLOutput, other: MTLOutput, threshold: float = 0.5) -> dict[str, float]:
+    """How closely ``other`` follows ``reference``: mask DSC (%, over foreground pixels of both), mask pixel
+    agreement (%) and the mean / max absolute difference of class probabilities."""
+    out: dict[str, float] = {}
+    if reference.seg_logits is not None:
+        ref, oth = reference.seg_logits.float(), other.seg_logits.float()
+        if ref.shape[1] == 1:
+            a, b = (torch.sigmoid(ref) > threshold).long(), (torch.sigmoid(oth) > threshold).long()
+        else:  # class indices; background is 0
+            a, b = ref.argmax(1), oth.argmax(1)
+        inter, total = ((a == b) & (a > 0)).sum().item(), (a > 0).sum().item() + (b > 0).sum().item()
+        out["mask_dsc"] = 100.0 if total == 0 else 200.0 * inter / total
+        out["mask_agreement"] = 100.0 * (a == b).float().mean().item()
+    if reference.cls_logits is not None:
+        diff = (torch.sigmoid(reference.cls_logits.float()) - torch.sigmoid(other.cls_logits.float())).abs()
+        out["prob_mean_abs"], out["prob_max_abs"] = diff.mean().item(), diff.max().item()
+    return out
+
+
+def within_tolerance(measured: dict[str, float]) -> bool:
+    return (
+        measured.get("mask_dsc", 100.0) >= TOLERANCE["mask_dsc"]
+        and measured.get("prob_mean_abs", 0.0) <= TOLERANCE["prob_mean_abs"]
+    )
+
+
+@dataclass
+class Decision:
+    """What ``auto`` chose and why: the path, its speed against eager fp32 and its agreement with fp32."""
+
+    precision: str
+    compile: bool
+    images_per_s: dict[str, float]
+    agreement: dict[str, dict[str, float]]
+    reason: str
+    cached: bool = False
+
+    def describe(self) -> str:
+        path = self.precision + (" compiled" if self.compile and self.precision != "int8" else "")
+        return f"precision {path}: {self.reason}" + (" (cached decision)" if self.cached else "")
+
+
+def decision_file(checkpoint: str | os.PathLike, example: torch.Tensor, cpu: CpuInfo) -> Path:
+    """Where ``auto`` caches its decision: keyed by checkpoint (path, size, mtime), input shape, CPU and torch."""
+    st = Path(checkpoint).stat()
+    raw = json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns, list(example.shape),
+                      cpu.key, torch.__version__])  # fmt: skip
+    return default_cache_dir() / "precision" / (hashlib.sha256(raw.encode()).hexdigest()[:24] + ".json")
+
+
+def _speed(net: nn.Module, example: torch.Tensor, rounds: int = 3) -> float:
+    with torch.inference_mode():
+        net(example)
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            net(example)
+            times.append(time.perf_counter() - start)
+    return example.shape[0] / sorted(times)[len(times) // 2]
+
+
+def _candidates(device: torch.device, cpu: CpuInfo) -> list[tuple[str, bool]]:
+    if device.type == "cuda":
+        return [("bf16", False)]
+    found = [("fp32", False), ("fp32", True)]
+    for precision in ("bf16", "int8"):
+        with contextlib.suppress(PrecisionUnavailable):
+            _check(precision, device, cpu)
+            found.append((precision, True))
+    return found
+
+
+def choose_precision(
+    model: nn.Module,
+    checkpoint: str | os.PathLike,
+    sample: list[torch.Tensor],
+    *,
+    n_images: int,
+    min_images: int = AUTO_MIN_IMAGES,
+    log: Callable[[str], None] = print,
+) -> tuple[nn.Module, Decision]:
+    """``--precision auto``: the fastest path within :data:`TOLERANCE` of fp32 on ``sample``, built and ready.
+
+    On CUDA this is bf16. On a CPU a decision cached for this checkpoint, shape and CPU is reused; a job of fewer
+    than ``min_images`` images takes fp32 without measuring (compiling would cost more than it saves); otherwise
+    every path this CPU can run is built, timed on ``sample[0]`` and compared with fp32 on every sample batch, and
+    the decision is cached (:func:`decision_file`).
+
+    Args:
+        model: the loaded model, on its device.
+        checkpoint: its file (part of the cache key).
+        sample: calibration batches of the job's batch size, from the user's own images.
+        n_images: the job's size.
+        min_images: smallest job that measures and compiles.
+        log: where progress lines go.
+    """
+    device, cpu, example = next(model.parameters()).device, cpu_info(), sample[0]
+    if device.type == "cuda":
+        return build_path(model, "bf16", example), Decision("bf16", False, {}, {}, "CUDA: bf16 autocast")
+    cache = decision_file(checkpoint, example, cpu)
+    if cache.is_file():
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            decision = Decision(**{**json.loads(cache.read_text()), "cached": True})
+            log(f"auto: {decision.describe()} from {cache}; building it")
+            return build_path(
+                model, decision.precision, example, compile=decision.compile, calibration=sample
+            ), decision
+    if n_images < min_images:
+        reason = (f"a job of {n_images} image(s) is below {min_images}, where measuring and compiling the faster "
+                  "paths (minutes) would not pay back; --precision int8/bf16 tries one anyway")  # fmt: skip
+        return build_path(model, "fp32", example), Decision("fp32", False, {}, {}, reason)
+    with torch.inference_mode():
+        references = [model.eval()(batch) for batch in sample]
+    speeds, agreements, best = {"eager": _speed(model.eval(), example)}, {}, None
+    for precision, compiled in _candidates(device, cpu):
+        name = precision + ("+compile" if compiled and precision != "int8" else "")
+        log(f"auto: measuring {name} on {len(sample)} batch(es) of {example.shape[0]}")
+        start = time.perf_counter()
+        try:
+            net = build_path(model, precision, example, compile=compiled, calibration=sample)
+        except Exception as e:  # a path that fails to build here is not taken, and the reason is shown
+            log(f"auto: {name} could not be built ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            continue
+        speeds[name] = _speed(net, example)
+        with torch.inference_mode():
+            found = [agreement(ref, net(batch)) for ref, batch in zip(references, sample, strict=True)]
+        agreements[name] = {k: min(f[k] for f in found) if k.startswith("mask") else max(f[k] for f in found)
+                            for k in found[0]}  # fmt: skip
+        log(f"auto: {name} {speeds[name]:.2f} images/s ({speeds[name] / speeds['eager']:.2f}x eager fp32), built "
+            f"in {time.perf_counter() - start:.0f} s, against fp32 {_fmt(agreements[name])}")  # fmt: skip
+        if within_tolerance(agreements[name]) and (best is None or speeds[name] > speeds[best[0]]):
+            best = (name, precision, compiled, net)
+    if best is None:
+        return build_path(model, "fp32", example), Decision("fp32", False, speeds, agreements, "no path measured")
+    name, precision, compiled, net = best
+    reason = (f"{speeds[name]:.2f} images/s, {speeds[name] / speeds['eager']:.2f}x eager fp32, within tolerance of "
+              f"fp32 ({_fmt(agreements[name])})")  # fmt: skip
+    decision = Decision(precision, compiled, speeds, agreements, reason)
+    atomic_write_json(cache, {k: v for k, v in asdict(decision).items() if k != "cached"})
+    return net, decision
+
+
+def _fmt(measured: dict[str, float]) -> str:
+    parts = []
+    if "mask_dsc" in measured:
+        parts.append(f"mask DSC {measured['mask_dsc']:.2f}%, pixels {measured['mask_agreement']:.2f}% equal")
+    if "prob_mean_abs" in measured:
+        parts.append(f"|dp| mean {measured['prob_mean_abs']:.4f} max {measured['prob_max_abs']:.4f}")
+    return ", ".join(parts) or "no outputs compared"

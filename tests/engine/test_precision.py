@@ -1,0 +1,145 @@
+"""Precision paths (fastmtl.precision) and ``predict --precision``: each path against fp32 on a tiny model, the
+``auto`` decision measured, cached and reused, and a CPU without native bf16 falling back with a message."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from fastmtl import precision as P
+from fastmtl.engine.predict import predict
+from tests.engine.test_train import tiny_mtl_test
+
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                                   reason="int8 needs torchao (pip install 'fastmtl[int8]')")  # fmt: skip
+NO_BF16 = P.CpuInfo("test CPU", "AVX2", bf16=False, int8_vnni=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return tiny_mtl_test(img_size=32, in_chans=3, seg_classes=1, cls_classes=2).eval()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path / "cache"))
+
+
+def _reference(model, x):
+    with torch.inference_mode():
+        return model(x)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_fp32_path_matches_the_model_and_pads_short_batches(tiny, compiled):
+    x = torch.randn(4, 3, 32, 32)
+    net = P.build_path(tiny, "fp32", x, compile=compiled)
+    with torch.inference_mode():
+        short = net(x[:3])  # the last batch of a job: padded to the compiled shape, padding dropped
+    ref = _reference(tiny, x[:3])
+    assert short.seg_logits.shape == ref.seg_logits.shape
+    torch.testing.assert_close(short.seg_logits, ref.seg_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(short.cls_logits, ref.cls_logits, atol=1e-4, rtol=1e-4)
+
+
+@needs_torchao
+def test_int8_path_stays_close_to_fp32(tiny):
+    calibration = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    net = P.build_path(tiny, "int8", calibration[0], calibration=calibration)
+    x = torch.randn(5, 3, 32, 32)  # more than the compiled batch: run in chunks
+    with torch.inference_mode():
+        out = net(x)
+    measured = P.agreement(_reference(tiny, x), out)
+    assert out.seg_logits.shape == (5, 1, 32, 32) and out.seg_logits.dtype == torch.float32
+    assert measured["mask_agreement"] > 97.0 and measured["prob_max_abs"] < 0.02, measured
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_by_the_path_and_falls_back_in_predict(
+    tiny, tiny_checkpoint, image_files, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(P, "cpu_info", lambda: NO_BF16)
+    with pytest.raises(P.PrecisionUnavailable, match="no native bf16"):
+        P.build_path(tiny, "bf16", torch.randn(2, 3, 32, 32))
+    with pytest.raises(P.PrecisionUnavailable, match="CUDA only"):
+        P.build_path(tiny, "fp16", torch.randn(2, 3, 32, 32))
+    ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
+    summary = predict(ckpt, tmp_path / "images", tmp_path / "out", num_workers=0, precision="bf16")
+    assert "no native bf16" in capsys.readouterr().err and summary.precision == "fp32"
+    assert summary.n_images == len(image_files)
+
+
+@pytest.mark.skipif(not P.cpu_info().bf16, reason="this CPU has no native bf16 (oneDNN says so)")
+def test_bf16_path_on_a_cpu_with_native_bf16(tiny):
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        out = P.build_path(tiny, "bf16", x)(x)
+    assert P.agreement(_reference(tiny, x), out)["mask_agreement"] > 97.0
+
+
+def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"stands in for the checkpoint in the cache key")
+    sample = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    lines = []
+    net, decision = P.choose_precision(tiny, checkpoint, sample, n_images=5000, min_images=0, log=lines.append)
+    assert not decision.cached and "eager" in decision.images_per_s
+    measured = [name for name in decision.images_per_s if name != "eager"]
+    assert "fp32" in measured and "fp32+compile" in measured
+    for name in measured:  # every measured path reports its agreement with fp32
+        assert set(decision.agreement[name]) >= {"mask_dsc", "mask_agreement", "prob_mean_abs", "prob_max_abs"}
+    assert P.within_tolerance(decision.agreement[_name(decision)]), decision
+    cache = P.decision_file(checkpoint, sample[0], P.cpu_info())
+    assert json.loads(cache.read_text())["precision"] == decision.precision
+    with torch.inference_mode():
+        assert P.agreement(_reference(tiny, sample[1]), net(sample[1]))["mask_agreement"] > 97.0
+
+    again = []
+    _, reused = P.choose_precision(tiny, checkpoint, sample, n_images=5000, min_images=0, log=again.append)
+    assert reused.cached and reused.precision == decision.precision and "cached decision" in reused.describe()
+    assert not any("measuring" in line for line in again)  # nothing measured the second time
+
+    checkpoint.write_bytes(b"a different checkpoint")  # new size and mtime: a new key, no stale decision
+    assert P.decision_file(checkpoint, sample[0], P.cpu_info()) != cache
+
+
+def _name(decision: P.Decision) -> str:
+    return decision.precision + ("+compile" if decision.compile and decision.precision != "int8" else "")
+
+
+def test_auto_takes_fp32_for_a_small_job_and_says_why(tiny, tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"x")
+    net, decision = P.choose_precision(tiny, checkpoint, [torch.randn(2, 3, 32, 32)], n_images=20, min_images=1000)
+    assert decision.precision == "fp32" and "below 1000" in decision.reason
+    assert not P.decision_file(checkpoint, torch.randn(2, 3, 32, 32), P.cpu_info()).exists()
+
+
+@needs_torchao
+def test_predict_int8_reports_its_path_and_writes_every_output(tiny_checkpoint, image_files, tmp_path, capsys):
+    ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
+    summary = predict(ckpt, tmp_path / "images", tmp_path / "int8", num_workers=0, batch_size=4, precision="int8",
+                      calibrate=[tmp_path / "images"])  # fmt: skip
+    assert summary.precision == "int8 compiled" and "path: int8" in capsys.readouterr().err
+    fp32 = predict(ckpt, tmp_path / "images", tmp_path / "fp32", num_workers=0, batch_size=4, precision="fp32")
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "int8" / "probabilities.csv"))}
+    assert len(rows) == summary.n_images == fp32.n_images == len(image_files)
+    for row in fp32.rows:  # int8 probabilities stay near fp32's
+        assert abs(float(rows[row["id"]]["prob_class1"]) - float(row["prob_class1"])) < 0.05
+
+
+def test_precision_needs_the_optimized_model(tiny_checkpoint, image_files, tmp_path):
+    with pytest.raises(ValueError, match="needs the optimized model"):
+        predict(
+            tiny_checkpoint("tiny_mtl_test", img_size=32),
+            tmp_path / "images",
+            tmp_path / "o",
+            optimize=False,
+            precision="int8",
+        )
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predict(tiny_checkpoint("tiny_mtl_test", img_size=32), tmp_path / "images", tmp_path / "o", precision="fp8")
