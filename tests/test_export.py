@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
 
 import fastmtl
+from fastmtl.cli import main
 from fastmtl.data.transforms import normalize_image
 from fastmtl.engine.checkpoint import load_model, save_checkpoint
-from fastmtl.engine.export import ExportCheckError, _check, export, export_metadata, normalization_stats
+from fastmtl.engine.export import (
+    MAX_BATCH,
+    ExportCheckError,
+    _check,
+    export,
+    export_metadata,
+    normalization_stats,
+    output_lock,
+)
+from fastmtl.files import exclusive_folder
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
 
@@ -122,3 +133,29 @@ def test_onnx_export(checkpoint, tmp_path) -> None:
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["outputs"] == "seg_logits,cls_logits" and props["img_size"] == "32"
     assert [o.name for o in proto.graph.output] == ["seg_logits", "cls_logits"]
+
+
+def test_a_second_export_to_the_same_file_is_refused_naming_the_holder(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "model.pt2"
+    with output_lock(out):
+        assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--no-check"]) == 2
+        err = capsys.readouterr().err.strip()
+        with pytest.raises(ValueError, match=r"\.model\.pt2\.lock is in use by another fastmtl job \(export, pid "):
+            export(checkpoint, out, format="onnx")
+    assert err.startswith("fastmtl: error: ") and len(err.splitlines()) == 1
+    assert f".model.pt2.lock is in use by another fastmtl job (export, pid {os.getpid()}" in err
+    assert not out.exists() and not (tmp_path / ".model.pt2.lock").exists()  # released: nothing left behind
+    with exclusive_folder(tmp_path, "train"), output_lock(out), output_lock(tmp_path / "other.onnx"):
+        pass  # per file: a run writing into the folder and exports to other files do not hold it up
+
+
+def test_an_export_output_that_is_a_folder_is_refused(checkpoint, tmp_path) -> None:
+    with pytest.raises(IsADirectoryError, match=f"export output {tmp_path} is a folder; expected the file"):
+        export(checkpoint, tmp_path)
+
+
+@pytest.mark.parametrize("batch_size", [0, MAX_BATCH + 1])
+def test_a_batch_outside_the_dynamic_range_is_refused_before_any_work(checkpoint, tmp_path, batch_size) -> None:
+    with pytest.raises(ValueError, match=f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}"):
+        export(checkpoint, tmp_path / "m.pt2", batch_size=batch_size)
+    assert list(tmp_path.iterdir()) == []  # no lock, no file

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from fastmtl.data import io
 from fastmtl.data.cache import ArrayCache, default_cache_dir, resize_image, resize_mask, source_key
+from fastmtl.data.tables import Problem, refuse
 from fastmtl.data.transforms import NORMALIZE_MODES, build_transforms, normalize_image, to_hw
 
 __all__ = ["MTLDataset", "binarize_mask", "encode_mask", "make_cache", "CacheDir"]
@@ -58,14 +59,6 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     if top <= 1 or np.count_nonzero(np.bincount(mask.ravel(), minlength=256)) <= 2:
         return (mask > 0).astype(np.uint8)
     return (mask > (127 if top > 127 else top // 2)).astype(np.uint8)
-
-
-def check_plain_id(image_id: str, where: str) -> str:
-    """``image_id`` when it is a plain file name (no folder part, not ``.`` / ``..``, no NUL), else a ValueError
-    naming ``where``: ids from CSVs build file names, and must not lead out of the data folder."""
-    if not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\\0") or Path(image_id).is_absolute():
-        raise ValueError(f"{where}: image id {image_id!r} is not a plain file name (it must not name a folder)")
-    return image_id
 
 
 def encode_mask(mask: np.ndarray, rule: str | np.ndarray, seg_classes: int, path: Path) -> np.ndarray:
@@ -109,6 +102,9 @@ class MTLDataset(Dataset):
         cache_dir: see :func:`make_cache`.
         in_chans: 3 (default) or 1 (luminance) channels in ``"image"``.
         augment: overrides for :class:`~fastmtl.data.transforms.PairTransform` (hflip_p, rotate_p, degrees).
+        strict_labels: refuse a label table (or a volume) with problems, naming the first
+            (:func:`fastmtl.data.tables.refuse`); False leaves the bad rows out and keeps every problem in
+            ``label_problems`` (what ``fastmtl check-data`` lists).
     """
 
     class_names: tuple[str, ...] = ()
@@ -145,6 +141,7 @@ class MTLDataset(Dataset):
         cache_dir: CacheDir = None,
         in_chans: int = 3,
         augment: dict[str, float] | None = None,
+        strict_labels: bool = True,
     ) -> None:
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
@@ -161,6 +158,14 @@ class MTLDataset(Dataset):
         self.has_labels = np.zeros(0, dtype=bool)
         self.has_masks = np.zeros(0, dtype=bool)
         self.groups = np.zeros(0, dtype=object)
+        self.strict_labels = bool(strict_labels)
+        self.label_problems: list[Problem] = []
+
+    def _table_problems(self, problems: list[Problem]) -> None:
+        """Refuses ``problems`` (strict) or records them in ``label_problems``."""
+        if self.strict_labels:
+            refuse(problems)
+        self.label_problems.extend(problems)
 
     def __len__(self) -> int:
         return len(self.ids)

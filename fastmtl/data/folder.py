@@ -19,39 +19,44 @@ import numpy as np
 
 from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.io import IMAGE_EXTENSIONS
+from fastmtl.data.tables import LabelTable, match_files, refuse, validate_rows
 
-__all__ = ["ImageFolder", "read_label_table"]
+__all__ = ["ImageFolder", "folder_label_table", "read_label_table"]
 
 _MASK_SUFFIXES = ("", "_mask", "_segmentation")
 _SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "validation"), "test": ("test",)}
 
 
+def folder_label_table(csv_path: Path) -> LabelTable:
+    """Every row of ``labels.csv`` (first column the image id or stem, then one 0/1 column per class, named by the
+    header) validated by :func:`fastmtl.data.tables.validate_rows`; ``a.png`` and ``a`` name the same image.
+
+    Raises:
+        ValueError: no header with at least one class column.
+    """
+    with open(csv_path, newline="") as file:
+        reader = csv.reader(file)
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    if not rows or len(rows[0][1]) < 2:
+        raise ValueError(f"{csv_path} needs a header 'id,<class>,...' with at least one class column")
+    names = tuple(cell.strip() for cell in rows[0][1][1:])
+    cells = [(line, row[0], row[1:]) for line, row in rows[1:]]
+    return validate_rows(csv_path, cells, names, key=lambda image_id: Path(image_id).stem)
+
+
 def read_label_table(csv_path: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
-    """Reads ``labels.csv``: first column the image id or stem, the others one 0/1 column per class.
+    """Reads ``labels.csv`` (see :func:`folder_label_table`).
 
     Returns:
         (class names, {stem: float32 (K,) labels}).
+
+    Raises:
+        ValueError: a malformed header, or a row breaking a rule (the message names the file, row and value of the
+            first and counts the others).
     """
-    with open(csv_path, newline="") as file:
-        rows = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
-    if not rows or len(rows[0]) < 2:
-        raise ValueError(f"{csv_path} needs a header 'id,<class>,...' with at least one class column")
-    names = tuple(cell.strip() for cell in rows[0][1:])
-    table: dict[str, np.ndarray] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(names) + 1:
-            raise ValueError(f"{csv_path}:{line}: expected {len(names) + 1} columns, got {len(row)}")
-        try:
-            values = np.array([float(cell) for cell in row[1:]], dtype=np.float32)
-        except ValueError as err:
-            raise ValueError(f"{csv_path}:{line}: non-numeric label in {row}") from err
-        if not np.isin(values, (0.0, 1.0)).all():
-            raise ValueError(f"{csv_path}:{line}: labels must be 0 or 1, got {row[1:]}")
-        stem = Path(row[0].strip()).stem
-        if stem in table:
-            raise ValueError(f"{csv_path}:{line}: {stem} is listed twice")
-        table[stem] = values
-    return names, table
+    table = folder_label_table(csv_path)
+    refuse(table.problems)
+    return table.columns, dict(zip(table.ids, table.labels, strict=True))
 
 
 def _index_files(folder: Path) -> dict[str, Path]:
@@ -114,12 +119,13 @@ class ImageFolder(MTLDataset):
         if not images:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
         label_csv = self.root / "labels.csv"
-        names, table = read_label_table(label_csv) if label_csv.is_file() else ((), {})
-        self.class_names = names
+        table = folder_label_table(label_csv) if label_csv.is_file() else None
+        self.class_names = names = () if table is None else table.columns
         super().__init__(img_size=img_size, train=train, cache_dir=cache_dir, **kwargs)
-        unknown = sorted(set(table) - set(images))
-        if unknown:
-            raise FileNotFoundError(f"{len(unknown)} id(s) in {label_csv} have no image in {image_dir}: {unknown[:3]}")
+        if table is not None:  # an image without a row is fine here: an unlabelled sample
+            match_files(table, images.get, image_dir)
+            self._table_problems(table.problems)
+        table = {} if table is None else dict(zip(table.ids, table.labels, strict=True))
         stems = list(images)
         self.image_paths = [images[s] for s in stems]
         self.mask_paths = self._match_masks(stems)

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmtl.data.base import CacheDir, MTLDataset, check_plain_id
+from fastmtl.data.base import CacheDir, MTLDataset
+from fastmtl.data.tables import LabelTable, Problem, match_files, refuse, validate_rows
 
-__all__ = ["ISIC2017", "ISIC_CLASSES", "isic_split_name", "read_isic_labels"]
+__all__ = ["ISIC2017", "ISIC_CLASSES", "isic_label_table", "isic_split_name", "read_isic_labels"]
 
 ISIC_CLASSES = ("melanoma", "seborrheic_keratosis", "nevus")
 _FOLDER_INFIX = {"training": "Training", "validation": "Validation", "test": "Test_v2"}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_LABEL_COLUMNS = ("melanoma", "seborrheic_keratosis")
 
 
 def isic_split_name(root: Path, split: str) -> str:
@@ -33,6 +35,35 @@ def isic_split_name(root: Path, split: str) -> str:
     return name
 
 
+def isic_label_table(csv_path: Path) -> LabelTable:
+    """Every row of a Part 3 ground-truth CSV, validated (:func:`fastmtl.data.tables.validate_rows`: plain ids,
+    labels 0 or 1, not both melanoma and seborrheic keratosis, no id twice); the problems are in the table.
+
+    Raises:
+        ValueError: a required column is missing.
+    """
+    with open(csv_path, newline="") as file:
+        reader = csv.DictReader(file)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("image_id", *_LABEL_COLUMNS) if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{csv_path} lacks column(s) {missing}; expected image_id, melanoma, seborrheic_keratosis, "
+                f"found {columns}"
+            )
+        rows = []
+        for row in reader:
+            row = {k.strip(): v for k, v in row.items() if k is not None}
+            rows.append((reader.line_num, row["image_id"], [row[c] for c in _LABEL_COLUMNS]))
+    return validate_rows(csv_path, rows, _LABEL_COLUMNS, exclusive=_LABEL_COLUMNS)
+
+
+def _with_nevus(labels: np.ndarray) -> np.ndarray:
+    """(N, 2) melanoma / seborrheic keratosis -> (N, 3) with nevus = neither."""
+    nevus = (labels < 0.5).all(axis=1, keepdims=True)
+    return np.concatenate([labels, nevus], axis=1).astype(np.float32)
+
+
 def read_isic_labels(csv_path: Path) -> tuple[list[str], np.ndarray]:
     """Reads a Part 3 ground-truth CSV.
 
@@ -40,44 +71,26 @@ def read_isic_labels(csv_path: Path) -> tuple[list[str], np.ndarray]:
         (image ids, float32 (N, 3) labels melanoma / seborrheic keratosis / nevus).
 
     Raises:
-        ValueError: a required column is missing; an id is not a plain file name or is listed twice; a label is
-            not 0 or 1, or an image is both melanoma and seborrheic keratosis.
+        ValueError: a required column is missing, or a row breaks a rule of :func:`isic_label_table` (the message
+            names the file, row and value of the first such row and counts the others).
     """
-    with open(csv_path, newline="") as file:
-        reader = csv.DictReader(file)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("image_id", "melanoma", "seborrheic_keratosis") if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{csv_path} lacks column(s) {missing}; expected image_id, melanoma, seborrheic_keratosis, "
-                f"found {columns}"
-            )
-        ids, rows, seen = [], [], {}
-        for line, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            image_id = check_plain_id(row["image_id"], f"{csv_path}:{line}")
-            try:
-                mel, sk = float(row["melanoma"]), float(row["seborrheic_keratosis"])
-            except ValueError as err:
-                raise ValueError(f"{csv_path}:{line}: non-numeric label in {row}") from err
-            if mel not in (0.0, 1.0) or sk not in (0.0, 1.0):
-                raise ValueError(f"{csv_path}:{line}: labels must be 0 or 1, got {mel} and {sk} for {image_id}")
-            if mel and sk:
-                raise ValueError(f"{csv_path}:{line}: {image_id} is labelled both melanoma and seborrheic keratosis")
-            if image_id in seen:
-                raise ValueError(f"{csv_path}:{line}: {image_id} is listed twice (also on line {seen[image_id]})")
-            seen[image_id] = line
-            ids.append(image_id)
-            rows.append((mel, sk, float(mel < 0.5 and sk < 0.5)))
-    return ids, np.asarray(rows, dtype=np.float32).reshape(-1, 3)
+    table = isic_label_table(csv_path)
+    refuse(table.problems)
+    return table.ids, _with_nevus(table.labels)
 
 
-def _find_image(folder: Path, image_id: str) -> Path | None:
-    for suffix in _IMAGE_SUFFIXES:
-        path = folder / f"{image_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in _IMAGE_SUFFIXES and path.stem.startswith("ISIC_") and "superpixels" not in path.stem
+
+
+def _list_images(folder: Path) -> dict[str, Path]:
+    """{id: image file} of the folder (``.jpg`` before ``.jpeg`` before ``.png`` when an id has several)."""
+    found: dict[str, Path] = {}
+    rank = {suffix: i for i, suffix in enumerate(_IMAGE_SUFFIXES)}
+    for path in sorted(folder.iterdir(), key=lambda p: (p.stem, rank.get(p.suffix.lower(), 9))):
+        if _is_image(path) and path.stem not in found:
+            found[path.stem] = path
+    return found
 
 
 class ISIC2017(MTLDataset):
@@ -127,45 +140,38 @@ class ISIC2017(MTLDataset):
         if not self.image_dir.is_dir():
             found = sorted(p.name for p in self.root.glob("ISIC-2017_*")) if self.root.is_dir() else []
             raise FileNotFoundError(f"ISIC 2017 image folder {self.image_dir} not found; {self.root} holds {found}")
-        ids, labels, has_labels = self._read_ids(require_labels)
-        self.image_paths = self._image_paths(ids)
+        ids, labels, has_labels, self.image_paths = self._read_ids(require_labels)
         self.mask_paths = self._mask_paths(ids)
         has_masks = [p is not None for p in self.mask_paths]
         self._finalize(ids, labels, has_labels, has_masks, groups=ids)
 
-    def _read_ids(self, require_labels: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def _read_ids(self, require_labels: bool) -> tuple[list[str], np.ndarray, np.ndarray, list[Path]]:
+        """Ids, labels, has_labels and image paths: the CSV's rows that have an image (every problem of the table
+        refused or, with ``strict_labels=False``, recorded), else every image of the folder."""
+        present = _list_images(self.image_dir)
         if self.csv_path.is_file():
-            ids, labels = read_isic_labels(self.csv_path)
-            return ids, labels, np.ones(len(ids), dtype=bool)
+            table = isic_label_table(self.csv_path)
+            paths = match_files(table, present.get, self.image_dir, present)
+            self._table_problems(table.problems)
+            return table.ids, _with_nevus(table.labels), np.ones(len(table.ids), dtype=bool), paths
         if require_labels:
             raise FileNotFoundError(
                 f"ISIC 2017 label CSV {self.csv_path} not found (pass require_labels=False to load images only)"
             )
-        ids = sorted(
-            p.stem
-            for p in self.image_dir.iterdir()
-            if p.suffix.lower() in _IMAGE_SUFFIXES and p.stem.startswith("ISIC_") and "superpixels" not in p.stem
-        )
-        return ids, np.zeros((len(ids), 3), dtype=np.float32), np.zeros(len(ids), dtype=bool)
-
-    def _image_paths(self, ids: list[str]) -> list[Path]:
-        paths = [_find_image(self.image_dir, image_id) for image_id in ids]
-        missing = [image_id for image_id, path in zip(ids, paths, strict=True) if path is None]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} image id(s) listed in {self.csv_path.name} have no image in {self.image_dir}, "
-                f"e.g. {missing[:3]}"
-            )
-        return paths
+        ids = sorted(present)
+        return ids, np.zeros((len(ids), 3), np.float32), np.zeros(len(ids), dtype=bool), [present[i] for i in ids]
 
     def _mask_paths(self, ids: list[str]) -> list[Path | None]:
         if not self.mask_dir.is_dir():
             return [None] * len(ids)
         paths = [self.mask_dir / f"{image_id}_segmentation.png" for image_id in ids]
-        missing = [p.name for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} mask(s) missing in {self.mask_dir}, e.g. {missing[:3]}")
-        return paths
+        missing = {p for p in paths if not p.is_file()}
+        if missing and self.strict_labels:
+            names = sorted(p.name for p in missing)[:3]
+            raise FileNotFoundError(f"{len(missing)} mask(s) missing in {self.mask_dir}, e.g. {names}")
+        gone = [Problem(str(p), "missing mask", f"no mask in {self.mask_dir.name}") for p in sorted(missing)]
+        self.label_problems += gone
+        return [None if p in missing else p for p in paths]
 
     def _load(self, index: int) -> dict[str, np.ndarray]:
         return self._load_files(self.image_paths[index], self.mask_paths[index], "binary")

@@ -21,6 +21,7 @@ import numpy as np
 from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.retouch import RETOUCH_CLASSES, RETOUCH_SEG_CLASSES
 from fastmtl.data.splits import select_split
+from fastmtl.data.tables import LabelTable, match_files, relative_path_error, validate_rows
 
 __all__ = ["OCTManifest", "parse_mask_encoding", "mask_lut"]
 
@@ -63,11 +64,6 @@ def mask_lut(encoding: str, task: str) -> np.ndarray | str:
             raise ValueError(f"mask encoding {encoding!r} has class {name!r}, which is not bg/IRF/SRF/PED")
         lut[value] = _RETOUCH_INDEX.get(key, 0)
     return lut
-
-
-def _flag(text: str) -> float | None:
-    text = (text or "").strip()
-    return None if text == "" else float(float(text) > 0.5)
 
 
 class OCTManifest(MTLDataset):
@@ -115,22 +111,22 @@ class OCTManifest(MTLDataset):
         self.task, self.subset, self.split = task, subset, self.resolve_split(split)
         path = Path(root)
         self.manifest = path / "manifest.csv" if path.is_dir() else path
-        rows = self._read_rows(subset, vendor)
+        base = self.manifest.parent
+        rows = self._valid_rows(self._read_rows(subset, vendor), base)
         keep = select_split([r["subject"] for r in rows], self.split, fractions, seed)
         rows = [rows[i] for i in keep]
-        base = self.manifest.parent
         self.image_paths = [base / r["image_path"] for r in rows]
         self.mask_paths = [base / r["mask_path"] if r["mask_path"].strip() else None for r in rows]
-        self.rules = [mask_lut(r["mask_encoding"], task) if r["mask_path"].strip() else "index" for r in rows]
+        self.rules = [r["_rule"] for r in rows]
         self.vendors = [r["vendor"] for r in rows]
-        flags = [[_flag(r.get(c, "")) for c in self._label_columns] for r in rows]
-        labels = [[v or 0.0 for v in f] for f in flags]
-        has_labels = [all(v is not None for v in f) for f in flags]
-        ids = [f"{r['dataset']}/{r['case_id']}" for r in rows]
+        labels = np.array([r["_labels"] for r in rows], dtype=np.float32).reshape(len(rows), len(self.class_names))
+        has_labels = ~np.isnan(labels).any(axis=1)
+        ids = [r["_id"] for r in rows]
         has_masks = [p is not None for p in self.mask_paths]
-        self._finalize(ids, labels, has_labels, has_masks, groups=[r["subject"] for r in rows])
+        self._finalize(ids, np.nan_to_num(labels), has_labels, has_masks, groups=[r["subject"] for r in rows])
 
     def _read_rows(self, subset: str | None, vendor: str | None) -> list[dict[str, str]]:
+        """The manifest's rows of ``subset`` and ``vendor``, each with its line number as ``"_line"``."""
         if not self.manifest.is_file():
             raise FileNotFoundError(f"OCT manifest {self.manifest} not found")
         with open(self.manifest, newline="") as file:
@@ -138,7 +134,8 @@ class OCTManifest(MTLDataset):
             missing = [c for c in _COLUMNS + self._label_columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(f"{self.manifest} lacks column(s) {missing}; found {reader.fieldnames}")
-            rows = list(reader)
+            rows = [{**{k: v or "" for k, v in row.items() if k is not None}, "_line": reader.line_num}
+                    for row in reader]  # fmt: skip
         available = sorted({r["dataset"] for r in rows})
         if subset is not None:
             rows = [r for r in rows if r["dataset"] == subset]
@@ -149,6 +146,45 @@ class OCTManifest(MTLDataset):
             if not rows:
                 raise ValueError(f"no rows with vendor={vendor!r} (subset={subset!r}) in {self.manifest}")
         return rows
+
+    def _valid_rows(self, rows: list[dict], base: Path) -> list[dict]:
+        """The rows that pass the table rules (:mod:`fastmtl.data.tables`: paths inside the manifest's folder, flags
+        0, 1 or empty, no case twice, the image and mask files there) and whose mask encoding suits the task, with
+        ``"_id"``, ``"_labels"`` and ``"_rule"`` added. Every other row is refused or recorded (``strict_labels``)."""
+        early, usable = LabelTable(self.manifest, ()), {}
+        for r in rows:
+            error = relative_path_error(r["image_path"])
+            if r["mask_path"].strip():
+                error = error or relative_path_error(r["mask_path"])
+            if error:
+                early.add(r["_line"], "path leaves the folder", error)
+                continue
+            try:
+                r["_rule"] = mask_lut(r["mask_encoding"], self.task) if r["mask_path"].strip() else "index"
+            except ValueError as err:
+                early.add(r["_line"], "mask encoding", str(err))
+                continue
+            usable[r["_line"]] = r
+        cells = [(line, f"{r['dataset']}/{r['case_id']}", [r[c] for c in self._label_columns])
+                 for line, r in usable.items()]  # fmt: skip
+        table = validate_rows(self.manifest, cells, self._label_columns, allow_unknown=True, plain_ids=False)
+        table.found += early.found
+        by_id = {case: usable[line] for case, line in zip(table.ids, table.lines, strict=True)}
+
+        def image(case: str) -> Path | None:
+            path = base / by_id[case]["image_path"]
+            return path if path.is_file() else None
+
+        match_files(table, image, base, expected=lambda case: by_id[case]["image_path"])
+        good = []
+        for case, values, line in zip(table.ids, table.rows, table.lines, strict=True):
+            r = by_id[case]
+            if r["mask_path"].strip() and not (base / r["mask_path"]).is_file():
+                table.add(line, "missing mask", f"{case}: mask {r['mask_path']} not found in {base}")
+                continue
+            good.append({**r, "_id": case, "_labels": values})
+        self._table_problems(table.problems)
+        return good
 
     def _load(self, index: int) -> dict[str, np.ndarray]:
         return self._load_files(self.image_paths[index], self.mask_paths[index], self.rules[index])

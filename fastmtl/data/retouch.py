@@ -23,6 +23,7 @@ import numpy as np
 from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.cache import resize_image, resize_mask, source_key
 from fastmtl.data.splits import select_split
+from fastmtl.data.tables import Problem
 
 __all__ = ["RETOUCH_CLASSES", "RETOUCH_SEG_CLASSES", "RETOUCH_VENDORS", "Retouch", "RetouchVolume", "find_volumes"]
 
@@ -163,11 +164,11 @@ class Retouch(MTLDataset):
         super().__init__(img_size=img_size, train=train, cache_dir=cache_dir, **kwargs)
         self.root, self.split = Path(root), self.resolve_split(split)
         volumes = find_volumes(self.root, vendor)
-        self.volumes = self._select(volumes, self.split, fractions, seed)
+        self.volumes = self._readable(self._select(volumes, self.split, fractions, seed))
         self.items: list[tuple[int, int]] = []  # (volume index, B-scan index)
         ids, labels, has_labels, groups = [], [], [], []
         for v, volume in enumerate(self.volumes):
-            presence = self._prepare(volume)["presence"]  # (n_bscans, 3)
+            presence = self._prepare(volume)["presence"]  # (n_bscans, 3), cached by _readable
             for k in range(volume.shape[0]):
                 self.items.append((v, k))
                 ids.append(f"{volume.name}/{k:03d}")
@@ -187,6 +188,22 @@ class Retouch(MTLDataset):
             keep = {groups[i] for i in select_split(groups, split, fractions, seed)}
             chosen += [v for v in mine if v.name in keep]
         return chosen
+
+    def _readable(self, volumes: list[RetouchVolume]) -> list[RetouchVolume]:
+        """``volumes`` extracted into the cache; a volume that cannot be read, or whose reference differs in size
+        or holds labels outside 0..3, is refused, or with ``strict_labels=False`` left out and recorded in
+        ``label_problems`` (so ``fastmtl check-data`` names every bad volume, not the first)."""
+        good = []
+        for volume in volumes:
+            try:
+                self._prepare(volume)
+            except ValueError as err:
+                if self.strict_labels:
+                    raise
+                self.label_problems.append(Problem(str(volume.oct_path.parent), "unreadable volume", str(err)))
+                continue
+            good.append(volume)
+        return good
 
     def _slice_key(self, volume: RetouchVolume, k: int) -> str:
         return source_key(volume.sources, "retouch-bscan", self.img_size, k)

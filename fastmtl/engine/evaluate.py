@@ -3,7 +3,9 @@
 :func:`evaluate` loads a checkpoint, evaluates one split at the model's ``img_size`` with the loop that also
 validates during training (:func:`fastmtl.engine.eval_loop.run_evaluation`, re-exported here with
 :class:`~fastmtl.engine.eval_loop.EvalState` and :func:`~fastmtl.engine.eval_loop.sync_state`), prints the table
-and writes ``metrics.json``, ``roc.png``, ``confusion.png`` and ``worst/<id>.png`` into ``out_dir``.
+and writes ``metrics.json``, ``roc.png``, ``confusion.png`` and ``worst/<id>.png`` into ``out_dir``, which it
+holds locked meanwhile (:func:`fastmtl.files.exclusive_folder`, as train and predict do: a second job into the
+same folder is refused with a message naming the holder).
 :func:`evaluate_model` is the same loop for a model already in memory.
 
 A split without masks still gets classification metrics, one without labels segmentation metrics.
@@ -27,7 +29,7 @@ from fastmtl.engine.ckpt_meta import warn_if_synthetic
 from fastmtl.engine.eval_loop import EvalState, run_evaluation, sync_state
 from fastmtl.engine.overlay import case_panel, save_png
 from fastmtl.engine.plots import plot_confusion, plot_roc
-from fastmtl.files import atomic_write_json, safe_name
+from fastmtl.files import atomic_write_json, exclusive_folder, safe_name
 from fastmtl.metrics import format_table
 from fastmtl.output import seg_to_classes
 from fastmtl.runtime import autocast
@@ -146,7 +148,17 @@ def evaluate(
     Returns:
         The ``metrics.json`` content (metrics with NaN as None, files, worst ids and Dice, run facts) plus
         ``"table"``, the printed text table.
+
+    Raises:
+        FolderBusyError: another fastmtl job holds ``out_dir`` (the message names it).
     """
+    with exclusive_folder(out_dir, "eval"):
+        return _evaluate(checkpoint, data_root, split, Path(out_dir), kind, batch_size, num_workers, device, worst_k,
+                         dataset_opts)  # fmt: skip
+
+
+def _evaluate(checkpoint, data_root, split, out_dir: Path, kind, batch_size, num_workers, device, worst_k,
+              dataset_opts) -> dict[str, Any]:  # fmt: skip
     from fastmtl.data import build_dataset
     from fastmtl.data.preflight import describe, screen
 
@@ -176,7 +188,6 @@ def evaluate(
     metrics = state.metrics()
     table = format_table(metrics)
     print(table)
-    out_dir = Path(out_dir)
     files = _report_files(state, out_dir)
     worst = _worst(state.records, worst_k)
     files["worst"] = [str(p) for p in _write_worst(model, dataset, worst, out_dir / "worst", device)]

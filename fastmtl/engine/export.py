@@ -16,6 +16,11 @@ ONNX (``format="onnx"``): ``torch.onnx.export(..., dynamo=True)``; needs ``pip i
 The input is one float32 ``(B, in_chans, img_size, img_size)`` batch, normalised as ``predict`` does; the batch
 dimension is dynamic (1..1024) unless ``dynamic_batch=False``. The export always uses the PyTorch reference
 layers (Inductor generates its own kernels for the graph).
+
+While it runs, an export holds the lock of its output file (:func:`output_lock`: ``<folder>/.<name>.lock/``, taken
+with :func:`fastmtl.files.exclusive_folder` like the folders of train, eval and predict): a second export to the
+same file is refused with a message naming the holder. The lock is per file, not on the whole folder, so exports
+to other files of that folder, or a training run writing its checkpoints there, are not held up.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +38,10 @@ from torch import nn
 import fastmtl
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
+from fastmtl.files import exclusive_folder
 from fastmtl.inference import fold_batchnorms
 
-__all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats"]
+__all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
 
 FORMATS = ("aoti", "onnx")
 MAX_BATCH = 1024
@@ -119,6 +126,13 @@ def _check(run, model: nn.Module, example: torch.Tensor, names: list[str], batch
                 )
 
 
+def output_lock(out_path: str | os.PathLike) -> AbstractContextManager[None]:
+    """The lock an export of ``out_path`` holds (see the module docstring); raises FolderBusyError, naming the
+    holder, when another job holds it."""
+    out = Path(out_path)
+    return exclusive_folder(out.parent / f".{out.name}.lock", "export")
+
+
 def _require(*modules: str, what: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
@@ -195,15 +209,26 @@ def export(
 
     Raises:
         ValueError: an unknown format or a bad size.
+        IsADirectoryError: ``out_path`` is a folder.
+        FolderBusyError: another export of ``out_path`` is running (:func:`output_lock`).
         ModuleNotFoundError: ONNX export without onnx/onnxscript (the message says what to install).
         ExportCheckError: the parity check failed.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
+    if img_size is not None and img_size < 1:
+        raise ValueError(f"img_size must be at least 1, got {img_size}")
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise IsADirectoryError(f"export output {out} is a folder; expected the file to write (.pt2 or .onnx)")
+    with output_lock(out):
+        return _export(checkpoint, out, format, img_size, batch_size, dynamic_batch, check, device)
+
+
+def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynamic_batch: bool, check: bool,
+            device) -> Path:  # fmt: skip
     model, meta = load_model(checkpoint, device=device, kernels="reference")
     config = model_config(model)
     size = img_size or config.img_size
@@ -227,6 +252,6 @@ def export(
         elif check:
             runner = _load_onnx(out)
     if runner is not None:
-        batches = [batch_size] + ([batch_size + 1] if dynamic_batch else [])
+        batches = [batch_size] + ([batch_size + 1] if dynamic_batch and batch_size < MAX_BATCH else [])
         _check(runner, model, example, names, batches)
     return out

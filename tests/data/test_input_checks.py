@@ -161,8 +161,9 @@ def test_check_data_lists_every_problem_in_one_table_and_csv(tmp_path, capsys, m
     Image.fromarray(noisy).save(truth / "ISIC_0000003_segmentation.png")
     rotated = Image.open(data / "ISIC_0000004.jpg")
     exif = rotated.getexif()
-    exif[0x0112] = 6
+    exif[0x0112] = 6  # shown turned by 90 degrees; the mask below was drawn on that view (48x40, not 40x48)
     rotated.save(data / "ISIC_0000004.jpg", exif=exif)
+    Image.fromarray(np.zeros((48, 40), np.uint8)).save(truth / "ISIC_0000004_segmentation.png")
     Image.new("RGB", (48, 40)).save(data / "ISIC_0000099.jpg")  # an image without a label row
     report = tmp_path / "report.csv"
     args = ["check-data", "--data-root", str(root), "--split", "training", "--out", str(report)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -11,11 +12,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fastmtl.cli import main
 from fastmtl.data import build_dataset
 from fastmtl.engine.checkpoint import load_model
 from fastmtl.engine.evaluate import EvalState, evaluate, evaluate_model, run_evaluation, sync_state
 from fastmtl.engine.overlay import GT_COLOR, draw_overlay, mask_boundary
 from fastmtl.engine.plots import plot_confusion, plot_examples, plot_history, plot_roc
+from fastmtl.files import LOCK_NAME, exclusive_folder
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter
 
 SEG_KEYS = ("dsc", "ji", "global_dice", "dsc_lesion", "ji_lesion", "n_seg_images")
@@ -152,3 +155,19 @@ def test_example_grid_has_a_row_per_example(tmp_path):
     assert Image.open(two).height > Image.open(one).height
     with pytest.raises(ValueError, match="at least one"):
         plot_examples([], tmp_path / "none.png")
+
+
+def test_a_second_job_into_a_busy_report_folder_is_refused_naming_the_holder(
+    tmp_path, tiny_checkpoint, isic_root, capsys
+):
+    out = tmp_path / "report"
+    args = ["eval", "--checkpoint", str(tiny_checkpoint(img_size=32)), "--data-root", str(isic_root(n=2)),
+            "--split", "validation", "--out", str(out), "--workers", "0"]  # fmt: skip
+    with exclusive_folder(out, "train"):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert (out / LOCK_NAME).is_file()  # the holder's lock stays
+    assert err.startswith(f"fastmtl: error: {out} is in use by another fastmtl job (train, pid {os.getpid()}")
+    assert len(err.splitlines()) == 1 and not (out / "metrics.json").exists()
+    assert main(args) == 0 and (out / "metrics.json").is_file()  # free again: the same command runs
+    assert not (out / LOCK_NAME).exists()
