@@ -234,7 +234,9 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return bool(value)
         raise bad
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad  # int() of NaN or inf would raise its own error, naming no key
+        if int(value) != value:
             raise bad
         return int(value)
     if kind is float:

@@ -1,0 +1,193 @@
+"""CPU inference paths side by side: images/s, the ratio to eager fp32, and agreement with fp32 on real images.
+
+Group ``cpu-precision-<img>px-b<batch>`` (224 px, batches 1 and 8; ``--bench-quick``: 64 px, batch 2, uncompiled
+paths only). Providers, all of ``resformer_mtl`` (the weights of ``--bench-checkpoint`` when given, else seeded
+random ones, which the results say):
+
+- ``eager-fp32``: the model as built (the baseline);
+- ``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``, ``int8``: :func:`fastmtl.precision.build_path`
+  (bf16 only where the CPU computes it natively; int8 needs torchao; skipped with the reason otherwise);
+- ``onnxruntime``: the ``fastmtl export --format onnx`` file on ONNX Runtime's CPU provider (the ``export`` extra);
+- ``auto``: what ``fastmtl predict`` runs by default on a job large enough to measure
+  (:func:`fastmtl.precision.choose_precision`, its cached decision removed first).
+
+Each batch-8 case also runs the first ``FASTMTL_BENCH_ACCURACY_IMAGES`` (default 200) ISIC 2017 images of
+``../shared/data`` and records its agreement with eager fp32 there (mask DSC and pixel agreement in %, mean/max
+class-probability difference) and, from the ground-truth masks, the change in mean DSC. ``extra_info`` carries
+``speedup_vs_eager`` (against ``eager-fp32`` of the same group, measured earlier in the same session).
+
+Run: ``pytest bench/test_cpu_precision.py --benchmark-json=out.json`` then ``python -m bench.report out.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastmtl
+from fastmtl import precision as P
+from fastmtl.output import MTLOutput
+
+ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
+PROVIDERS = ("eager-fp32", "fp32", "fp32+compile", "bf16", "bf16+compile", "int8", "onnxruntime", "auto")
+QUICK_PROVIDERS = ("eager-fp32", "fp32", "onnxruntime")
+_EAGER: dict[str, float] = {}  # group -> eager images/s
+
+
+def _shapes(quick: bool) -> list[tuple[int, int]]:
+    return [(64, 2)] if quick else [(224, 1), (224, 8)]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cpu_case" not in metafunc.fixturenames:
+        return
+    quick = bool(metafunc.config.getoption("bench_quick"))
+    params = [pytest.param((img, batch, provider), id=f"{img}px-b{batch}-{provider}")
+              for img, batch in _shapes(quick) for provider in (QUICK_PROVIDERS if quick else PROVIDERS)]  # fmt: skip
+    metafunc.parametrize("cpu_case", params)
+
+
+@pytest.fixture(scope="module")
+def weights(pytestconfig: pytest.Config, tmp_path_factory, bench_quick: bool) -> tuple[Path, str]:
+    """(checkpoint file, what the weights are): --bench-checkpoint, or seeded random weights saved once."""
+    given = pytestconfig.getoption("bench_checkpoint")
+    if given:
+        return Path(given), f"checkpoint {given}"
+    from fastmtl.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = fastmtl.create_model("resformer_mtl", img_size=_shapes(bench_quick)[0][0])
+    path = save_checkpoint(tmp_path_factory.mktemp("cpu-precision") / "random", model)
+    return path, "random init (seed 0; pass --bench-checkpoint for trained weights)"
+
+
+@pytest.fixture(scope="module")
+def isic_images(bench_quick: bool) -> list[tuple[Path, Path]]:
+    """(image, ground-truth mask) pairs of the shared ISIC 2017 training split, sorted by id."""
+    images = ISIC / "ISIC-2017_Training_Data"
+    if not images.is_dir():
+        return []
+    n = 4 if bench_quick else int(os.environ.get("FASTMTL_BENCH_ACCURACY_IMAGES", 200))
+    found = sorted(p for p in images.glob("ISIC_*.jpg"))[:n]
+    masks = ISIC / "ISIC-2017_Training_Part1_GroundTruth"
+    return [(p, masks / f"{p.stem}_segmentation.png") for p in found]
+
+
+def _model(checkpoint: Path, img_size: int) -> torch.nn.Module:
+    from fastmtl.engine.checkpoint import load_model
+
+    model, _ = load_model(checkpoint, device="cpu")
+    if model.config.img_size != img_size:
+        torch.manual_seed(0)
+        fresh = fastmtl.create_model(model.config.name, img_size=img_size)
+        own = fresh.state_dict()  # tables that depend on the input size (attention masks) keep the fresh ones
+        fresh.load_state_dict({k: v for k, v in model.state_dict().items() if own[k].shape == v.shape}, strict=False)
+        model = fresh
+    return model.eval()
+
+
+def _onnx(checkpoint: Path, img_size: int, batch: int, tmp: Path):
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (the export extra)")
+    from fastmtl.engine.export import export
+
+    path = export(checkpoint, tmp / "model.onnx", format="onnx", img_size=img_size, batch_size=batch, check=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> MTLOutput:
+        seg, cls = session.run(None, {name: x.numpy()})
+        return MTLOutput(torch.from_numpy(seg), torch.from_numpy(cls))
+
+    return run
+
+
+def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibration, tmp: Path):
+    if provider == "eager-fp32":
+        return model
+    if provider == "onnxruntime":
+        return _onnx(checkpoint, example.shape[-1], example.shape[0], tmp)
+    if provider == "auto":
+        P.decision_file(checkpoint, example, P.cpu_info()).unlink(missing_ok=True)
+        net, decision = P.choose_precision(model, checkpoint, calibration, n_images=10**6, min_images=0)
+        return net, decision
+    precision, compiled = provider.removesuffix("+compile"), provider.endswith("+compile")
+    try:
+        return P.build_path(model, precision, example, compile=compiled, calibration=calibration)
+    except P.PrecisionUnavailable as e:
+        pytest.skip(f"{provider}: {e}")
+
+
+_REFERENCE: dict[tuple, tuple] = {}  # (checkpoint, img_size, batch) -> (images, eager fp32 outputs, truth)
+
+
+def _reference(model, checkpoint: Path, images: list[tuple[Path, Path]], img_size: int, batch: int) -> tuple:
+    """The decoded images, eager fp32's outputs on them and the ground-truth masks, computed once per shape."""
+    key = (str(checkpoint), img_size, batch)
+    if key not in _REFERENCE:
+        from fastmtl.data.images import ImagePaths
+        from fastmtl.data.io import read_mask
+
+        n = len(images) // batch * batch
+        data = ImagePaths([p for p, _ in images[:n]], (img_size, img_size))
+        x = torch.stack([data[i]["image"] for i in range(n)])
+        with torch.inference_mode():
+            outs = [model(c) for c in x.split(batch)]
+        ref = MTLOutput(*(torch.cat([o[i] for o in outs]) for i in range(2)))
+        masks = [torch.from_numpy((read_mask(m) > 0).astype(np.float32))[None, None] for _, m in images[:n]]
+        truth = torch.cat([F.interpolate(m, size=(img_size, img_size), mode="nearest") for m in masks])[:, 0] > 0
+        _REFERENCE[key] = (x, ref, truth)
+    return _REFERENCE[key]
+
+
+def _dsc(out: MTLOutput, truth: torch.Tensor) -> float:
+    pred = torch.sigmoid(out.seg_logits[:, 0].float()) > 0.5
+    inter, total = (pred & truth).sum((1, 2)).float(), (pred.sum((1, 2)) + truth.sum((1, 2))).float()
+    return (200 * inter / total.clamp(min=1)).mean().item()
+
+
+def _accuracy(net, x: torch.Tensor, ref: MTLOutput, truth: torch.Tensor, batch: int) -> dict[str, Any]:
+    """Agreement with eager fp32 and the change in mean DSC against the ground truth."""
+    with torch.inference_mode():
+        outs = [net(c) for c in x.split(batch)]
+    got = MTLOutput(*(torch.cat([o[i].float() for o in outs]) for i in range(2)))
+    found, fp32 = P.agreement(ref, got), _dsc(ref, truth)
+    return {"accuracy_images": x.shape[0], **{f"vs_fp32_{k}": round(v, 5) for k, v in found.items()},
+            "dsc_gt_fp32": round(fp32, 3), "dsc_gt_delta": round(_dsc(got, truth) - fp32, 3)}  # fmt: skip
+
+
+def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic_images, tmp_path) -> None:
+    if bench_device.type != "cpu":
+        pytest.skip("the CPU precision group runs on a CPU; on CUDA see bench/test_model.py")
+    img_size, batch, provider = cpu_case
+    group = f"cpu-precision-{img_size}px-b{batch}"
+    checkpoint, what = weights
+    model = _model(checkpoint, img_size)
+    torch.manual_seed(1)
+    example = torch.randn(batch, 3, img_size, img_size)
+    calibration = [example, *(torch.randn_like(example) for _ in range(3))]
+    built = _build(provider, model, checkpoint, example, calibration, tmp_path)
+    net, decision = built if isinstance(built, tuple) else (built, None)
+    facts: dict[str, Any] = {"weights": what, "img_size": img_size, "batch": batch, "cpu": P.cpu_info().key}
+    if decision is not None:
+        facts.update(auto_choice=decision.describe())
+
+    def forward():
+        with torch.inference_mode():
+            return net(example)
+
+    measure(forward, group=group, provider=provider, items=batch, compiled="compile" in provider or provider in
+            ("int8", "auto"), **facts)  # fmt: skip
+    rate = benchmark.extra_info.get("images_per_s")
+    if rate and provider == "eager-fp32":
+        _EAGER[group] = rate
+    if rate and group in _EAGER:
+        benchmark.extra_info["speedup_vs_eager"] = round(rate / _EAGER[group], 3)
+    if batch > 1 and isic_images:
+        x, ref, truth = _reference(model, checkpoint, isic_images, img_size, batch)
+        benchmark.extra_info.update(_accuracy(net, x, ref, truth, batch))
