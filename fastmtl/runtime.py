@@ -143,6 +143,7 @@ def idle_cpus(cpus: set[int] | None = None, interval: float = 0.1, stat: Path = 
     ``fastmtl predict`` 6x slower with 2 threads than with 1 on a 2-core machine whose cores another job held
     (1.7 vs 9.9 images/s), while with the cores free 2 threads win.
     """
+
     def sample() -> dict[int, tuple[int, int]]:
         counts = {}
         for line in stat.read_text().splitlines():
