@@ -352,10 +352,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from fastmtl.data import check_data, write_report
 
-    problems = check_data(args.data_root, args.split, kind=args.kind)
-    write_report(problems, args.out)
-    for p in problems:
-        print(f"{p.problem:<22} {p.path}: {p.detail}")
+    findings = check_data(args.data_root, args.split, kind=args.kind, include_notes=True)
+    write_report(findings, args.out)
+    for p in findings:
+        print(f"{'note: ' if p.note else ''}{p.problem:<22} {p.path}: {p.detail}")
+    problems = [p for p in findings if not p.note]
     if problems:
         raise ValueError(f"{len(problems)} problem(s) in {args.data_root} ({args.split}); report: {args.out}")
     print(f"{args.data_root} ({args.split}): no problems; report: {args.out}")

@@ -70,7 +70,9 @@ def test_an_orientation_the_mask_agrees_with_does_not_fail_check_data(split, tmp
     report = tmp_path / "report.csv"
     for _ in range(2):  # the second run answers from the cache, alike
         assert main(["check-data", "--data-root", str(root), "--out", str(report)]) == 0
-        assert "no problems" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "no problems" in printed and "note: exif orientation" in printed and "ISIC_0000002.jpg" in printed
+    assert "note: exif orientation" in report.read_text()
     assert check_data(root, "training", progress=False, include_notes=True)[0].note
 
 
