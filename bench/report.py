@@ -24,13 +24,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-EAGER = ("eager", "torch", "pytorch", "reference", "ref")
+EAGER = ("eager", "eager-fp32", "torch", "pytorch", "reference", "ref")
 COMPILED = ("compile", "compiled", "torch-compile", "torch_compile", "inductor")
 # (extra_info key, column label, higher is better)
 THROUGHPUT = (("images_per_s", "images/s", True), ("gbps", "GB/s", True), ("tflops", "TFLOP/s", True))
 ACCURACY = (("img_size", "img"), ("steps", "steps"), ("n_images", "images"), ("wall_s", "wall s"), ("dsc", "DSC %"),
             ("ji", "JI %"), ("global_dice", "global Dice %"), ("auc_mean", "AUC %"), ("acc", "Acc %"),
             ("sen", "Sen %"), ("spe", "Spe %"))  # fmt: skip
+# The CPU precision group (bench/test_cpu_precision.py): speed next to the agreement with fp32 and the DSC change.
+PRECISION = (("images_per_s", "images/s"), ("speedup_vs_eager", "x eager"), ("vs_fp32_mask_dsc", "mask DSC vs fp32 %"),
+             ("vs_fp32_mask_agreement", "pixels equal %"), ("vs_fp32_prob_mean_abs", "mean abs dp"),
+             ("vs_fp32_prob_max_abs", "max abs dp"), ("dsc_gt_delta", "DSC change (points)"),
+             ("accuracy_images", "images"))  # fmt: skip
 AOT_KEYS = ("arch", "n_regs", "n_spills", "shared", "num_warps", "has_tensor_cores")
 
 
@@ -191,6 +196,29 @@ def accuracy_table(benches: list[dict[str, Any]]) -> str:
     return _table(["group", "provider", *(label for _, label in ACCURACY)], rows)
 
 
+def precision_table(benches: list[dict[str, Any]]) -> str:
+    """A ``cpu-precision`` group: one row per path with its speed and its agreement with eager fp32."""
+    rows, notes, weights = [], [], {(b.get("extra_info") or {}).get("weights") for b in benches} - {None}
+    for b in benches:
+        info = b.get("extra_info") or {}
+        cells = [
+            f"{info[k]:.2f}x" if k == "speedup_vs_eager" and k in info else _fmt(info.get(k), 4) for k, _ in PRECISION
+        ]
+        rows.append([provider_of(b), *cells])
+        if info.get("auto_choice"):
+            notes.append(f"auto chose {info['auto_choice']}")
+    notes = [f"Weights: {'; '.join(sorted(weights))}.", *notes] if weights else notes
+    return "\n\n".join([_table(["path", *(label for _, label in PRECISION)], rows), *notes])
+
+
+def _precision_sections(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = []
+    for group, benches in groups.items():
+        if group.startswith("cpu-precision"):
+            lines += [f"{group}:", "", precision_table(benches), ""]
+    return lines
+
+
 def machine_line(data: dict[str, Any]) -> str:
     m = data.get("machine_info") or {}
     f = m.get("fastmtl") or {}
@@ -234,7 +262,7 @@ def render(data: dict[str, Any], out_dir: Path | None = None) -> str:
     for group, benches in groups.items():
         suites.setdefault(suite_of(group), {})[group] = benches
     for suite, sgroups in suites.items():
-        lines += [f"### {suite}", "", suite_summary(sgroups), ""]
+        lines += [f"### {suite}", "", suite_summary(sgroups), "", *_precision_sections(sgroups)]
         if out_dir is not None:
             png = plot_suite(suite, sgroups, out_dir / f"{_safe(suite)}.png")
             lines += [f"![{suite}]({png.name})", ""]
@@ -403,7 +431,7 @@ def performance_section(folder: Path) -> str:
             suites.setdefault(suite_of(group), {})[group] = benches
         lines += [f"**{path.stem}** ({machine_line(data)}; from `bench/results/{path.name}`)", ""]
         for suite, sgroups in suites.items():
-            lines += [f"{suite}:", "", suite_summary(sgroups), ""]
+            lines += [f"{suite}:", "", suite_summary(sgroups), "", *_precision_sections(sgroups)]
     return "\n".join(lines)
 
 

@@ -67,7 +67,7 @@ def test_triton_backend_folds_dfe_convbn_too() -> None:
     fast = optimize_for_inference(model, kernels="triton", channels_last=False)
     assert count_batchnorms(fast) == BN_AFTER_FOLD["resformer_mtl"]
     assert {m.kernels for m in fast.modules() if isinstance(getattr(m, "kernels", None), str)} == {"triton"}
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(1, 3, 32, 32)  # one image: under the interpreter every kernel launch is slow
     with torch.inference_mode():
         _assert_outputs_close(fast(x), model(x))
 
