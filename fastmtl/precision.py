@@ -194,7 +194,8 @@ def build_path(
     cpu = device.type == "cpu"
     if precision == "int8":
         batches = [b.to(device) for b in (calibration or [example])]
-        batches = [F.pad(b, (0, 0, 0, 0, 0, 0, 0, example.shape[0] - b.shape[0])) for b in batches]
+        full = [b for b in batches if b.shape[0] == example.shape[0]]  # exported at one shape; padding would skew
+        batches = full or [F.pad(batches[0], (0, 0, 0, 0, 0, 0, 0, example.shape[0] - batches[0].shape[0]))]
         quantized = _quantize_int8(model, batches)
         net = FixedBatch(torch.compile(quantized), example.shape[0], lambda out: MTLOutput(*out))
     else:
