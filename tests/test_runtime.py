@@ -97,10 +97,11 @@ def test_idle_cpus_sees_a_busy_core(tmp_path):
     from fastmtl import runtime
 
     assert runtime.idle_cpus(stat=tmp_path / "missing") is None
-    spin = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"])
+    cpu = min(os.sched_getaffinity(0))  # a core this process may use (a container's cpuset may not start at 0)
+    spin = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
     try:
         time.sleep(0.3)
-        assert runtime.idle_cpus({0}, interval=0.3) < 0.5
+        assert runtime.idle_cpus({cpu}, interval=0.3) < 0.5
     finally:
         spin.kill()
         spin.wait()
