@@ -40,7 +40,7 @@ from fastmtl.engine.inputs import collect_inputs, image_ids
 from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder
-from fastmtl.precision import PRECISIONS, PrecisionUnavailable, build_path, choose_precision
+from fastmtl.precision import AUTO_MIN_IMAGES, PRECISIONS, PrecisionUnavailable, build_path, choose_precision
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
 
@@ -202,14 +202,27 @@ def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold,
 
 def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, optimize, compile, precision, calibrate):
     """(model to run, description of the path). A precision this machine cannot run falls back to fp32 with the
-    reason; ``auto``, int8 and compiled paths are built on a sample of the images (or of ``calibrate``)."""
+    reason; ``auto`` on a large CPU job, int8 and compiled paths are built on a sample of the images (or of
+    ``calibrate``)."""
     if not optimize:
         return model, "fp32, the checkpoint's model as saved (--no-optimize)"
+    cuda = next(model.parameters()).device.type == "cuda"
+    if precision == "auto" and (cuda or len(dataset) < AUTO_MIN_IMAGES):
+        precision = "bf16" if cuda else "fp32"
+        reason = (
+            "CUDA"
+            if cuda
+            else f"a job under {AUTO_MIN_IMAGES} images, where measuring and compiling would not pay back"
+        )
+        _log(f"precision auto: {precision} ({reason}; --precision chooses another)")
     sample = [torch.zeros(batch_size, 0)]  # the uncompiled float paths do not look at it
     if precision in ("auto", "int8") or compile:
         source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
                                                               dataset.normalize, dataset.in_chans)  # fmt: skip
         sample = _sample(source, batch_size, 4 if precision in ("auto", "int8") else 1, next(model.parameters()).device)
+        if not sample:  # nothing readable: the batch loop reports every file; the plain path is enough for that
+            _log("no readable image to calibrate or compile on; running fp32")
+            precision, compile, sample = "fp32", False, [torch.zeros(batch_size, 0)]
     if precision == "auto":
         net, decision = choose_precision(model, checkpoint, sample, n_images=len(dataset), log=_log)
         return net, decision.describe()
@@ -222,7 +235,7 @@ def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, opt
 
 
 def _sample(dataset: ImagePaths, batch_size: int, batches: int, device: torch.device) -> list[torch.Tensor]:
-    """Up to ``batches`` full batches of readable images from the start of ``dataset`` (at least one image)."""
+    """Up to ``batches`` full batches of readable images from the start of ``dataset``; empty when none reads."""
     images = []
     for index in range(len(dataset)):
         item = dataset[index]
@@ -231,7 +244,7 @@ def _sample(dataset: ImagePaths, batch_size: int, batches: int, device: torch.de
         if len(images) == batch_size * batches:
             break
     if not images:
-        raise ValueError("no readable image to calibrate the precision on")
+        return []
     stacked = torch.stack(images).to(device)
     return [stacked[i : i + batch_size] for i in range(0, len(images), batch_size)]
 

@@ -143,3 +143,14 @@ def test_precision_needs_the_optimized_model(tiny_checkpoint, image_files, tmp_p
         )
     with pytest.raises(ValueError, match="precision must be one of"):
         predict(tiny_checkpoint("tiny_mtl_test", img_size=32), tmp_path / "images", tmp_path / "o", precision="fp8")
+
+
+def test_auto_on_a_small_job_says_fp32_and_unreadable_inputs_still_get_reported(
+    tiny_checkpoint, image_files, corrupt_image, tmp_path, capsys
+):
+    ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
+    summary = predict(ckpt, tmp_path / "images", tmp_path / "auto", num_workers=0)
+    assert summary.precision == "fp32" and "precision auto: fp32 (a job under 1000 images" in capsys.readouterr().err
+    only_broken = predict(ckpt, [corrupt_image], tmp_path / "broken", num_workers=0, precision="int8")
+    assert (only_broken.n_images, only_broken.n_failed, only_broken.precision) == (0, 1, "fp32")
+    assert "no readable image to calibrate" in capsys.readouterr().err
