@@ -154,3 +154,12 @@ def test_auto_on_a_small_job_says_fp32_and_unreadable_inputs_still_get_reported(
     only_broken = predict(ckpt, [corrupt_image], tmp_path / "broken", num_workers=0, precision="int8")
     assert (only_broken.n_images, only_broken.n_failed, only_broken.precision) == (0, 1, "fp32")
     assert "no readable image to calibrate" in capsys.readouterr().err
+
+
+def test_the_command_line_offers_exactly_the_library_precisions():
+    from fastmtl.cli import build_parser
+
+    predict_parser = build_parser()._subparsers._group_actions[0].choices["predict"]
+    (action,) = [a for a in predict_parser._actions if a.dest == "precision"]
+    assert tuple(action.choices) == P.PRECISIONS and action.default == "auto"
+    assert f"{P.AUTO_MIN_IMAGES}+" in action.help
