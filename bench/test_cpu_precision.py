@@ -108,17 +108,17 @@ def _onnx(checkpoint: Path, img_size: int, batch: int, tmp: Path):
 
 
 def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibration, tmp: Path):
+    """(module to time, auto's decision or None) for ``provider``."""
     if provider == "eager-fp32":
-        return model
+        return model, None
     if provider == "onnxruntime":
-        return _onnx(checkpoint, example.shape[-1], example.shape[0], tmp)
+        return _onnx(checkpoint, example.shape[-1], example.shape[0], tmp), None
     if provider == "auto":
         P.decision_file(checkpoint, example, P.cpu_info()).unlink(missing_ok=True)
-        net, decision = P.choose_precision(model, checkpoint, calibration, n_images=10**6, min_images=0)
-        return net, decision
+        return P.choose_precision(model, checkpoint, calibration, n_images=10**6, min_images=0)
     precision, compiled = provider.removesuffix("+compile"), provider.endswith("+compile")
     try:
-        return P.build_path(model, precision, example, compile=compiled, calibration=calibration)
+        return P.build_path(model, precision, example, compile=compiled, calibration=calibration), None
     except P.PrecisionUnavailable as e:
         pytest.skip(f"{provider}: {e}")
 
@@ -171,8 +171,7 @@ def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic
     torch.manual_seed(1)
     example = torch.randn(batch, 3, img_size, img_size)
     calibration = [example, *(torch.randn_like(example) for _ in range(3))]
-    built = _build(provider, model, checkpoint, example, calibration, tmp_path)
-    net, decision = built if isinstance(built, tuple) else (built, None)
+    net, decision = _build(provider, model, checkpoint, example, calibration, tmp_path)
     facts: dict[str, Any] = {"weights": what, "img_size": img_size, "batch": batch, "cpu": P.cpu_info().key}
     if decision is not None:
         facts.update(auto_choice=decision.describe())

@@ -46,6 +46,7 @@ __all__ = [
     "CpuInfo",
     "PrecisionUnavailable",
     "agreement",
+    "auto_without_measuring",
     "build_path",
     "choose_precision",
     "cpu_info",
@@ -284,6 +285,14 @@ def _candidates(device: torch.device, cpu: CpuInfo) -> list[tuple[str, bool]]:
     return found
 
 
+def auto_without_measuring(device: torch.device | str, n_images: int, min_images: int = AUTO_MIN_IMAGES) -> str | None:
+    """The path ``auto`` takes without looking at a sample: bf16 on CUDA, fp32 for a CPU job of fewer than
+    ``min_images`` images; None when it measures (or reuses a cached decision)."""
+    if torch.device(device).type == "cuda":
+        return "bf16"
+    return "fp32" if n_images < min_images else None
+
+
 def choose_precision(
     model: nn.Module,
     checkpoint: str | os.PathLike,
@@ -295,8 +304,9 @@ def choose_precision(
 ) -> tuple[nn.Module, Decision]:
     """``--precision auto``: the fastest path within :data:`TOLERANCE` of fp32 on ``sample``, built and ready.
 
-    On CUDA this is bf16. On a CPU a decision cached for this checkpoint, shape and CPU is reused; a job of fewer
-    than ``min_images`` images takes fp32 without measuring (compiling would cost more than it saves); otherwise
+    On CUDA this is bf16, and a CPU job of fewer than ``min_images`` images takes fp32 without measuring
+    (compiling would cost more than it saves; :func:`auto_without_measuring`). Otherwise a decision cached for
+    this checkpoint, shape and CPU is reused, or
     every path this CPU can run is built, timed on ``sample[0]`` and compared with fp32 on every sample batch, and
     the decision is cached (:func:`decision_file`).
 
@@ -309,8 +319,13 @@ def choose_precision(
         log: where progress lines go.
     """
     device, cpu, example = next(model.parameters()).device, cpu_info(), sample[0]
-    if device.type == "cuda":
+    shortcut = auto_without_measuring(device, n_images, min_images)
+    if shortcut == "bf16":
         return build_path(model, "bf16", example), Decision("bf16", False, {}, {}, "CUDA: bf16 autocast")
+    if shortcut == "fp32":
+        reason = (f"a job of {n_images} image(s) is below {min_images}, where measuring and compiling the faster "
+                  "paths (minutes) would not pay back; --precision int8/bf16 tries one anyway")  # fmt: skip
+        return build_path(model, "fp32", example), Decision("fp32", False, {}, {}, reason)
     cache = decision_file(checkpoint, example, cpu)
     if cache.is_file():
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
@@ -319,10 +334,6 @@ def choose_precision(
             return build_path(
                 model, decision.precision, example, compile=decision.compile, calibration=sample
             ), decision
-    if n_images < min_images:
-        reason = (f"a job of {n_images} image(s) is below {min_images}, where measuring and compiling the faster "
-                  "paths (minutes) would not pay back; --precision int8/bf16 tries one anyway")  # fmt: skip
-        return build_path(model, "fp32", example), Decision("fp32", False, {}, {}, reason)
     with torch.inference_mode():
         references = [model.eval()(batch) for batch in sample]
     speeds, agreements, best = {"eager": _speed(model.eval(), example)}, {}, None

@@ -40,7 +40,14 @@ from fastmtl.engine.inputs import collect_inputs, image_ids
 from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder
-from fastmtl.precision import AUTO_MIN_IMAGES, PRECISIONS, PrecisionUnavailable, build_path, choose_precision
+from fastmtl.precision import (
+    AUTO_MIN_IMAGES,
+    PRECISIONS,
+    PrecisionUnavailable,
+    auto_without_measuring,
+    build_path,
+    choose_precision,
+)
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
 
@@ -158,9 +165,8 @@ def predict(
             model, path = _inference_path(
                 model, checkpoint, dataset, batch_size, optimize, compile, precision, calibrate
             )
-            if rank == 0:
-                _log(f"path: {path}")
             if rank == 0:  # only once the inputs and the model are good: a typo must not cost the earlier results
+                _log(f"path: {path}")
                 start_clean(out)
             barrier(world)  # no rank writes before rank 0 has cleared an earlier run's outputs
             loader = DataLoader(
@@ -206,20 +212,21 @@ def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, opt
     ``calibrate``)."""
     if not optimize:
         return model, "fp32, the checkpoint's model as saved (--no-optimize)"
-    cuda = next(model.parameters()).device.type == "cuda"
-    if precision == "auto" and (cuda or len(dataset) < AUTO_MIN_IMAGES):
-        precision = "bf16" if cuda else "fp32"
+    device = next(model.parameters()).device
+    shortcut = auto_without_measuring(device, len(dataset)) if precision == "auto" else None
+    if shortcut is not None:
         reason = (
             "CUDA"
-            if cuda
+            if shortcut == "bf16"
             else f"a job under {AUTO_MIN_IMAGES} images, where measuring and compiling would not pay back"
         )
-        _log(f"precision auto: {precision} ({reason}; --precision chooses another)")
+        _log(f"precision auto: {shortcut} ({reason}; --precision chooses another)")
+        precision = shortcut
     sample = [torch.zeros(batch_size, 0)]  # the uncompiled float paths do not look at it
     if precision in ("auto", "int8") or compile:
         source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
                                                               dataset.normalize, dataset.in_chans)  # fmt: skip
-        sample = _sample(source, batch_size, 4 if precision in ("auto", "int8") else 1, next(model.parameters()).device)
+        sample = _sample(source, batch_size, 4 if precision in ("auto", "int8") else 1, device)
         if not sample:  # nothing readable: the batch loop reports every file; the plain path is enough for that
             _log("no readable image to calibrate or compile on; running fp32")
             precision, compile, sample = "fp32", False, [torch.zeros(batch_size, 0)]
