@@ -5,16 +5,18 @@ paths only). Providers, all of ``resformer_mtl`` (the weights of ``--bench-check
 random ones, which the results say):
 
 - ``eager-fp32``: the model as built (the baseline);
-- ``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``, ``int8``: :func:`fastmtl.precision.build_path`
-  (bf16 only where the CPU computes it natively; int8 needs torchao; skipped with the reason otherwise);
-- ``onnxruntime``: the ``fastmtl export --format onnx`` file on ONNX Runtime's CPU provider (the ``export`` extra);
+- ``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``, ``int8`` (torchao), ``fp32+onnxruntime``,
+  ``int8+onnxruntime``: :func:`fastmtl.precision.build_path` (bf16 only where the CPU computes it natively; int8
+  on torch needs torchao, the ONNX Runtime paths the ``export`` extra; skipped with the reason otherwise);
 - ``auto``: what ``fastmtl predict`` runs by default on a job large enough to measure
   (:func:`fastmtl.precision.choose_precision`, its cached decision removed first).
 
-Each batch-8 case also runs the first ``FASTMTL_BENCH_ACCURACY_IMAGES`` (default 200) ISIC 2017 images of
-``../shared/data`` and records its agreement with eager fp32 there (mask DSC and pixel agreement in %, mean/max
-class-probability difference) and, from the ground-truth masks, the change in mean DSC. ``extra_info`` carries
-``speedup_vs_eager`` (against ``eager-fp32`` of the same group, measured earlier in the same session).
+int8 and ``auto`` calibrate on 4 batches of ISIC 2017 images from the end of the sorted list (random inputs
+without the data), as ``fastmtl predict`` calibrates on the user's own images. Each batch-8 case also runs the first
+``FASTMTL_BENCH_ACCURACY_IMAGES`` (default 200) images and records its agreement with eager fp32 there (mask DSC
+and pixel agreement in %, mean/max class-probability difference) and, from the ground-truth masks, the change in
+mean DSC. ``extra_info`` carries ``speedup_vs_eager`` (against ``eager-fp32`` of the same group, measured earlier
+in the same session). ONNX Runtime's files are exported into a private cache folder for each session.
 
 Run: ``pytest bench/test_cpu_precision.py --benchmark-json=out.json`` then ``python -m bench.report out.json``.
 """
@@ -35,8 +37,9 @@ from fastmtl import precision as P
 from fastmtl.output import MTLOutput
 
 ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
-PROVIDERS = ("eager-fp32", "fp32", "fp32+compile", "bf16", "bf16+compile", "int8", "onnxruntime", "auto")
-QUICK_PROVIDERS = ("eager-fp32", "fp32", "onnxruntime")
+PROVIDERS = ("eager-fp32", "fp32", "fp32+compile", "bf16", "bf16+compile", "int8", "fp32+onnxruntime",
+             "int8+onnxruntime", "auto")  # fmt: skip
+QUICK_PROVIDERS = ("eager-fp32", "fp32", "fp32+onnxruntime")
 _EAGER: dict[str, float] = {}  # group -> eager images/s
 
 
@@ -67,16 +70,38 @@ def weights(pytestconfig: pytest.Config, tmp_path_factory, bench_quick: bool) ->
     return path, "random init (seed 0; pass --bench-checkpoint for trained weights)"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """ONNX Runtime's exported files and auto's decisions go to a fresh folder: every session exports again."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTMTL_CACHE", str(tmp_path_factory.mktemp("fastmtl-cache")))
+        yield
+
+
+def _isic_files() -> list[Path]:
+    images = ISIC / "ISIC-2017_Training_Data"
+    return sorted(images.glob("ISIC_*.jpg")) if images.is_dir() else []
+
+
 @pytest.fixture(scope="module")
 def isic_images(bench_quick: bool) -> list[tuple[Path, Path]]:
-    """(image, ground-truth mask) pairs of the shared ISIC 2017 training split, sorted by id."""
-    images = ISIC / "ISIC-2017_Training_Data"
-    if not images.is_dir():
-        return []
+    """(image, ground-truth mask) pairs of the shared ISIC 2017 training split, the first by id."""
     n = 4 if bench_quick else int(os.environ.get("FASTMTL_BENCH_ACCURACY_IMAGES", 200))
-    found = sorted(p for p in images.glob("ISIC_*.jpg"))[:n]
     masks = ISIC / "ISIC-2017_Training_Part1_GroundTruth"
-    return [(p, masks / f"{p.stem}_segmentation.png") for p in found]
+    return [(p, masks / f"{p.stem}_segmentation.png") for p in _isic_files()[:n]]
+
+
+def _calibration(example: torch.Tensor, batches: int = 4) -> list[torch.Tensor]:
+    """``batches`` batches shaped like ``example`` from the last ISIC images (disjoint from the accuracy images),
+    or random ones without the data."""
+    from fastmtl.data.images import ImagePaths
+
+    n = batches * example.shape[0]
+    files = _isic_files()[-n:]
+    if len(files) < n:
+        return [example, *(torch.randn_like(example) for _ in range(batches - 1))]
+    data = ImagePaths(files, tuple(example.shape[-2:]))
+    return list(torch.stack([data[i]["image"] for i in range(n)]).split(example.shape[0]))
 
 
 def _model(checkpoint: Path, img_size: int) -> torch.nn.Module:
@@ -92,33 +117,18 @@ def _model(checkpoint: Path, img_size: int) -> torch.nn.Module:
     return model.eval()
 
 
-def _onnx(checkpoint: Path, img_size: int, batch: int, tmp: Path):
-    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (the export extra)")
-    from fastmtl.engine.export import export
-
-    path = export(checkpoint, tmp / "model.onnx", format="onnx", img_size=img_size, batch_size=batch, check=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(x: torch.Tensor) -> MTLOutput:
-        seg, cls = session.run(None, {name: x.numpy()})
-        return MTLOutput(torch.from_numpy(seg), torch.from_numpy(cls))
-
-    return run
-
-
-def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibration, tmp: Path):
+def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibration):
     """(module to time, auto's decision or None) for ``provider``."""
     if provider == "eager-fp32":
         return model, None
-    if provider == "onnxruntime":
-        return _onnx(checkpoint, example.shape[-1], example.shape[0], tmp), None
     if provider == "auto":
-        P.decision_file(checkpoint, example, P.cpu_info()).unlink(missing_ok=True)
+        P.decision_file(checkpoint, example.shape, P.cpu_info()).unlink(missing_ok=True)
         return P.choose_precision(model, checkpoint, calibration, n_images=10**6, min_images=0)
-    precision, compiled = provider.removesuffix("+compile"), provider.endswith("+compile")
+    precision, _, suffix = provider.partition("+")
+    runtime = "onnxruntime" if suffix == "onnxruntime" else "torch"
     try:
-        return P.build_path(model, precision, example, compile=compiled, calibration=calibration), None
+        return P.build_path(model, precision, example, compile=suffix == "compile", runtime=runtime,
+                            calibration=calibration), None  # fmt: skip
     except P.PrecisionUnavailable as e:
         pytest.skip(f"{provider}: {e}")
 
@@ -161,7 +171,7 @@ def _accuracy(net, x: torch.Tensor, ref: MTLOutput, truth: torch.Tensor, batch: 
             "dsc_gt_fp32": round(fp32, 3), "dsc_gt_delta": round(_dsc(got, truth) - fp32, 3)}  # fmt: skip
 
 
-def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic_images, tmp_path) -> None:
+def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic_images) -> None:
     if bench_device.type != "cpu":
         pytest.skip("the CPU precision group runs on a CPU; on CUDA see bench/test_model.py")
     img_size, batch, provider = cpu_case
@@ -170,8 +180,7 @@ def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic
     model = _model(checkpoint, img_size)
     torch.manual_seed(1)
     example = torch.randn(batch, 3, img_size, img_size)
-    calibration = [example, *(torch.randn_like(example) for _ in range(3))]
-    net, decision = _build(provider, model, checkpoint, example, calibration, tmp_path)
+    net, decision = _build(provider, model, checkpoint, example, _calibration(example))
     facts: dict[str, Any] = {"weights": what, "img_size": img_size, "batch": batch, "cpu": P.cpu_info().key}
     if decision is not None:
         facts.update(auto_choice=decision.describe())

@@ -2,7 +2,7 @@
 
     fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume] [--skip-bad] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
     fastmtl eval    --checkpoint FILE [--data-root DIR] [--split training|validation|test|train|val] --out DIR [--kind KIND] [--batch-size N] [--workers N] [--device DEVICE]
-    fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile] [--precision auto|fp32|bf16|fp16|int8] [--calibrate PATH ...]
+    fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile] [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime] [--calibrate PATH ...]
     fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE]
     fastmtl info
     fastmtl check-data --data-root DIR [--split training|validation|test|train|val] [--kind KIND] [--out FILE]
@@ -95,10 +95,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized model (slow to start)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
                    help="numeric path (default auto: bf16 on CUDA; on a CPU the fastest path within tolerance of "
-                        "fp32, measured on a sample for jobs of 1000+ images and cached; else fp32). bf16 on a CPU "
-                        "needs native support, int8 needs torchao; otherwise fp32 runs, with a message")  # fmt: skip
+                        "fp32, measured on a sample for jobs of 1000+ images and cached, and reused by smaller jobs "
+                        "when it is an ONNX Runtime path; else fp32). bf16 on a CPU needs native support, int8 "
+                        "needs onnxruntime or torchao; otherwise fp32 runs, with a message")  # fmt: skip
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="what runs an explicit --precision on a CPU (default auto: ONNX Runtime for int8 when "
+                        "installed, torch otherwise); ONNX Runtime's files are cached per checkpoint and "
+                        "size")  # fmt: skip
     p.add_argument("--calibrate", nargs="+", metavar="PATH",
-                   help="images to calibrate int8 / auto on (default: the first inputs)")  # fmt: skip
+                   help="images to calibrate int8 / auto on (default: the first inputs; ONNX Runtime's int8 is "
+                        "calibrated once and cached, and --calibrate calibrates it again)")  # fmt: skip
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -302,7 +308,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     summary = predict(args.checkpoint, args.input, args.out, batch_size=args.batch_size, num_workers=workers,
                       device=device, overlays=args.overlays, threshold=args.threshold,
                       img_size=args.img_size, optimize=not args.no_optimize, compile=args.compile,
-                      precision=args.precision, calibrate=args.calibrate)  # fmt: skip
+                      precision=args.precision, calibrate=args.calibrate, runtime=args.runtime)  # fmt: skip
     return 1 if summary.n_failed and not summary.n_images else 0
 
 

@@ -11,29 +11,38 @@
           within :data:`TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
 ========  =========================================================================================================
 
+On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`fastmtl.onnxrt`; the
+``export`` extra): the model exported once and cached on disk, int8 by ONNX Runtime's static quantization. On a
+2-core AVX2 EPYC at 224 px batch 8 it was the fastest path in both precisions (``bench/test_cpu_precision.py``), so
+``runtime="auto"`` runs int8 there when it is installed, and ``auto`` measures both runtimes.
+
 Compiled CPU paths use Inductor with freezing (weights folded in as constants, oneDNN-prepacked). Compilation is
 paid by every process: resformer_mtl at 224 px batch 8 took 53 s on a 2-core machine, and 54 s again in a second
 process with Inductor's on-disk caches warm (freezing bakes the weights into the graph; tracing and freezing are not
-cached); int8 adds about a minute of export and calibration. So ``auto`` only measures and compiles for jobs of at
-least :data:`AUTO_MIN_IMAGES` images; its decision, not the compiled code, is what is cached.
+cached); torchao's int8 adds about a minute of export and calibration. ONNX Runtime's files are what survives a
+process (export 21-26 s and int8 calibration about 40 s, once; loading them takes under a second). So ``auto``
+only measures for jobs of at least :data:`AUTO_MIN_IMAGES` images, and caches its decision; a smaller job reuses a
+cached decision when it needs no compiling (an ONNX Runtime path), and otherwise runs fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastmtl import onnxrt
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import atomic_write_json
 from fastmtl.inference import optimize_for_inference
@@ -42,17 +51,21 @@ from fastmtl.output import MTLOutput
 __all__ = [
     "AUTO_MIN_IMAGES",
     "PRECISIONS",
+    "RUNTIMES",
     "TOLERANCE",
     "CpuInfo",
     "PrecisionUnavailable",
     "agreement",
-    "auto_without_measuring",
     "build_path",
     "choose_precision",
     "cpu_info",
+    "path_name",
+    "plan_auto",
+    "resolve_runtime",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+RUNTIMES = ("auto", "torch", "onnxruntime")
 TOLERANCE = {"mask_dsc": 99.5, "prob_mean_abs": 0.005}  # against fp32 on the calibration sample
 AUTO_MIN_IMAGES = 1000  # below this a first run does not earn back measuring and compiling (module docstring)
 
@@ -122,9 +135,35 @@ def _inductor_cpu() -> Iterator[None]:
         yield
 
 
-def _check(precision: str, device: torch.device, cpu: CpuInfo) -> None:
+def resolve_runtime(runtime: str, precision: str, device: torch.device | str) -> str:
+    """``runtime="auto"``: ONNX Runtime for int8 on a CPU where it is installed (faster than torchao's int8 where
+    both were measured, and cached on disk), torch otherwise."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if runtime != "auto":
+        return runtime
+    cpu_int8 = precision == "int8" and torch.device(device).type == "cpu"
+    return "onnxruntime" if cpu_int8 and onnxrt.missing() is None else "torch"
+
+
+def path_name(precision: str, compile: bool = False, runtime: str = "torch") -> str:
+    """The name the bench, ``auto``'s log and ``fastmtl predict`` give a path: ``fp32``, ``fp32+compile``,
+    ``int8`` (torchao, always compiled), ``int8+onnxruntime``, ..."""
+    if runtime == "onnxruntime":
+        return f"{precision}+onnxruntime"
+    return precision + ("+compile" if compile and precision != "int8" else "")
+
+
+def _check(precision: str, device: torch.device, cpu: CpuInfo, runtime: str = "torch") -> None:
     if precision not in PRECISIONS or precision == "auto":
         raise ValueError(f"precision {precision!r} is not a path; expected one of {', '.join(PRECISIONS[1:])}")
+    if runtime == "onnxruntime":
+        if device.type != "cpu" or precision not in ("fp32", "int8"):
+            raise PrecisionUnavailable(f"ONNX Runtime runs fp32 and int8 on a CPU, not {precision} on {device}")
+        reason = onnxrt.missing()
+        if reason:
+            raise PrecisionUnavailable(reason)
+        return
     if precision == "fp16" and device.type != "cuda":
         raise PrecisionUnavailable("fp16 runs on CUDA only; on a CPU use fp32, bf16 (where native) or int8")
     if precision == "int8" and device.type != "cpu":
@@ -132,11 +171,9 @@ def _check(precision: str, device: torch.device, cpu: CpuInfo) -> None:
     if precision == "bf16" and device.type == "cpu" and not cpu.bf16:
         raise PrecisionUnavailable(f"this CPU ({cpu.name}, {cpu.isa}) has no native bf16 (avx512_bf16 or AMX): "
                                    "emulated bf16 is slower than fp32; use fp32 or int8")  # fmt: skip
-    if precision == "int8":
-        try:
-            import torchao  # noqa: F401
-        except ImportError as e:
-            raise PrecisionUnavailable("int8 needs torchao: pip install 'fastmtl[int8]'") from e
+    if precision == "int8" and importlib.util.find_spec("torchao") is None:
+        raise PrecisionUnavailable("int8 on torch needs torchao: pip install 'fastmtl[int8]' (or 'fastmtl[export]' "
+                                   "for ONNX Runtime's int8)")  # fmt: skip
 
 
 def _quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
@@ -176,7 +213,10 @@ def build_path(
     example: torch.Tensor,
     *,
     compile: bool = False,
+    runtime: str = "torch",
     calibration: list[torch.Tensor] | None = None,
+    refresh: bool = False,
+    log: Callable[[str], None] = print,
 ) -> nn.Module:
     """The model ready to run in ``precision`` on the device it sits on, for batches shaped like ``example``.
 
@@ -184,14 +224,26 @@ def build_path(
         model: a fastmtl model (left unchanged).
         precision: ``fp32``, ``bf16``, ``fp16`` or ``int8`` (see the module table).
         example: one input batch (B, C, H, W); compiled paths are built and warmed up at this shape.
-        compile: ``torch.compile`` the fp32/bf16/fp16 paths (int8 is always compiled); on a CPU with freezing.
+        compile: ``torch.compile`` the fp32/bf16/fp16 paths (torch's int8 is always compiled); on a CPU with
+            freezing. Not for ONNX Runtime, which optimizes its own graph.
+        runtime: ``torch``, ``onnxruntime`` (CPU fp32 / int8, :mod:`fastmtl.onnxrt`) or ``auto``
+            (:func:`resolve_runtime`).
         calibration: int8's calibration batches (default: ``[example]``).
+        refresh: ONNX Runtime int8: calibrate again even when a calibrated file is cached.
+        log: where ONNX Runtime's export and calibration lines go.
 
     Raises:
-        PrecisionUnavailable: the precision cannot run on this device or CPU.
+        PrecisionUnavailable: the precision cannot run on this device or CPU, or not on this runtime.
     """
     device = next(model.parameters()).device
-    _check(precision, device, cpu_info())
+    runtime = resolve_runtime(runtime, precision, device)
+    if runtime == "onnxruntime" and compile:
+        raise ValueError("compile applies to the torch runtime; ONNX Runtime optimizes its own graph")
+    cpu = cpu_info()
+    _check(precision, device, cpu, runtime)
+    if runtime == "onnxruntime":
+        return onnxrt.build(model, precision, example, calibration=calibration, refresh=refresh,
+                            int8_vnni=cpu.int8_vnni, log=log)  # fmt: skip
     cpu = device.type == "cpu"
     if precision == "int8":
         batches = [b.to(device) for b in (calibration or [example])]
@@ -249,17 +301,22 @@ class Decision:
     agreement: dict[str, dict[str, float]]
     reason: str
     cached: bool = False
+    runtime: str = "torch"
+
+    @property
+    def name(self) -> str:
+        return path_name(self.precision, self.compile, self.runtime)
 
     def describe(self) -> str:
-        path = self.precision + (" compiled" if self.compile and self.precision != "int8" else "")
-        return f"precision {path}: {self.reason}" + (" (cached decision)" if self.cached else "")
+        return f"precision {self.name}: {self.reason}" + (" (cached decision)" if self.cached else "")
 
 
-def decision_file(checkpoint: str | os.PathLike, example: torch.Tensor, cpu: CpuInfo) -> Path:
-    """Where ``auto`` caches its decision: keyed by checkpoint (path, size, mtime), input shape, CPU and torch."""
+def decision_file(checkpoint: str | os.PathLike, shape: Sequence[int], cpu: CpuInfo) -> Path:
+    """Where ``auto`` caches its decision: keyed by checkpoint (path, size, mtime), input shape (B, C, H, W), CPU,
+    torch and whether ONNX Runtime is installed."""
     st = Path(checkpoint).stat()
-    raw = json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns, list(example.shape),
-                      cpu.key, torch.__version__])  # fmt: skip
+    raw = json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns, list(shape), cpu.key,
+                      torch.__version__, onnxrt.missing() is None])  # fmt: skip
     return default_cache_dir() / "precision" / (hashlib.sha256(raw.encode()).hexdigest()[:24] + ".json")
 
 
@@ -274,23 +331,45 @@ def _speed(net: nn.Module, example: torch.Tensor, rounds: int = 3) -> float:
     return example.shape[0] / sorted(times)[len(times) // 2]
 
 
-def _candidates(device: torch.device, cpu: CpuInfo) -> list[tuple[str, bool]]:
-    if device.type == "cuda":
-        return [("bf16", False)]
-    found = [("fp32", False), ("fp32", True)]
+def _candidates(device: torch.device, cpu: CpuInfo) -> list[tuple[str, bool, str]]:
+    """(precision, compile, runtime) of each CPU path ``auto`` measures. With ONNX Runtime installed, torch's
+    compiled fp32 and (without VNNI) torchao's int8 are left out: ONNX Runtime's paths gave the same outputs faster
+    on the CPU where both were measured, and cost no compile in later processes."""
+    ort = onnxrt.missing() is None
+    found = [("fp32", False, "torch")]
+    found += [("fp32", False, "onnxruntime"), ("int8", False, "onnxruntime")] if ort else [("fp32", True, "torch")]
     for precision in ("bf16", "int8"):
         with contextlib.suppress(PrecisionUnavailable):
             _check(precision, device, cpu)
-            found.append((precision, True))
+            if precision == "bf16" or not ort or cpu.int8_vnni:
+                found.append((precision, True, "torch"))
     return found
 
 
-def auto_without_measuring(device: torch.device | str, n_images: int, min_images: int = AUTO_MIN_IMAGES) -> str | None:
-    """The path ``auto`` takes without looking at a sample: bf16 on CUDA, fp32 for a CPU job of fewer than
-    ``min_images`` images; None when it measures (or reuses a cached decision)."""
+def plan_auto(
+    device: torch.device | str,
+    checkpoint: str | os.PathLike,
+    shape: Sequence[int],
+    n_images: int,
+    min_images: int = AUTO_MIN_IMAGES,
+) -> Decision | None:
+    """What ``auto`` runs without measuring, or None when it measures.
+
+    bf16 on CUDA; a decision cached for this checkpoint, batch shape ``shape`` and CPU (for a job of fewer than
+    ``min_images`` images only when it compiles nothing: an ONNX Runtime path, whose files are cached too); fp32
+    for any other job of fewer than ``min_images`` images.
+    """
     if torch.device(device).type == "cuda":
-        return "bf16"
-    return "fp32" if n_images < min_images else None
+        return Decision("bf16", False, {}, {}, "CUDA: bf16 autocast")
+    cache = decision_file(checkpoint, shape, cpu_info())
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        cached = Decision(**{**json.loads(cache.read_text()), "cached": True})
+        if n_images >= min_images or cached.runtime == "onnxruntime":
+            return cached
+    if n_images < min_images:
+        return Decision("fp32", False, {}, {}, f"a job of {n_images} image(s) is below {min_images}, where "
+                        "measuring and compiling the faster paths (minutes) would not pay back")  # fmt: skip
+    return None
 
 
 def choose_precision(
@@ -304,11 +383,9 @@ def choose_precision(
 ) -> tuple[nn.Module, Decision]:
     """``--precision auto``: the fastest path within :data:`TOLERANCE` of fp32 on ``sample``, built and ready.
 
-    On CUDA this is bf16, and a CPU job of fewer than ``min_images`` images takes fp32 without measuring
-    (compiling would cost more than it saves; :func:`auto_without_measuring`). Otherwise a decision cached for
-    this checkpoint, shape and CPU is reused, or
-    every path this CPU can run is built, timed on ``sample[0]`` and compared with fp32 on every sample batch, and
-    the decision is cached (:func:`decision_file`).
+    What :func:`plan_auto` decides without measuring is built as it says. Otherwise every path this CPU can run
+    is built, timed on ``sample[0]`` and compared with fp32 on every sample batch, and the decision is cached
+    (:func:`decision_file`).
 
     Args:
         model: the loaded model, on its device.
@@ -319,30 +396,23 @@ def choose_precision(
         log: where progress lines go.
     """
     device, cpu, example = next(model.parameters()).device, cpu_info(), sample[0]
-    shortcut = auto_without_measuring(device, n_images, min_images)
-    if shortcut == "bf16":
-        return build_path(model, "bf16", example), Decision("bf16", False, {}, {}, "CUDA: bf16 autocast")
-    if shortcut == "fp32":
-        reason = (f"a job of {n_images} image(s) is below {min_images}, where measuring and compiling the faster "
-                  "paths (minutes) would not pay back; --precision int8/bf16 tries one anyway")  # fmt: skip
-        return build_path(model, "fp32", example), Decision("fp32", False, {}, {}, reason)
-    cache = decision_file(checkpoint, example, cpu)
-    if cache.is_file():
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            decision = Decision(**{**json.loads(cache.read_text()), "cached": True})
-            log(f"auto: {decision.describe()} from {cache}; building it")
-            return build_path(
-                model, decision.precision, example, compile=decision.compile, calibration=sample
-            ), decision
+    plan = plan_auto(device, checkpoint, example.shape, n_images, min_images)
+    if plan is not None:
+        if plan.cached:
+            log(f"auto: {plan.describe()}; building it")
+        net = build_path(model, plan.precision, example, compile=plan.compile, runtime=plan.runtime,
+                         calibration=sample, log=log)  # fmt: skip
+        return net, plan
     with torch.inference_mode():
         references = [model.eval()(batch) for batch in sample]
     speeds, agreements, best = {"eager": _speed(model.eval(), example)}, {}, None
-    for precision, compiled in _candidates(device, cpu):
-        name = precision + ("+compile" if compiled and precision != "int8" else "")
+    for precision, compiled, runtime in _candidates(device, cpu):
+        name = path_name(precision, compiled, runtime)
         log(f"auto: measuring {name} on {len(sample)} batch(es) of {example.shape[0]}")
         start = time.perf_counter()
         try:
-            net = build_path(model, precision, example, compile=compiled, calibration=sample)
+            net = build_path(model, precision, example, compile=compiled, runtime=runtime, calibration=sample,
+                             refresh=True, log=log)  # fmt: skip
         except Exception as e:  # a path that fails to build here is not taken, and the reason is shown
             log(f"auto: {name} could not be built ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             continue
@@ -354,13 +424,14 @@ def choose_precision(
         log(f"auto: {name} {speeds[name]:.2f} images/s ({speeds[name] / speeds['eager']:.2f}x eager fp32), built "
             f"in {time.perf_counter() - start:.0f} s, against fp32 {_fmt(agreements[name])}")  # fmt: skip
         if within_tolerance(agreements[name]) and (best is None or speeds[name] > speeds[best[0]]):
-            best = (name, precision, compiled, net)
+            best = (name, precision, compiled, runtime, net)
     if best is None:
         return build_path(model, "fp32", example), Decision("fp32", False, speeds, agreements, "no path measured")
-    name, precision, compiled, net = best
+    name, precision, compiled, runtime, net = best
     reason = (f"{speeds[name]:.2f} images/s, {speeds[name] / speeds['eager']:.2f}x eager fp32, within tolerance of "
               f"fp32 ({_fmt(agreements[name])})")  # fmt: skip
-    decision = Decision(precision, compiled, speeds, agreements, reason)
+    decision = Decision(precision, compiled, speeds, agreements, reason, runtime=runtime)
+    cache = decision_file(checkpoint, example.shape, cpu)
     atomic_write_json(cache, {k: v for k, v in asdict(decision).items() if k != "cached"})
     return net, decision
 

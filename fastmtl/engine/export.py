@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import fastmtl
+from fastmtl.backend import set_kernel_backend
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
 from fastmtl.files import exclusive_folder
@@ -81,7 +82,7 @@ def export_metadata(model: nn.Module, meta: dict[str, Any], img_size: int) -> di
     }
 
 
-def _output_names(model: nn.Module, x: torch.Tensor) -> list[str]:
+def output_names(model: nn.Module, x: torch.Tensor) -> list[str]:
     with torch.inference_mode():
         out = model(x)
     return [name for name, t in zip(out._fields, out) if t is not None]
@@ -157,7 +158,21 @@ def _load_aoti(out: Path):
     return lambda x: _flat(package(x))
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path, dynamic, names, metadata) -> Path:
+def deployable(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` as exports trace it: reference layers, BatchNorms folded, outputs a plain tuple."""
+    net = _TupleOutputs(set_kernel_backend(copy.deepcopy(model), "reference")).eval().requires_grad_(False)
+    fold_batchnorms(net)
+    return net
+
+
+def batch_dim(dynamic_batch: bool) -> tuple[dict[int, Any], ...] | None:
+    """``dynamic_shapes`` for an export whose batch is dynamic (1..1024), or None for a fixed one. Trace a dynamic
+    batch with an example of at least 2: a dimension traced at size 1 is specialised to 1."""
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, out: Path, dynamic, names, metadata) -> Path:
+    """Writes ``model`` (as :func:`deployable` returns it) traced at ``example`` to the ONNX file ``out``."""
     _require("onnx", "onnxscript", what="ONNX export")
     import onnx
 
@@ -232,20 +247,18 @@ def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynam
     model, meta = load_model(checkpoint, device=device, kernels="reference")
     config = model_config(model)
     size = img_size or config.img_size
-    # A dynamic dimension traced at size 1 would be specialised to 1, so trace a dynamic batch with at least 2.
     example = torch.zeros(max(batch_size, 2) if dynamic_batch else batch_size, config.in_chans, size, size)
     example = example.to(device)
-    names = _output_names(model, example)
-    folded = _TupleOutputs(copy.deepcopy(model)).eval().requires_grad_(False)
-    fold_batchnorms(folded)
+    names = output_names(model, example)
+    folded = deployable(model)
     metadata = {**export_metadata(model, meta, size), "outputs": ",".join(names)}
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
+    dynamic = batch_dim(dynamic_batch)
     if format == "aoti":
         program = torch.export.export(folded, (example,), dynamic_shapes=dynamic)
         _export_aoti(program, out, metadata)
         runner = _load_aoti(out) if check else None
     else:
-        _export_onnx(folded, example, out, dynamic, names, metadata)
+        write_onnx(folded, example, out, dynamic, names, metadata)
         runner = None
         if check and importlib.util.find_spec("onnxruntime") is None:
             print(f"fastmtl export: onnxruntime is not installed, {out} was not checked (pip install onnxruntime)")

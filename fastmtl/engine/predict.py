@@ -41,12 +41,14 @@ from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder
 from fastmtl.precision import (
-    AUTO_MIN_IMAGES,
     PRECISIONS,
+    RUNTIMES,
     PrecisionUnavailable,
-    auto_without_measuring,
     build_path,
     choose_precision,
+    path_name,
+    plan_auto,
+    resolve_runtime,
 )
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
@@ -111,6 +113,7 @@ def predict(
     compile: bool = False,
     precision: str = "auto",
     calibrate: Any = None,
+    runtime: str = "auto",
 ) -> PredictSummary:
     """Predicts masks and class probabilities for a set of images.
 
@@ -137,15 +140,21 @@ def predict(
             for jobs of :data:`~fastmtl.precision.AUTO_MIN_IMAGES` images or more, then cached); the path taken is
             printed and stored in ``PredictSummary.precision``.
         calibrate: images to calibrate int8 / ``auto`` on (anything :func:`collect_inputs` takes); default the
-            first images of ``inputs``.
+            first images of ``inputs``. ONNX Runtime's int8 is calibrated once per checkpoint and image size and
+            cached; giving ``calibrate`` calibrates it again.
+        runtime: ``auto``, ``torch`` or ``onnxruntime`` for an explicit ``precision`` (CPU fp32 / int8;
+            :func:`fastmtl.precision.resolve_runtime`); ``auto`` precision picks its own.
 
     Raises:
         FileNotFoundError: no input matches.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if not optimize and precision not in ("auto", "fp32"):
-        raise ValueError(f"precision {precision!r} needs the optimized model; drop --no-optimize")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if not optimize and (precision not in ("auto", "fp32") or runtime == "onnxruntime"):
+        raise ValueError(f"precision {precision!r} on runtime {runtime!r} needs the optimized model; drop "
+                         "--no-optimize")  # fmt: skip
     if not 0.0 < threshold < 1.0:  # NaN fails too
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
     if batch_size < 1 or num_workers < 0 or (img_size is not None and img_size < 1):
@@ -163,7 +172,7 @@ def predict(
                 checkpoint, [paths[i] for i in mine], out, dev, img_size, threshold, overlays
             )
             model, path = _inference_path(
-                model, checkpoint, dataset, batch_size, optimize, compile, precision, calibrate
+                model, checkpoint, dataset, batch_size, optimize, compile, precision, runtime, calibrate
             )
             if rank == 0:  # only once the inputs and the model are good: a typo must not cost the earlier results
                 _log(f"path: {path}")
@@ -206,39 +215,38 @@ def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold,
     return model, dataset, PredictionWriter(out, overlays, threshold, class_names, seg_names, config.seg_classes)
 
 
-def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, optimize, compile, precision, calibrate):
+def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, optimize, compile, precision, runtime,
+                    calibrate):  # fmt: skip
     """(model to run, description of the path). A precision this machine cannot run falls back to fp32 with the
     reason; ``auto`` on a large CPU job, int8 and compiled paths are built on a sample of the images (or of
     ``calibrate``)."""
     if not optimize:
         return model, "fp32, the checkpoint's model as saved (--no-optimize)"
     device = next(model.parameters()).device
-    shortcut = auto_without_measuring(device, len(dataset)) if precision == "auto" else None
-    if shortcut is not None:
-        reason = (
-            "CUDA"
-            if shortcut == "bf16"
-            else f"a job under {AUTO_MIN_IMAGES} images, where measuring and compiling would not pay back"
-        )
-        _log(f"precision auto: {shortcut} ({reason}; --precision chooses another)")
-        precision = shortcut
-    sample = [torch.zeros(batch_size, 0)]  # the uncompiled float paths do not look at it
+    shaped = [torch.zeros(batch_size, dataset.in_chans, *dataset.size, device=device)]  # what the uncompiled
+    sample = shaped  # float paths need; int8, compiled paths and measuring look at images
+    if precision == "auto":
+        plan = plan_auto(device, checkpoint, shaped[0].shape, len(dataset))
+        if plan is not None:
+            _log(f"auto: {plan.describe()}{'' if plan.cached else '; --precision chooses another'}")
+            precision, compile, runtime = plan.precision, plan.compile or compile, plan.runtime
     if precision in ("auto", "int8") or compile:
         source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
                                                               dataset.normalize, dataset.in_chans)  # fmt: skip
         sample = _sample(source, batch_size, 4 if precision in ("auto", "int8") else 1, device)
         if not sample:  # nothing readable: the batch loop reports every file; the plain path is enough for that
             _log("no readable image to calibrate or compile on; running fp32")
-            precision, compile, sample = "fp32", False, [torch.zeros(batch_size, 0)]
+            precision, compile, runtime, sample = "fp32", False, "torch", shaped
     if precision == "auto":
         net, decision = choose_precision(model, checkpoint, sample, n_images=len(dataset), log=_log)
         return net, decision.describe()
     try:
-        net = build_path(model, precision, sample[0], compile=compile, calibration=sample)
+        net = build_path(model, precision, sample[0], compile=compile, runtime=runtime, calibration=sample,
+                         refresh=calibrate is not None, log=_log)  # fmt: skip
     except PrecisionUnavailable as e:
         _log(f"precision {precision} is not available here: {e}; running fp32 instead")
-        precision, net = "fp32", build_path(model, "fp32", sample[0], compile=compile)
-    return net, precision + (" compiled" if compile or precision == "int8" else "")
+        precision, runtime, net = "fp32", "torch", build_path(model, "fp32", sample[0], compile=compile)
+    return net, path_name(precision, compile, resolve_runtime(runtime, precision, device))
 
 
 def _sample(dataset: ImagePaths, batch_size: int, batches: int, device: torch.device) -> list[torch.Tensor]:

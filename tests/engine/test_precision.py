@@ -16,6 +16,7 @@ from tests.engine.test_train import tiny_mtl_test
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
                                    reason="int8 needs torchao (pip install 'fastmtl[int8]')")  # fmt: skip
+needs_onnxruntime = pytest.mark.skipif(P.onnxrt.missing() is not None, reason=str(P.onnxrt.missing()))
 NO_BF16 = P.CpuInfo("test CPU", "AVX2", bf16=False, int8_vnni=False)
 
 
@@ -89,11 +90,12 @@ def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
     net, decision = P.choose_precision(tiny, checkpoint, sample, n_images=5000, min_images=0, log=lines.append)
     assert not decision.cached and "eager" in decision.images_per_s
     measured = [name for name in decision.images_per_s if name != "eager"]
-    assert "fp32" in measured and "fp32+compile" in measured
+    assert measured == [P.path_name(*c) for c in P._candidates(torch.device("cpu"), P.cpu_info())]
+    assert "fp32" in measured and ("fp32+onnxruntime" in measured or "fp32+compile" in measured)
     for name in measured:  # every measured path reports its agreement with fp32
         assert set(decision.agreement[name]) >= {"mask_dsc", "mask_agreement", "prob_mean_abs", "prob_max_abs"}
-    assert P.within_tolerance(decision.agreement[_name(decision)]), decision
-    cache = P.decision_file(checkpoint, sample[0], P.cpu_info())
+    assert P.within_tolerance(decision.agreement[decision.name]), decision
+    cache = P.decision_file(checkpoint, sample[0].shape, P.cpu_info())
     assert json.loads(cache.read_text())["precision"] == decision.precision
     with torch.inference_mode():
         assert P.agreement(_reference(tiny, sample[1]), net(sample[1]))["mask_agreement"] > 97.0
@@ -104,11 +106,7 @@ def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
     assert not any("measuring" in line for line in again)  # nothing measured the second time
 
     checkpoint.write_bytes(b"a different checkpoint")  # new size and mtime: a new key, no stale decision
-    assert P.decision_file(checkpoint, sample[0], P.cpu_info()) != cache
-
-
-def _name(decision: P.Decision) -> str:
-    return decision.precision + ("+compile" if decision.compile and decision.precision != "int8" else "")
+    assert P.decision_file(checkpoint, sample[0].shape, P.cpu_info()) != cache
 
 
 def test_auto_takes_fp32_for_a_small_job_and_says_why(tiny, tmp_path):
@@ -116,15 +114,35 @@ def test_auto_takes_fp32_for_a_small_job_and_says_why(tiny, tmp_path):
     checkpoint.write_bytes(b"x")
     net, decision = P.choose_precision(tiny, checkpoint, [torch.randn(2, 3, 32, 32)], n_images=20, min_images=1000)
     assert decision.precision == "fp32" and "below 1000" in decision.reason
-    assert not P.decision_file(checkpoint, torch.randn(2, 3, 32, 32), P.cpu_info()).exists()
+    assert not P.decision_file(checkpoint, (2, 3, 32, 32), P.cpu_info()).exists()
 
 
-@needs_torchao
-def test_predict_int8_reports_its_path_and_writes_every_output(tiny_checkpoint, image_files, tmp_path, capsys):
+def test_a_small_job_reuses_a_cached_decision_only_when_it_compiles_nothing(tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"x")
+    shape, cache = (2, 3, 32, 32), P.decision_file(checkpoint, (2, 3, 32, 32), P.cpu_info())
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"precision": "fp32", "compile": True, "images_per_s": {}, "agreement": {},
+                                 "reason": "measured", "runtime": "torch"}))  # fmt: skip
+    assert P.plan_auto("cpu", checkpoint, shape, n_images=20).reason.startswith("a job of 20 image(s)")
+    assert P.plan_auto("cpu", checkpoint, shape, n_images=5000).cached  # a large job compiles it
+    cache.write_text(json.dumps({"precision": "int8", "compile": False, "images_per_s": {}, "agreement": {},
+                                 "reason": "measured", "runtime": "onnxruntime"}))  # fmt: skip
+    small = P.plan_auto("cpu", checkpoint, shape, n_images=20)
+    assert small.cached and small.name == "int8+onnxruntime"
+    cache.write_text("{not json")  # a damaged cache is ignored, not fatal
+    assert P.plan_auto("cpu", checkpoint, shape, n_images=5000) is None
+    assert P.plan_auto("cuda", checkpoint, shape, n_images=1).name == "bf16"
+
+
+@pytest.mark.parametrize("runtime", [pytest.param("torch", marks=needs_torchao),
+                                     pytest.param("onnxruntime", marks=needs_onnxruntime)])  # fmt: skip
+def test_predict_int8_reports_its_path_and_writes_every_output(tiny_checkpoint, image_files, tmp_path, capsys, runtime):
     ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
     summary = predict(ckpt, tmp_path / "images", tmp_path / "int8", num_workers=0, batch_size=4, precision="int8",
-                      calibrate=[tmp_path / "images"])  # fmt: skip
-    assert summary.precision == "int8 compiled" and "path: int8" in capsys.readouterr().err
+                      calibrate=[tmp_path / "images"], runtime=runtime)  # fmt: skip
+    name = P.path_name("int8", runtime=runtime)
+    assert summary.precision == name and f"path: {name}" in capsys.readouterr().err
     fp32 = predict(ckpt, tmp_path / "images", tmp_path / "fp32", num_workers=0, batch_size=4, precision="fp32")
     rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "int8" / "probabilities.csv"))}
     assert len(rows) == summary.n_images == fp32.n_images == len(image_files)
@@ -150,7 +168,7 @@ def test_auto_on_a_small_job_says_fp32_and_unreadable_inputs_still_get_reported(
 ):
     ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
     summary = predict(ckpt, tmp_path / "images", tmp_path / "auto", num_workers=0)
-    assert summary.precision == "fp32" and "precision auto: fp32 (a job under 1000 images" in capsys.readouterr().err
+    assert summary.precision == "fp32" and "auto: precision fp32: a job of" in capsys.readouterr().err
     only_broken = predict(ckpt, [corrupt_image], tmp_path / "broken", num_workers=0, precision="int8")
     assert (only_broken.n_images, only_broken.n_failed, only_broken.precision) == (0, 1, "fp32")
     assert "no readable image to calibrate" in capsys.readouterr().err
@@ -163,3 +181,5 @@ def test_the_command_line_offers_exactly_the_library_precisions():
     (action,) = [a for a in predict_parser._actions if a.dest == "precision"]
     assert tuple(action.choices) == P.PRECISIONS and action.default == "auto"
     assert f"{P.AUTO_MIN_IMAGES}+" in action.help
+    (runtime,) = [a for a in predict_parser._actions if a.dest == "runtime"]
+    assert tuple(runtime.choices) == P.RUNTIMES and runtime.default == "auto"

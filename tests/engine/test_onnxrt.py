@@ -1,0 +1,100 @@
+"""ONNX Runtime paths (fastmtl.onnxrt): resformer_mtl exported once and cached, int8 quantized with the stem and
+the output operators kept fp32, both close to eager, and reused from the cache by a later build."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+import fastmtl
+from fastmtl import onnxrt
+from fastmtl import precision as P
+
+pytestmark = pytest.mark.skipif(onnxrt.missing() is not None, reason=str(onnxrt.missing()))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return fastmtl.create_model("resformer_mtl", img_size=32).eval()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("fastmtl-cache")
+        mp.setenv("FASTMTL_CACHE", str(folder))
+        yield folder
+
+
+def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
+    import onnx
+
+    torch.manual_seed(1)
+    calibration = [torch.randn(2, 3, 32, 32) for _ in range(3)]
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the one exported: the batch is dynamic
+    with torch.inference_mode():
+        ref = model(x)
+    built = []
+    fp32 = P.build_path(model, "fp32", calibration[0], runtime="onnxruntime", log=built.append)
+    int8 = P.build_path(model, "int8", calibration[0], runtime="auto", calibration=calibration, log=built.append)
+    assert [line.split(":")[0] for line in built] == ["onnxruntime", "onnxruntime"]  # exported, then calibrated
+    assert "exported" in built[0] and "int8 calibrated on 6 image(s)" in built[1]
+
+    with torch.inference_mode():
+        out32, out8 = fp32(x), int8(x)
+    torch.testing.assert_close(out32.seg_logits, ref.seg_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out32.cls_logits, ref.cls_logits, atol=1e-4, rtol=1e-4)
+    assert out8.seg_logits.shape == ref.seg_logits.shape and out8.cls_logits.dtype == torch.float32
+    assert P.agreement(ref, out8)["mask_agreement"] > 95.0, P.agreement(ref, out8)
+
+    graph = onnx.load(str(int8.path)).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["QuantizeLinear"] > 20 and ops["DequantizeLinear"] > ops["QuantizeLinear"]  # weights too
+    producer = {out: node for node in graph.node for out in node.output}
+    weights = {init.name for init in graph.initializer}
+    for name in ("seg_logits", "cls_logits"):  # the operators that produce the outputs keep fp32 weights
+        node = producer[name]
+        while node.op_type not in ("Conv", "Gemm", "MatMul"):
+            node = producer[node.input[0]]
+        assert node.input[1] in weights, (name, node.name)
+    stems = [node for node in graph.node if "image" in node.input]  # ResNet stem, Swin patch embeddings
+    assert len(stems) >= 2 and all(n.op_type == "Conv" and n.input[1] in weights for n in stems)  # raw pixels, fp32
+    inner = [n for n in graph.node if n.op_type == "Conv" and n not in stems]
+    assert sum(producer.get(n.input[1]) is not None for n in inner) > len(inner) // 2  # most convs: int8 weights
+
+    again = []
+    reused = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=again.append)
+    assert again == [] and reused.path == int8.path  # nothing exported or calibrated: read from the cache
+    P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration[:1], refresh=True,
+                 log=again.append)  # fmt: skip
+    assert len(again) == 1 and "int8 calibrated on 2 image(s)" in again[0]
+
+    other = fastmtl.create_model("resformer_mtl", img_size=32).eval()  # other weights: another file
+    assert onnxrt.cached_file(other, x, "fp32") != onnxrt.cached_file(model, x, "fp32") == fp32.path
+    assert onnxrt.cached_file(model, torch.randn(1, 3, 64, 64), "fp32") != fp32.path  # another image size
+
+
+def test_onnxruntime_refuses_what_it_cannot_run(model):
+    with pytest.raises(P.PrecisionUnavailable, match="fp32 and int8 on a CPU"):
+        P.build_path(model, "bf16", torch.randn(2, 3, 32, 32), runtime="onnxruntime")
+    with pytest.raises(ValueError, match="compile applies to the torch runtime"):
+        P.build_path(model, "fp32", torch.randn(2, 3, 32, 32), runtime="onnxruntime", compile=True)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        P.resolve_runtime("tensorrt", "fp32", "cpu")
+    assert P.resolve_runtime("auto", "int8", "cpu") == "onnxruntime"
+    assert P.resolve_runtime("auto", "fp32", "cpu") == P.resolve_runtime("auto", "int8", "cuda") == "torch"
+
+
+def test_a_missing_package_is_named(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name))
+    assert "onnxruntime" in onnxrt.missing() and "fastmtl[export]" in onnxrt.missing()
+    assert P.resolve_runtime("auto", "int8", "cpu") == "torch"  # int8 then runs on torchao
+    with pytest.raises(P.PrecisionUnavailable, match="need onnxruntime"):
+        P.build_path(fastmtl.create_model("resformer_mtl", img_size=32), "fp32", torch.randn(2, 3, 32, 32),
+                     runtime="onnxruntime")  # fmt: skip
