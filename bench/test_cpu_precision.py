@@ -147,8 +147,7 @@ def _reference(model, checkpoint: Path, images: list[tuple[Path, Path]], img_siz
         data = ImagePaths([p for p, _ in images[:n]], (img_size, img_size))
         x = torch.stack([data[i]["image"] for i in range(n)])
         with torch.inference_mode():
-            outs = [model(c) for c in x.split(batch)]
-        ref = MTLOutput(*(torch.cat([o[i] for o in outs]) for i in range(2)))
+            ref = P.cat_outputs([model(c) for c in x.split(batch)])
         masks = [torch.from_numpy((read_mask(m) > 0).astype(np.float32))[None, None] for _, m in images[:n]]
         truth = torch.cat([F.interpolate(m, size=(img_size, img_size), mode="nearest") for m in masks])[:, 0] > 0
         _REFERENCE[key] = (x, ref, truth)
@@ -164,8 +163,7 @@ def _dsc(out: MTLOutput, truth: torch.Tensor) -> float:
 def _accuracy(net, x: torch.Tensor, ref: MTLOutput, truth: torch.Tensor, batch: int) -> dict[str, Any]:
     """Agreement with eager fp32 and the change in mean DSC against the ground truth."""
     with torch.inference_mode():
-        outs = [net(c) for c in x.split(batch)]
-    got = MTLOutput(*(torch.cat([o[i].float() for o in outs]) for i in range(2)))
+        got = P.cat_outputs([net(c) for c in x.split(batch)])
     found, fp32 = P.agreement(ref, got), _dsc(ref, truth)
     return {"accuracy_images": x.shape[0], **{f"vs_fp32_{k}": round(v, 5) for k, v in found.items()},
             "dsc_gt_fp32": round(fp32, 3), "dsc_gt_delta": round(_dsc(got, truth) - fp32, 3)}  # fmt: skip

@@ -3,7 +3,7 @@
     fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume] [--skip-bad] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
     fastmtl eval    --checkpoint FILE [--data-root DIR] [--split training|validation|test|train|val] --out DIR [--kind KIND] [--batch-size N] [--workers N] [--device DEVICE]
     fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile] [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime] [--calibrate PATH ...]
-    fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE]
+    fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE] [--precision fp32|int8] [--calibrate PATH ...]
     fastmtl info
     fastmtl check-data --data-root DIR [--split training|validation|test|train|val] [--kind KIND] [--out FILE]
     fastmtl demo    [--data-root DIR] [--out DIR] [--device auto|cpu|cuda] [--set KEY=VALUE ...] [--resume]
@@ -118,6 +118,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of 1..1024")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
     p.add_argument("--device", default="cpu", help="compile for cpu (default), cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32 (default), or int8: an ONNX file quantized by ONNX Runtime, calibrated on "
+                        "--calibrate (--format onnx)")  # fmt: skip
+    p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate an int8 export on")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -317,8 +321,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = export(args.checkpoint, args.out, format=args.format, img_size=args.img_size,
                   batch_size=args.batch_size, dynamic_batch=not args.static_batch, check=not args.no_check,
-                  device=_device(args.device))  # fmt: skip
-    print(f"exported {path}" + ("" if args.no_check else " (outputs match the eager model)"))
+                  device=_device(args.device), precision=args.precision, calibrate=args.calibrate)  # fmt: skip
+    checked = " (outputs match the eager model)" if args.precision == "fp32" else " (int8, within tolerance)"
+    print(f"exported {path}" + ("" if args.no_check else checked))
     return 0
 
 

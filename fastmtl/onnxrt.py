@@ -26,7 +26,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import replacing
 from fastmtl.output import MTLOutput
 
-__all__ = ["OnnxRuntimeModel", "build", "cached_file", "missing"]
+__all__ = ["OnnxRuntimeModel", "build", "cached_file", "missing", "quantize", "weights_digest"]
 
 _NEEDS = ("onnx", "onnxscript", "onnxruntime")
 
@@ -47,22 +47,30 @@ def missing() -> str | None:
     return f"ONNX Runtime paths need {', '.join(absent)}: pip install 'fastmtl[export]'" if absent else None
 
 
-def cached_file(model: nn.Module, example: torch.Tensor, precision: str) -> Path:
-    """Where the ONNX file of ``model`` at ``example``'s image size in ``precision`` is cached: named by a hash of
-    the weights, the config, the image size and the torch / ONNX Runtime versions."""
+def cached_file(model: nn.Module, shape: Sequence[int], precision: str, *, digest: str | None = None) -> Path:
+    """Where the ONNX file of ``model`` for inputs of ``shape`` (B, C, H, W; any B) in ``precision`` is cached:
+    named by the config, the image size, the precision and :func:`weights_digest` (pass ``digest`` when known:
+    hashing 225 MB of weights takes about a second)."""
+    from fastmtl.engine.checkpoint import model_config
+
+    size = f"{shape[-2]}x{shape[-1]}"
+    return default_cache_dir() / "onnx" / \
+        f"{model_config(model).name}-{size}-{precision}-{digest or weights_digest(model, shape)}.onnx"  # fmt: skip
+
+
+def weights_digest(model: nn.Module, shape: Sequence[int]) -> str:
+    """A hash of the weights, the config, the input's channels and size and the torch / ONNX Runtime versions."""
     import onnxruntime
 
     from fastmtl.engine.checkpoint import model_config
 
     digest = hashlib.blake2b(digest_size=12)
     config = {k: v for k, v in model_config(model).to_dict().items() if k != "kernels"}
-    digest.update(json.dumps([config, list(example.shape[1:]), precision, torch.__version__,
-                              onnxruntime.__version__]).encode())  # fmt: skip
+    digest.update(json.dumps([config, list(shape[1:]), torch.__version__, onnxruntime.__version__]).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    size = f"{example.shape[-2]}x{example.shape[-1]}"
-    return default_cache_dir() / "onnx" / f"{config['name']}-{size}-{precision}-{digest.hexdigest()}.onnx"
+    return digest.hexdigest()
 
 
 def _export_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
@@ -70,9 +78,7 @@ def _export_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
 
     names = output_names(model, example)
     trace = example if example.shape[0] >= 2 else example.expand(2, *example.shape[1:])
-    with replacing(out) as tmp:
-        write_onnx(deployable(model), trace.contiguous(), Path(tmp), batch_dim(True), names,
-                   {"outputs": ",".join(names)})  # fmt: skip
+    write_onnx(deployable(model), trace.contiguous(), out, batch_dim(True), names, {"outputs": ",".join(names)})
 
 
 def _fp32_nodes(graph) -> list[str]:
@@ -91,7 +97,9 @@ def _fp32_nodes(graph) -> list[str]:
     return keep
 
 
-def _quantize(fp32: Path, out: Path, calibration: list[torch.Tensor], reduce_range: bool) -> None:
+def quantize(fp32: Path, out: Path, calibration: list[torch.Tensor], reduce_range: bool = True) -> None:
+    """Writes ``out``: the fp32 ONNX file ``fp32`` with static int8 QDQ quantization calibrated on ``calibration``
+    (see the module docstring; ``reduce_range``: 7-bit weights, for CPUs without VNNI). Metadata is kept."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -114,12 +122,17 @@ def _quantize(fp32: Path, out: Path, calibration: list[torch.Tensor], reduce_ran
         prepared = Path(work) / "prepared.onnx"
         # Symbolic shape inference fails on the exporter's Concat of dynamic shapes; ONNX's own inference suffices.
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        source = onnx.load(str(fp32), load_external_data=False)
         keep = _fp32_nodes(onnx.load(str(prepared)).graph)
         with replacing(out) as tmp:
             quantize_static(str(prepared), tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                             nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+            quantized = onnx.load(tmp)
+            metadata = {prop.key: prop.value for prop in source.metadata_props}
+            onnx.helper.set_model_props(quantized, {**metadata, "precision": "int8"})
+            onnx.save(quantized, tmp)
 
 
 class OnnxRuntimeModel(nn.Module):
@@ -176,17 +189,18 @@ def build(
     reason = missing()
     if reason:
         raise ModuleNotFoundError(reason)
-    fp32 = cached_file(model, example, "fp32")
+    digest = weights_digest(model, example.shape)
+    fp32 = cached_file(model, example.shape, "fp32", digest=digest)
     if not fp32.is_file():
         start = time.perf_counter()
         _export_fp32(model, example, fp32)
         log(f"onnxruntime: exported to {fp32} in {time.perf_counter() - start:.0f} s (cached for later jobs)")
     if precision == "fp32":
         return OnnxRuntimeModel(fp32)
-    int8 = cached_file(model, example, "int8-vnni" if int8_vnni else "int8")
+    int8 = cached_file(model, example.shape, "int8-vnni" if int8_vnni else "int8", digest=digest)
     if refresh or not int8.is_file():
         start = time.perf_counter()
-        _quantize(fp32, int8, calibration or [example], reduce_range=not int8_vnni)
+        quantize(fp32, int8, calibration or [example], reduce_range=not int8_vnni)
         log(f"onnxruntime: int8 calibrated on {sum(b.shape[0] for b in calibration or [example])} image(s) in "
             f"{time.perf_counter() - start:.0f} s, cached as {int8}")  # fmt: skip
     return OnnxRuntimeModel(int8)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,9 +169,15 @@ def idle_cpus(cpus: set[int] | None = None, interval: float = 0.1, stat: Path = 
 
 def fit_threads(workers: int, cpus: int | None = None, idle: float | None = None) -> int:
     """Sets torch's intra-op threads to the cores left beside ``workers`` decoding processes, and no more than the
-    cores idle right now (``idle``, measured by :func:`idle_cpus` when not given), at least 1; returns the count."""
+    cores idle right now (``idle``, measured by :func:`idle_cpus` when not given), at least 1; returns the count.
+
+    Inter-op threads go to 1 where torch still allows it (before any inter-op work in this process): fastmtl's
+    models run one graph at a time, and a pool sized to every core only adds sleeping threads beside the
+    intra-op ones."""
     cpus = available_cpus() if cpus is None else cpus
     idle = idle_cpus() if idle is None else idle
     free = cpus - workers if idle is None else min(cpus - workers, round(idle))
     torch.set_num_threads(max(1, free))
+    with suppress(RuntimeError):  # already set, or inter-op work has started: torch refuses a second size
+        torch.set_num_interop_threads(1)
     return torch.get_num_threads()

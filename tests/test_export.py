@@ -159,3 +159,37 @@ def test_a_batch_outside_the_dynamic_range_is_refused_before_any_work(checkpoint
     with pytest.raises(ValueError, match=f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}"):
         export(checkpoint, tmp_path / "m.pt2", batch_size=batch_size)
     assert list(tmp_path.iterdir()) == []  # no lock, no file
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX or importlib.util.find_spec("onnxruntime") is None,
+                    reason="an int8 export needs onnx, onnxscript and onnxruntime (fastmtl[export])")  # fmt: skip
+def test_int8_onnx_export_is_calibrated_checked_and_keeps_the_metadata(checkpoint, tmp_path, capsys) -> None:
+    import numpy as np
+    import onnx
+    from PIL import Image
+
+    images = tmp_path / "calibration"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):  # smooth blobs rather than noise: images a lesion model could see
+        yy, xx = np.mgrid[:48, :48]
+        blob = np.exp(-((yy - rng.integers(12, 36)) ** 2 + (xx - rng.integers(12, 36)) ** 2) / 120.0)
+        rgb = np.stack([200 - 120 * blob, 160 - 100 * blob, 140 - 90 * blob], -1) + rng.normal(0, 4, (48, 48, 3))
+        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(images / f"case{i}.png")
+    out = tmp_path / "model-int8.onnx"
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--precision", "int8", "--out", str(out)]
+    assert main([*argv, "--calibrate", str(images)]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 against the eager model on 10 calibration image(s): mask_dsc" in printed
+    assert f"exported {out} (int8, within tolerance)" in printed
+    proto = onnx.load(str(out))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["precision"] == "int8" and props["img_size"] == "32" and props["class_names"] == "mel,sk,nev"
+    assert any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+    assert not list(tmp_path.glob(".*.tmp"))  # written whole through a temporary file
+
+    assert main(argv) == 2  # no calibration images
+    assert "use --format onnx and --calibrate PATH" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="AOTInductor packages are fp32"):
+        export(checkpoint, tmp_path / "m.pt2", precision="int8", calibrate=images)

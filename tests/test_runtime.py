@@ -91,6 +91,13 @@ def test_cpu_budget_sizes_workers_and_threads(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_fit_threads_sizes_the_inter_op_pool_of_a_fresh_process():
+    code = "import torch; from fastmtl import runtime; runtime.fit_threads(0, cpus=2, idle=2.0); " \
+           "print(torch.get_num_threads(), torch.get_num_interop_threads())"  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "1"]
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity and /proc/stat")
 def test_idle_cpus_sees_a_busy_core(tmp_path):
     """A process spinning on core 0 makes it count as busy; unreadable counters give None, not a guess."""

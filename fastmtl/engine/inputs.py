@@ -1,4 +1,5 @@
-"""Prediction inputs: a folder, glob, list file or paths resolved to a sorted image list with unique ids."""
+"""Prediction inputs: a folder, glob, list file or paths resolved to a sorted image list with unique ids, and the
+calibration batches drawn from them."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import Dataset
+
 from fastmtl.data.io import IMAGE_EXTENSIONS
 from fastmtl.files import safe_name
 
-__all__ = ["collect_inputs", "image_ids"]
+__all__ = ["collect_inputs", "image_ids", "sample_batches"]
 
 _GLOB_CHARS = "*?["
 
@@ -81,3 +85,22 @@ def image_ids(paths: Sequence[Path]) -> list[str]:
             seen[candidate] = seen.get(candidate, 0) + 1
             ids[i] = candidate if seen[candidate] == 1 else f"{candidate}_{seen[candidate]}"
     return ids
+
+
+def sample_batches(
+    dataset: Dataset, batch_size: int, batches: int, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """Up to ``batches`` batches of ``batch_size`` readable images from the start of ``dataset`` (an
+    :class:`~fastmtl.data.images.ImagePaths`: unreadable items carry no ``image``); the last may be short, and the
+    list is empty when nothing reads."""
+    images = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if "image" in item:
+            images.append(item["image"])
+        if len(images) == batch_size * batches:
+            break
+    if not images:
+        return []
+    stacked = torch.stack(images).to(device)
+    return [stacked[i : i + batch_size] for i in range(0, len(images), batch_size)]

@@ -36,7 +36,7 @@ from fastmtl.data.images import ImagePaths, collate_predict
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
 from fastmtl.engine.ckpt_meta import warn_if_synthetic
 from fastmtl.engine.distributed import barrier, cleanup, init_distributed
-from fastmtl.engine.inputs import collect_inputs, image_ids
+from fastmtl.engine.inputs import collect_inputs, image_ids, sample_batches
 from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder
@@ -226,14 +226,14 @@ def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, opt
     shaped = [torch.zeros(batch_size, dataset.in_chans, *dataset.size, device=device)]  # what the uncompiled
     sample = shaped  # float paths need; int8, compiled paths and measuring look at images
     if precision == "auto":
-        plan = plan_auto(device, checkpoint, shaped[0].shape, len(dataset))
+        plan = plan_auto(device, checkpoint, shaped[0].shape, len(dataset), model=model)
         if plan is not None:
             _log(f"auto: {plan.describe()}{'' if plan.cached else '; --precision chooses another'}")
             precision, compile, runtime = plan.precision, plan.compile or compile, plan.runtime
     if precision in ("auto", "int8") or compile:
         source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
                                                               dataset.normalize, dataset.in_chans)  # fmt: skip
-        sample = _sample(source, batch_size, 4 if precision in ("auto", "int8") else 1, device)
+        sample = sample_batches(source, batch_size, 4 if precision in ("auto", "int8") else 1, device)
         if not sample:  # nothing readable: the batch loop reports every file; the plain path is enough for that
             _log("no readable image to calibrate or compile on; running fp32")
             precision, compile, runtime, sample = "fp32", False, "torch", shaped
@@ -247,21 +247,6 @@ def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, opt
         _log(f"precision {precision} is not available here: {e}; running fp32 instead")
         precision, runtime, net = "fp32", "torch", build_path(model, "fp32", sample[0], compile=compile)
     return net, path_name(precision, compile, resolve_runtime(runtime, precision, device))
-
-
-def _sample(dataset: ImagePaths, batch_size: int, batches: int, device: torch.device) -> list[torch.Tensor]:
-    """Up to ``batches`` full batches of readable images from the start of ``dataset``; empty when none reads."""
-    images = []
-    for index in range(len(dataset)):
-        item = dataset[index]
-        if "image" in item:
-            images.append(item["image"])
-        if len(images) == batch_size * batches:
-            break
-    if not images:
-        return []
-    stacked = torch.stack(images).to(device)
-    return [stacked[i : i + batch_size] for i in range(0, len(images), batch_size)]
 
 
 def _pick(paths: list[Path], ids: list[str], indices: list[int]) -> tuple[list[Path], list[str]]:

@@ -72,9 +72,15 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
                  log=again.append)  # fmt: skip
     assert len(again) == 1 and "int8 calibrated on 2 image(s)" in again[0]
 
+    checkpoint = cache / "model.safetensors"
+    checkpoint.write_bytes(b"stands in for the checkpoint in auto's cache key")
+    small = P.plan_auto("cpu", checkpoint, x.shape, n_images=5, model=model)  # exported already: worth it
+    assert small.name == "fp32+onnxruntime" and "exported by an earlier job" in small.reason
+
     other = fastmtl.create_model("resformer_mtl", img_size=32).eval()  # other weights: another file
-    assert onnxrt.cached_file(other, x, "fp32") != onnxrt.cached_file(model, x, "fp32") == fp32.path
-    assert onnxrt.cached_file(model, torch.randn(1, 3, 64, 64), "fp32") != fp32.path  # another image size
+    assert P.plan_auto("cpu", checkpoint, x.shape, n_images=5, model=other).name == "fp32"
+    assert onnxrt.cached_file(other, x.shape, "fp32") != onnxrt.cached_file(model, x.shape, "fp32") == fp32.path
+    assert onnxrt.cached_file(model, (1, 3, 64, 64), "fp32") != fp32.path  # another image size
 
 
 def test_onnxruntime_refuses_what_it_cannot_run(model):

@@ -130,6 +130,10 @@ def test_a_small_job_reuses_a_cached_decision_only_when_it_compiles_nothing(tmp_
                                  "reason": "measured", "runtime": "onnxruntime"}))  # fmt: skip
     small = P.plan_auto("cpu", checkpoint, shape, n_images=20)
     assert small.cached and small.name == "int8+onnxruntime"
+    cache.unlink()
+    if P.onnxrt.missing() is None:  # a small job of many pixels exports fp32 to ONNX Runtime; fewer stay on torch
+        assert P.plan_auto("cpu", checkpoint, (8, 3, 224, 224), n_images=300).name == "fp32+onnxruntime"
+        assert P.plan_auto("cpu", checkpoint, (8, 3, 224, 224), n_images=100).name == "fp32"
     cache.write_text("{not json")  # a damaged cache is ignored, not fatal
     assert P.plan_auto("cpu", checkpoint, shape, n_images=5000) is None
     assert P.plan_auto("cuda", checkpoint, shape, n_images=1).name == "bf16"
