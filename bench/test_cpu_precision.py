@@ -11,8 +11,9 @@ random ones, which the results say):
 - ``auto``: what ``fastmtl predict`` runs by default on a job large enough to measure
   (:func:`fastmtl.precision.choose_precision`, its cached decision removed first).
 
-int8 and ``auto`` calibrate on 4 batches of ISIC 2017 images from the end of the sorted list (random inputs
-without the data), as ``fastmtl predict`` calibrates on the user's own images. Each batch-8 case also runs the first
+int8 and ``auto`` calibrate on :data:`~fastmtl.precision.CALIBRATION_IMAGES` ISIC 2017 images from the end of the
+sorted list (random inputs without the data), as ``fastmtl predict`` calibrates on the user's own images; each case
+calibrates anew rather than reuse another case's cached ONNX Runtime file. Each batch-8 case also runs the first
 ``FASTMTL_BENCH_ACCURACY_IMAGES`` (default 200) images and records its agreement with eager fp32 there (mask DSC
 and pixel agreement in %, mean/max class-probability difference) and, from the ground-truth masks, the change in
 mean DSC. ``extra_info`` carries ``speedup_vs_eager`` (against ``eager-fp32`` of the same group, measured earlier
@@ -91,11 +92,12 @@ def isic_images(bench_quick: bool) -> list[tuple[Path, Path]]:
     return [(p, masks / f"{p.stem}_segmentation.png") for p in _isic_files()[:n]]
 
 
-def _calibration(example: torch.Tensor, batches: int = 4) -> list[torch.Tensor]:
-    """``batches`` batches shaped like ``example`` from the last ISIC images (disjoint from the accuracy images),
-    or random ones without the data."""
+def _calibration(example: torch.Tensor) -> list[torch.Tensor]:
+    """:data:`~fastmtl.precision.CALIBRATION_IMAGES` images in batches shaped like ``example``, from the last ISIC
+    images (disjoint from the accuracy images), or random ones without the data."""
     from fastmtl.data.images import ImagePaths
 
+    batches = -(-P.CALIBRATION_IMAGES // example.shape[0])
     n = batches * example.shape[0]
     files = _isic_files()[-n:]
     if len(files) < n:
@@ -128,7 +130,7 @@ def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibr
     runtime = "onnxruntime" if suffix == "onnxruntime" else "torch"
     try:
         return P.build_path(model, precision, example, compile=suffix == "compile", runtime=runtime,
-                            calibration=calibration), None  # fmt: skip
+                            calibration=calibration, refresh=True), None  # fmt: skip
     except P.PrecisionUnavailable as e:
         pytest.skip(f"{provider}: {e}")
 

@@ -139,7 +139,7 @@ class OnnxRuntimeModel(nn.Module):
     """An ONNX file run by ONNX Runtime's CPU provider, called like a fastmtl model: ``(B, C, H, W) -> MTLOutput``.
 
     Args:
-        path: the ``.onnx`` file (its ``outputs`` metadata names the outputs).
+        path: the ``.onnx`` file; its outputs are named ``seg_logits`` and / or ``cls_logits``.
         threads: ONNX Runtime's intra-op threads (default ``torch.get_num_threads()``, which fastmtl fits to the
             idle cores; see :func:`fastmtl.runtime.fit_threads`).
     """
@@ -191,16 +191,39 @@ def build(
         raise ModuleNotFoundError(reason)
     digest = weights_digest(model, example.shape)
     fp32 = cached_file(model, example.shape, "fp32", digest=digest)
-    if not fp32.is_file():
+
+    def export() -> None:
         start = time.perf_counter()
         _export_fp32(model, example, fp32)
         log(f"onnxruntime: exported to {fp32} in {time.perf_counter() - start:.0f} s (cached for later jobs)")
+
+    if not fp32.is_file():
+        export()
     if precision == "fp32":
-        return OnnxRuntimeModel(fp32)
+        return _load(fp32, export, log)
     int8 = cached_file(model, example.shape, "int8-vnni" if int8_vnni else "int8", digest=digest)
-    if refresh or not int8.is_file():
+    batches = calibration or [example]
+
+    def calibrate() -> None:
         start = time.perf_counter()
-        quantize(fp32, int8, calibration or [example], reduce_range=not int8_vnni)
-        log(f"onnxruntime: int8 calibrated on {sum(b.shape[0] for b in calibration or [example])} image(s) in "
+        if not fp32.is_file():
+            export()
+        quantize(fp32, int8, batches, reduce_range=not int8_vnni)
+        log(f"onnxruntime: int8 calibrated on {sum(b.shape[0] for b in batches)} image(s) in "
             f"{time.perf_counter() - start:.0f} s, cached as {int8}")  # fmt: skip
-    return OnnxRuntimeModel(int8)
+
+    if refresh or not int8.is_file():
+        calibrate()
+    return _load(int8, calibrate, log)
+
+
+def _load(path: Path, rebuild: Callable[[], None], log: Callable[[str], None]) -> OnnxRuntimeModel:
+    """The session of a cached file; a file ONNX Runtime cannot load (damaged on disk) is built again, once."""
+    try:
+        return OnnxRuntimeModel(path)
+    except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+        log(f"onnxruntime: the cached {path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "building it again")  # fmt: skip
+        path.unlink(missing_ok=True)
+        rebuild()
+        return OnnxRuntimeModel(path)

@@ -51,6 +51,7 @@ from fastmtl.output import MTLOutput
 
 __all__ = [
     "AUTO_MIN_IMAGES",
+    "CALIBRATION_IMAGES",
     "ORT_EXPORT_PIXELS",
     "PRECISIONS",
     "RUNTIMES",
@@ -70,6 +71,7 @@ __all__ = [
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("auto", "torch", "onnxruntime")
 TOLERANCE = {"mask_dsc": 99.5, "prob_mean_abs": 0.005}  # against fp32 on the calibration sample
+CALIBRATION_IMAGES = 32  # what int8 calibrates on and auto compares on, whatever the batch size
 AUTO_MIN_IMAGES = 1000  # below this a first run does not earn back measuring and compiling (module docstring)
 # ONNX Runtime's fp32 export (~25 s on 2 cores, whatever the image size) pays back after about this many 224 px
 # images (0.62 s -> 0.47 s per image measured at batch 8); a job of fewer pixels than that exports nothing.

@@ -41,6 +41,7 @@ from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder
 from fastmtl.precision import (
+    CALIBRATION_IMAGES,
     PRECISIONS,
     RUNTIMES,
     PrecisionUnavailable,
@@ -233,7 +234,8 @@ def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, opt
     if precision in ("auto", "int8") or compile:
         source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
                                                               dataset.normalize, dataset.in_chans)  # fmt: skip
-        sample = sample_batches(source, batch_size, 4 if precision in ("auto", "int8") else 1, device)
+        images = CALIBRATION_IMAGES if precision in ("auto", "int8") else batch_size
+        sample = sample_batches(source, batch_size, -(-images // batch_size), device)
         if not sample:  # nothing readable: the batch loop reports every file; the plain path is enough for that
             _log("no readable image to calibrate or compile on; running fp32")
             precision, compile, runtime, sample = "fp32", False, "torch", shaped

@@ -71,6 +71,10 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration[:1], refresh=True,
                  log=again.append)  # fmt: skip
     assert len(again) == 1 and "int8 calibrated on 2 image(s)" in again[0]
+    int8.path.write_bytes(b"damaged on disk")
+    repaired = []
+    P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=repaired.append)
+    assert "does not load" in repaired[0] and "int8 calibrated on 2 image(s)" in repaired[1]
 
     checkpoint = cache / "model.safetensors"
     checkpoint.write_bytes(b"stands in for the checkpoint in auto's cache key")
