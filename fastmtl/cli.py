@@ -94,17 +94,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-optimize", action="store_true", help="run the model as saved (no BN folding etc.)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized model (slow to start)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
-                   help="numeric path (default auto: bf16 on CUDA; on a CPU the fastest path within tolerance of "
-                        "fp32, measured on a sample for jobs of 1000+ images and cached, and reused by smaller jobs "
-                        "when it is an ONNX Runtime path; else fp32). bf16 on a CPU needs native support, int8 "
-                        "needs onnxruntime or torchao; otherwise fp32 runs, with a message")  # fmt: skip
+                   help="default auto: bf16 on CUDA; on a CPU the fastest path within tolerance of fp32, measured "
+                        "for jobs of 1000+ images and cached, else fp32 (README: Precision)")  # fmt: skip
     p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="what runs an explicit --precision on a CPU (default auto: ONNX Runtime for int8 when "
-                        "installed, torch otherwise); ONNX Runtime's files are cached per checkpoint and "
-                        "size")  # fmt: skip
-    p.add_argument("--calibrate", nargs="+", metavar="PATH",
-                   help="images to calibrate int8 / auto on (default: the first inputs; ONNX Runtime's int8 is "
-                        "calibrated once and cached, and --calibrate calibrates it again)")  # fmt: skip
+                   help="runs a CPU --precision (default auto: ONNX Runtime for int8)")  # fmt: skip
+    p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate int8 / auto on (default: input)")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -118,9 +112,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of 1..1024")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
     p.add_argument("--device", default="cpu", help="compile for cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="fp32 (default), or int8: an ONNX file quantized by ONNX Runtime, calibrated on "
-                        "--calibrate (--format onnx)")  # fmt: skip
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="int8: ONNX only, needs --calibrate")
     p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate an int8 export on")
 
 

@@ -74,7 +74,7 @@ def weights_digest(model: nn.Module, shape: Sequence[int]) -> str:
 
 
 def _export_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
-    from fastmtl.engine.export import batch_dim, deployable, output_names, write_onnx
+    from fastmtl.engine.traced import batch_dim, deployable, output_names, write_onnx
 
     names = output_names(model, example)
     trace = example if example.shape[0] >= 2 else example.expand(2, *example.shape[1:])

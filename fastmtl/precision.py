@@ -11,19 +11,12 @@
           within :data:`TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
 ========  =========================================================================================================
 
-On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`fastmtl.onnxrt`; the
-``export`` extra): the model exported once and cached on disk, int8 by ONNX Runtime's static quantization. On a
-2-core AVX2 EPYC at 224 px batch 8 it was the fastest path in both precisions (``bench/test_cpu_precision.py``), so
-``runtime="auto"`` runs int8 there when it is installed, and ``auto`` measures both runtimes.
-
-Compiled CPU paths use Inductor with freezing (weights folded in as constants, oneDNN-prepacked). Compilation is
-paid by every process: resformer_mtl at 224 px batch 8 took 53 s on a 2-core machine, and 54 s again in a second
-process with Inductor's on-disk caches warm (freezing bakes the weights into the graph; tracing and freezing are not
-cached); torchao's int8 adds about a minute of export and calibration. ONNX Runtime's files are what survives a
-process (export 21-26 s and int8 calibration about 40 s, once; loading them takes under a second). So ``auto``
-only measures for jobs of at least :data:`AUTO_MIN_IMAGES` images, and caches its decision; a smaller job reuses a
-cached decision when it needs no compiling (an ONNX Runtime path), and otherwise runs fp32, on ONNX Runtime where
-the export pays back or was done before (:func:`plan_auto`).
+On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`fastmtl.onnxrt`): exported
+once and cached on disk, so later processes load it in under a second. Inductor's compiled CPU paths (freezing:
+weights folded in as constants, oneDNN-prepacked) are paid by every process: 53 s at 224 px batch 8 on 2 cores, and
+54 s again with Inductor's disk caches warm. So ``auto`` only measures for jobs of at least
+:data:`AUTO_MIN_IMAGES` images and caches its decision; a smaller job reuses an ONNX Runtime decision, or runs fp32
+(on ONNX Runtime where the export pays back or was done before; :func:`plan_auto`).
 """
 
 from __future__ import annotations
@@ -44,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmtl import onnxrt
+from fastmtl.agreement import agreement, cat_outputs, describe, within_tolerance
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import atomic_write_json
 from fastmtl.inference import optimize_for_inference
@@ -55,12 +49,9 @@ __all__ = [
     "ORT_EXPORT_PIXELS",
     "PRECISIONS",
     "RUNTIMES",
-    "TOLERANCE",
     "CpuInfo",
     "PrecisionUnavailable",
-    "agreement",
     "build_path",
-    "cat_outputs",
     "choose_precision",
     "cpu_info",
     "path_name",
@@ -70,7 +61,6 @@ __all__ = [
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("auto", "torch", "onnxruntime")
-TOLERANCE = {"mask_dsc": 99.5, "prob_mean_abs": 0.005}  # against fp32 on the calibration sample
 CALIBRATION_IMAGES = 32  # what int8 calibrates on and auto compares on, whatever the batch size
 AUTO_MIN_IMAGES = 1000  # below this a first run does not earn back measuring and compiling (module docstring)
 # ONNX Runtime's fp32 export (~25 s on 2 cores, whatever the image size) pays back after about this many 224 px
@@ -273,37 +263,6 @@ def build_path(
 # --------------------------------------------------------------------------------------------- the choice
 
 
-def agreement(reference: MTLOutput, other: MTLOutput, threshold: float = 0.5) -> dict[str, float]:
-    """How closely ``other`` follows ``reference``: mask DSC (%, over foreground pixels of both), mask pixel
-    agreement (%) and the mean / max absolute difference of class probabilities."""
-    out: dict[str, float] = {}
-    if reference.seg_logits is not None:
-        ref, oth = reference.seg_logits.float(), other.seg_logits.float()
-        if ref.shape[1] == 1:
-            a, b = (torch.sigmoid(ref) > threshold).long(), (torch.sigmoid(oth) > threshold).long()
-        else:  # class indices; background is 0
-            a, b = ref.argmax(1), oth.argmax(1)
-        inter, total = ((a == b) & (a > 0)).sum().item(), (a > 0).sum().item() + (b > 0).sum().item()
-        out["mask_dsc"] = 100.0 if total == 0 else 200.0 * inter / total
-        out["mask_agreement"] = 100.0 * (a == b).float().mean().item()
-    if reference.cls_logits is not None:
-        diff = (torch.sigmoid(reference.cls_logits.float()) - torch.sigmoid(other.cls_logits.float())).abs()
-        out["prob_mean_abs"], out["prob_max_abs"] = diff.mean().item(), diff.max().item()
-    return out
-
-
-def cat_outputs(outputs: list[MTLOutput]) -> MTLOutput:
-    """The outputs of several batches as one (fp32), so :func:`agreement` pools their pixels and images."""
-    return MTLOutput(*(None if ts[0] is None else torch.cat([t.float() for t in ts]) for ts in zip(*outputs)))
-
-
-def within_tolerance(measured: dict[str, float]) -> bool:
-    return (
-        measured.get("mask_dsc", 100.0) >= TOLERANCE["mask_dsc"]
-        and measured.get("prob_mean_abs", 0.0) <= TOLERANCE["prob_mean_abs"]
-    )
-
-
 @dataclass
 class Decision:
     """What ``auto`` chose and why: the path, its speed against eager fp32 and its agreement with fp32."""
@@ -445,24 +404,15 @@ def choose_precision(
         with torch.inference_mode():  # over the whole sample, as the bench measures it on 200 images
             agreements[name] = agreement(reference, cat_outputs([net(batch) for batch in sample]))
         log(f"auto: {name} {speeds[name]:.2f} images/s ({speeds[name] / speeds['eager']:.2f}x eager fp32), built "
-            f"in {time.perf_counter() - start:.0f} s, against fp32 {_fmt(agreements[name])}")  # fmt: skip
+            f"in {time.perf_counter() - start:.0f} s, against fp32 {describe(agreements[name])}")  # fmt: skip
         if within_tolerance(agreements[name]) and (best is None or speeds[name] > speeds[best[0]]):
             best = (name, precision, compiled, runtime, net)
     if best is None:
         return build_path(model, "fp32", example), Decision("fp32", False, speeds, agreements, "no path measured")
     name, precision, compiled, runtime, net = best
     reason = (f"{speeds[name]:.2f} images/s, {speeds[name] / speeds['eager']:.2f}x eager fp32, within tolerance of "
-              f"fp32 ({_fmt(agreements[name])})")  # fmt: skip
+              f"fp32 ({describe(agreements[name])})")  # fmt: skip
     decision = Decision(precision, compiled, speeds, agreements, reason, runtime=runtime)
     cache = decision_file(checkpoint, example.shape, cpu)
     atomic_write_json(cache, {k: v for k, v in asdict(decision).items() if k != "cached"})
     return net, decision
-
-
-def _fmt(measured: dict[str, float]) -> str:
-    parts = []
-    if "mask_dsc" in measured:
-        parts.append(f"mask DSC {measured['mask_dsc']:.2f}%, pixels {measured['mask_agreement']:.2f}% equal")
-    if "prob_mean_abs" in measured:
-        parts.append(f"|dp| mean {measured['prob_mean_abs']:.4f} max {measured['prob_max_abs']:.4f}")
-    return ", ".join(parts) or "no outputs compared"

@@ -25,7 +25,6 @@ to other files of that folder, or a training run writing its checkpoints there, 
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import os
 import tempfile
@@ -38,18 +37,16 @@ from torch import nn
 
 import fastmtl
 from fastmtl import onnxrt
-from fastmtl.backend import set_kernel_backend
 from fastmtl.data.images import ImagePaths
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
 from fastmtl.engine.inputs import collect_inputs, sample_batches
-from fastmtl.files import exclusive_folder, replacing
-from fastmtl.inference import fold_batchnorms
+from fastmtl.engine.traced import MAX_BATCH, batch_dim, deployable, flat, output_names, write_onnx
+from fastmtl.files import exclusive_folder
 
 __all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
 
 FORMATS = ("aoti", "onnx")
-MAX_BATCH = 1024
 CHECK_TOL = 1e-4  # fp32 row of the tolerance table: Inductor reorders the convolutions' sums
 
 
@@ -86,38 +83,13 @@ def export_metadata(model: nn.Module, meta: dict[str, Any], img_size: int) -> di
     }
 
 
-def output_names(model: nn.Module, x: torch.Tensor) -> list[str]:
-    with torch.inference_mode():
-        out = model(x)
-    return [name for name, t in zip(out._fields, out) if t is not None]
-
-
-def _flat(out: Any) -> list[torch.Tensor]:
-    return [t for t in out if t is not None]
-
-
-class _TupleOutputs(nn.Module):
-    """Returns the present outputs as a plain tuple (seg_logits, cls_logits minus the None ones).
-
-    A plain tuple keeps the package free of a pytree registration for :class:`~fastmtl.output.MTLOutput`, and a
-    C++ runner receives exactly the tensors named by the ``outputs`` metadata.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(_flat(self.model(x)))
-
-
 def _check(run, model: nn.Module, example: torch.Tensor, names: list[str], batches: list[int]) -> None:
     """Compares ``run(x)`` (flat list of outputs) with the eager model for each batch size."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     for b in batches:
         x = torch.randn(b, *example.shape[1:], generator=gen).to(example.device)
         with torch.inference_mode():
-            ref = _flat(model(x))
+            ref = flat(model(x))
         got = run(x)
         if len(got) != len(ref):
             raise ExportCheckError(f"exported program returned {len(got)} outputs, expected {len(ref)} ({names})")
@@ -138,14 +110,6 @@ def output_lock(out_path: str | os.PathLike) -> AbstractContextManager[None]:
     return exclusive_folder(out.parent / f".{out.name}.lock", "export")
 
 
-def _require(*modules: str, what: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ModuleNotFoundError(
-            f"{what} needs {', '.join(missing)}: pip install {' '.join(missing)} (or pip install 'fastmtl[export]')"
-        )
-
-
 def _export_aoti(program, out: Path, metadata: dict[str, str]) -> Path:
     from torch._inductor import aoti_compile_and_package
 
@@ -159,37 +123,7 @@ def _load_aoti(out: Path):
     from torch._inductor import aoti_load_package
 
     package = aoti_load_package(str(out))
-    return lambda x: _flat(package(x))
-
-
-def deployable(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` as exports trace it: reference layers, BatchNorms folded, outputs a plain tuple."""
-    net = _TupleOutputs(set_kernel_backend(copy.deepcopy(model), "reference")).eval().requires_grad_(False)
-    fold_batchnorms(net)
-    return net
-
-
-def batch_dim(dynamic_batch: bool) -> tuple[dict[int, Any], ...] | None:
-    """``dynamic_shapes`` for an export whose batch is dynamic (1..1024), or None for a fixed one. Trace a dynamic
-    batch with an example of at least 2: a dimension traced at size 1 is specialised to 1."""
-    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
-
-
-def write_onnx(model: nn.Module, example: torch.Tensor, out: Path, dynamic, names, metadata) -> Path:
-    """Writes ``model`` (as :func:`deployable` returns it) traced at ``example`` to the ONNX file ``out``, whole or
-    not at all."""
-    _require("onnx", "onnxscript", what="ONNX export")
-    import onnx
-
-    program = torch.onnx.export(
-        model, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=["image"], output_names=names
-    )
-    with replacing(out) as tmp:
-        program.save(tmp)
-        proto = onnx.load(tmp)
-        onnx.helper.set_model_props(proto, metadata)
-        onnx.save(proto, tmp)
-    return out
+    return lambda x: flat(package(x))
 
 
 def _load_onnx(out: Path):
@@ -308,7 +242,7 @@ def _calibration(calibrate: Any, size: int, normalize: str, in_chans: int) -> li
 
 def _check_int8(out: Path, model: nn.Module, calibration: list[torch.Tensor]) -> None:
     """The int8 file against the eager model on the calibration images, within the ``auto`` tolerance."""
-    from fastmtl.precision import TOLERANCE, agreement, cat_outputs, within_tolerance
+    from fastmtl.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
 
     session = onnxrt.OnnxRuntimeModel(out)
     with torch.inference_mode():
