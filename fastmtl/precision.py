@@ -8,7 +8,7 @@
 ``int8``  CPU: PT2E static quantization with torchao's x86 Inductor quantizer, calibrated on the user's images;
           convolutions and linears in int8, softmax, norms and the attention arithmetic in fp32; always compiled
 ``auto``  CUDA: bf16. CPU: the fastest of the paths above whose outputs agree with fp32 on a calibration sample
-          within :data:`TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
+          within :data:`fastmtl.agreement.TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
 ========  =========================================================================================================
 
 On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`fastmtl.onnxrt`): exported
@@ -365,7 +365,7 @@ def choose_precision(
     min_images: int = AUTO_MIN_IMAGES,
     log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, Decision]:
-    """``--precision auto``: the fastest path within :data:`TOLERANCE` of fp32 on ``sample``, built and ready.
+    """``--precision auto``: the fastest path within tolerance of fp32 (:mod:`fastmtl.agreement`), built and ready.
 
     What :func:`plan_auto` decides without measuring is built as it says. Otherwise every path this CPU can run
     is built, timed on ``sample[0]`` and compared with fp32 on the whole sample (:func:`agreement` of all its

@@ -37,6 +37,7 @@ from torch import nn
 
 import fastmtl
 from fastmtl import onnxrt
+from fastmtl.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
 from fastmtl.data.images import ImagePaths
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
@@ -163,7 +164,7 @@ def export(
         precision: ``fp32``, or ``int8`` for ONNX: ONNX Runtime's static quantization (:mod:`fastmtl.onnxrt`;
             7-bit weights, accurate on CPUs with and without VNNI), calibrated on up to 32 images of
             ``calibrate``; the check then compares it with the eager model on those images against
-            :data:`fastmtl.precision.TOLERANCE` and prints the agreement. Packages are fp32.
+            :data:`fastmtl.agreement.TOLERANCE` and prints the agreement. Packages are fp32.
         calibrate: int8's calibration images (anything :func:`~fastmtl.engine.inputs.collect_inputs` takes).
 
     Returns:
@@ -187,8 +188,8 @@ def export(
     if precision == "int8" and (format != "onnx" or calibrate is None):
         raise ValueError("an int8 export is an ONNX file calibrated on your images: use --format onnx and "
                          "--calibrate PATH (AOTInductor packages are fp32)")  # fmt: skip
-    if precision == "int8" and onnxrt.missing():
-        raise ModuleNotFoundError(onnxrt.missing())
+    if precision == "int8" and (reason := onnxrt.missing()):
+        raise ModuleNotFoundError(reason)
     out = Path(out_path)
     if out.is_dir():
         raise IsADirectoryError(f"export output {out} is a folder; expected the file to write (.pt2 or .onnx)")
@@ -242,8 +243,6 @@ def _calibration(calibrate: Any, size: int, normalize: str, in_chans: int) -> li
 
 def _check_int8(out: Path, model: nn.Module, calibration: list[torch.Tensor]) -> None:
     """The int8 file against the eager model on the calibration images, within the ``auto`` tolerance."""
-    from fastmtl.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
-
     session = onnxrt.OnnxRuntimeModel(out)
     with torch.inference_mode():
         pooled = agreement(
