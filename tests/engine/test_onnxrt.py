@@ -64,6 +64,18 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     assert len(stems) >= 2 and all(n.op_type == "Conv" and n.input[1] in weights for n in stems)  # raw pixels, fp32
     inner = [n for n in graph.node if n.op_type == "Conv" and n not in stems]
     assert sum(producer.get(n.input[1]) is not None for n in inner) > len(inner) // 2  # most convs: int8 weights
+    def weight_of(node, i) -> bool:  # input i is a weight, int8 (behind a DequantizeLinear) or fp32
+        source = producer.get(node.input[i])
+        return node.input[i] in weights or (source.op_type == "DequantizeLinear" and source.input[0] in weights)
+
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    attention = [n for n in matmuls if not weight_of(n, 1)]  # q @ k^T and attn @ v
+    linear = [n for n in matmuls if weight_of(n, 1)]
+    assert len(attention) >= 2 and len(linear) >= 4
+    assert not any(producer[i].op_type == "DequantizeLinear" for n in attention for i in n.input)  # fp32
+    assert all(producer[n.input[1]].op_type == "DequantizeLinear" for n in linear)  # int8 weights
+    quantized = {node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+    assert not any(n.output[0] in quantized for n in linear)  # linear layers return fp32
 
     again = []
     reused = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=again.append)
