@@ -64,6 +64,7 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     assert len(stems) >= 2 and all(n.op_type == "Conv" and n.input[1] in weights for n in stems)  # raw pixels, fp32
     inner = [n for n in graph.node if n.op_type == "Conv" and n not in stems]
     assert sum(producer.get(n.input[1]) is not None for n in inner) > len(inner) // 2  # most convs: int8 weights
+
     def weight_of(node, i) -> bool:  # input i is a weight, int8 (behind a DequantizeLinear) or fp32
         source = producer.get(node.input[i])
         return node.input[i] in weights or (source.op_type == "DequantizeLinear" and source.input[0] in weights)
