@@ -81,5 +81,6 @@ def test_aot_representative():
 
 
 @pytest.mark.slow
+@pytest.mark.aot_sweep
 def test_aot_full_sweep():
     _check(_report("aot_report(dfe_shapes())"))

@@ -68,6 +68,7 @@ def test_every_variant_compiles_for_sm90a_and_sm80():
 
 
 @pytest.mark.slow
+@pytest.mark.aot_sweep
 def test_every_candidate_compiles_for_sm90a():
     # The same variants in bf16 with each of the 3 autotuning candidates (the default one again) for sm_90a.
     rows = _compile([90], ["bfloat16"], all_candidates=True)
