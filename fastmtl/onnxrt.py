@@ -12,12 +12,14 @@ fuses them into ``MatMulIntegerToFloat``), so GELU and the residual adds read th
 else stays fp32: the attention arithmetic (the two matmuls of activations, q @ k^T and attn @ v, the position
 bias and mask adds, softmax), LayerNorm and GELU, the convolutions that read the raw pixels (ResNet stem, Swin
 patch embedding) and the operators that produce the outputs (the segmentation head's last convolution, the
-classifier). Quantizing the attention matmuls as well was 0.8x as fast at 224 px (its 196 x 196 scores per window
-are dequantized before the bias add) and twice as far from fp32 (mean class-probability change 0.0025 against
-0.0012, trained weights, 48 ISIC images). On a CPU
-without VNNI the weights use 7 bits (``reduce_range``): AVX2's ``vpmaddubsw`` sums pairs of uint8 x int8 products
-into int16 and saturates with 8-bit weights (measured on a 2-core AVX2 EPYC at 224 px batch 8, random weights:
-mask DSC against fp32 98.5 % with 8 bits, 99.6 % with 7, at the same speed).
+classifier). Quantizing the attention matmuls too, with every matmul's output quantized, took 3.95 s of kernel
+time per batch of 8 at 224 px against 3.09 s (ONNX Runtime's profile: the 196 x 196 scores of each window are
+dequantized before the bias add; 4-7 % fewer images/s in wall-clock runs) and moved the class probabilities twice
+as far from fp32 (mean change 0.0025 against 0.0012; trained weights, 48 ISIC images).
+
+On a CPU without VNNI the weights use 7 bits (``reduce_range``): AVX2's ``vpmaddubsw`` sums pairs of uint8 x int8
+products into int16 and saturates with 8-bit weights (measured on a 2-core AVX2 EPYC at 224 px batch 8, random
+weights: mask DSC against fp32 98.5 % with 8 bits, 99.6 % with 7, at the same speed).
 
 The calibration of a cached int8 file is that of the job that built it; ``refresh=True`` (``fastmtl predict
 --calibrate``) builds it again from the given images.
@@ -162,9 +164,8 @@ class OnnxRuntimeModel(nn.Module):
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        # Idle pool threads sleep rather than spin: spinning kept a core from the image decoding between batches
-        # and from other work (eager fp32 ran at 0.92 images/s right after a spinning session, 1.32 alone), for
-        # 1.5 % of ONNX Runtime's own speed (224 px, batch 8, 2 cores).
+        # Idle pool threads sleep rather than spin, leaving the core to the image decoding between batches and to
+        # other jobs; it costs ONNX Runtime 1.5 % of its own speed (224 px, batch 8, 2 cores).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
