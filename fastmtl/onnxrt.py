@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -226,10 +227,22 @@ def build(
         quantize(fp32, int8, batches, reduce_range=not int8_vnni)
         log(f"onnxruntime: int8 calibrated on {sum(b.shape[0] for b in batches)} image(s) in "
             f"{time.perf_counter() - start:.0f} s, cached as {int8}")  # fmt: skip
+        _remove_older_recipes(int8)
 
     if refresh or not int8.is_file():
         calibrate()
     return _load(int8, calibrate, log)
+
+
+def _remove_older_recipes(int8: Path) -> None:
+    """Deletes the cached int8 files of the same model, size and weights that an older :func:`quantize` wrote
+    (named ``int8`` or ``int8r<N>`` other than the current recipe's, with or without ``-vnni``): nothing reads them."""
+    stem, digest = int8.stem.rsplit("-", 1)
+    prefix = stem[: stem.rindex(f"-{_INT8}")]
+    for old in int8.parent.glob(f"{prefix}-int8*-{digest}.onnx"):
+        recipe = old.stem[len(prefix) + 1 : -len(digest) - 1].removesuffix("-vnni")
+        if recipe != _INT8 and re.fullmatch(r"int8(r\d+)?", recipe):
+            old.unlink(missing_ok=True)
 
 
 def _load(path: Path, rebuild: Callable[[], None], log: Callable[[str], None]) -> OnnxRuntimeModel:

@@ -81,8 +81,16 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     again = []
     reused = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=again.append)
     assert again == [] and reused.path == int8.path  # nothing exported or calibrated: read from the cache
+    name = int8.path.name
+    assert f"-{onnxrt._INT8}-" in name
+    older = [int8.path.with_name(name.replace(onnxrt._INT8, tag)) for tag in ("int8", "int8-vnni", "int8r1")]
+    other_cpu = int8.path.with_name(name.replace(onnxrt._INT8, f"{onnxrt._INT8}-vnni"))
+    for path in [*older, other_cpu]:
+        path.write_bytes(b"a file of an older recipe, or of a CPU with VNNI")
     P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration[:1], refresh=True,
                  log=again.append)  # fmt: skip
+    assert not any(p.exists() for p in older) and other_cpu.exists()  # older recipes' files pruned when calibrating
+    other_cpu.unlink()
     assert len(again) == 1 and "int8 calibrated on 2 image(s)" in again[0]
     int8.path.write_bytes(b"damaged on disk")
     repaired = []
