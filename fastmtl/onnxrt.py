@@ -23,6 +23,10 @@ weights: mask DSC against fp32 98.5 % with 8 bits, 99.6 % with 7, at the same sp
 
 The calibration of a cached int8 file is that of the job that built it; ``refresh=True`` (``fastmtl predict
 --calibrate``) builds it again from the given images.
+
+The folder is bounded: after a file is written, the least recently used ones are deleted until the folder holds at
+most ``$FASTMTL_ONNX_CACHE_GB`` (default 2 GB: about seven fp32 + int8 pairs of resformer_mtl); the files of the
+running job are never deleted, and a deleted file is exported again when a later job needs it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import tempfile
 import time
@@ -44,10 +49,11 @@ from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import replacing
 from fastmtl.output import MTLOutput
 
-__all__ = ["OnnxRuntimeModel", "build", "cached_file", "missing", "quantize", "weights_digest"]
+__all__ = ["OnnxRuntimeModel", "build", "cache_limit_bytes", "cached_file", "missing", "quantize", "weights_digest"]
 
 _NEEDS = ("onnx", "onnxscript", "onnxruntime")
 _INT8 = "int8r2"  # the int8 files' name; a new name when quantize() changes, so older cached files are not reused
+_LIMIT_GB = 2.0  # the cache folder's default bound ($FASTMTL_ONNX_CACHE_GB)
 
 
 def missing() -> str | None:
@@ -205,6 +211,7 @@ def build(
     reason = missing()
     if reason:
         raise ModuleNotFoundError(reason)
+    cache_limit_bytes()  # a malformed $FASTMTL_ONNX_CACHE_GB fails now, not after a minute of exporting
     digest = weights_digest(model, example.shape)
     fp32 = cached_file(model, example.shape, "fp32", digest=digest)
 
@@ -215,6 +222,7 @@ def build(
 
     if not fp32.is_file():
         export()
+        _bound_cache(fp32.parent, keep={fp32}, log=log)
     if precision == "fp32":
         return _load(fp32, export, log)
     int8 = cached_file(model, example.shape, f"{_INT8}-vnni" if int8_vnni else _INT8, digest=digest)
@@ -228,6 +236,7 @@ def build(
         log(f"onnxruntime: int8 calibrated on {sum(b.shape[0] for b in batches)} image(s) in "
             f"{time.perf_counter() - start:.0f} s, cached as {int8}")  # fmt: skip
         _remove_older_recipes(int8)
+        _bound_cache(int8.parent, keep={fp32, int8}, log=log)
 
     if refresh or not int8.is_file():
         calibrate()
@@ -245,13 +254,58 @@ def _remove_older_recipes(int8: Path) -> None:
             old.unlink(missing_ok=True)
 
 
-def _load(path: Path, rebuild: Callable[[], None], log: Callable[[str], None]) -> OnnxRuntimeModel:
-    """The session of a cached file; a file ONNX Runtime cannot load (damaged on disk) is built again, once."""
+def cache_limit_bytes() -> int:
+    """The ONNX cache folder's bound: ``$FASTMTL_ONNX_CACHE_GB`` gigabytes (default 2; 0 keeps only the running job's
+    files)."""
+    raw = os.environ.get("FASTMTL_ONNX_CACHE_GB", "").strip()
     try:
-        return OnnxRuntimeModel(path)
+        gb = float(raw) if raw else _LIMIT_GB
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:  # also NaN
+        raise ValueError(f"FASTMTL_ONNX_CACHE_GB={raw!r}: expected a size in gigabytes >= 0, like 2 or 0.5")
+    return int(gb * 1e9)
+
+
+def _bound_cache(folder: Path, keep: set[Path], log: Callable[[str], None]) -> None:
+    """Deletes the least recently used ``.onnx`` files of ``folder`` (use = load or write time, the files' mtime)
+    until it holds at most :func:`cache_limit_bytes`; ``keep`` (the running job's files) are never deleted."""
+    limit = cache_limit_bytes()
+    files = []
+    for path in folder.glob("*.onnx"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # deleted by another job meanwhile
+            continue
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    removed = []
+    for _, size, path in sorted(files):
+        if total <= limit:
+            break
+        if path in keep:
+            continue
+        path.unlink(missing_ok=True)
+        total -= size
+        removed.append(path.name)
+    if removed:
+        log(f"onnxruntime: the cache {folder} holds at most {limit / 1e9:g} GB ($FASTMTL_ONNX_CACHE_GB); removed the "
+            f"least recently used {', '.join(removed)}")  # fmt: skip
+
+
+def _load(path: Path, rebuild: Callable[[], None], log: Callable[[str], None]) -> OnnxRuntimeModel:
+    """The session of a cached file (its mtime set to now: the cache bound deletes the least recently used); a file
+    ONNX Runtime cannot load (damaged on disk) is built again, once."""
+    try:
+        session = OnnxRuntimeModel(path)
     except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
         log(f"onnxruntime: the cached {path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
             "building it again")  # fmt: skip
         path.unlink(missing_ok=True)
         rebuild()
         return OnnxRuntimeModel(path)
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache folder: the file is used all the same
+        pass
+    return session

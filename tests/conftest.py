@@ -30,6 +30,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _private_default_cache(tmp_path_factory, monkeypatch):
+    """Whatever uses the default cache (decoded images, ONNX files, precision decisions), in-process or in a
+    subprocess, writes to a throw-away folder, never to the user's ~/.cache/fastmtl."""
+    monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path_factory.mktemp("default_cache")))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the repository; skips the test when it is absent (e.g. a user's clone)."""

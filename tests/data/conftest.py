@@ -11,12 +11,6 @@ from PIL import Image
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _private_default_cache(tmp_path_factory, monkeypatch):
-    """Datasets built with cache_dir=None write to a throw-away folder, never to ~/.cache."""
-    monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path_factory.mktemp("default_cache")))
-
-
 def _shared(*parts: str) -> Path:
     """Path under ``../shared/data``; skips the test when it is absent (a user's checkout has no shared/)."""
     path = SHARED_DATA.joinpath(*parts)

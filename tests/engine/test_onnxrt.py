@@ -3,6 +3,7 @@ the output operators kept fp32, both close to eager, and reused from the cache b
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
@@ -79,8 +80,10 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     assert not any(n.output[0] in quantized for n in linear)  # linear layers return fp32
 
     again = []
+    os.utime(int8.path, (1e9, 1e9))
     reused = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=again.append)
     assert again == [] and reused.path == int8.path  # nothing exported or calibrated: read from the cache
+    assert int8.path.stat().st_mtime > 1e9  # marked as used: the cache bound removes the least recently used
     name = int8.path.name
     assert f"-{onnxrt._INT8}-" in name
     older = [int8.path.with_name(name.replace(onnxrt._INT8, tag)) for tag in ("int8", "int8-vnni", "int8r1")]
@@ -106,6 +109,31 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     assert P.plan_auto("cpu", checkpoint, x.shape, n_images=5, model=other).name == "fp32"
     assert onnxrt.cached_file(other, x.shape, "fp32") != onnxrt.cached_file(model, x.shape, "fp32") == fp32.path
     assert onnxrt.cached_file(model, (1, 3, 64, 64), "fp32") != fp32.path  # another image size
+
+
+def test_the_cache_folder_keeps_the_most_recently_used_files_within_its_bound(tmp_path, monkeypatch):
+    files = {name: tmp_path / f"{name}.onnx" for name in ("oldest", "old", "recent", "running")}
+    for used, path in enumerate(files.values()):  # used in this order
+        path.write_bytes(b"x" * 400)
+        os.utime(path, (1e9 + used, 1e9 + used))
+    os.utime(files["running"], (1, 1))  # the running job's file, however old, is never removed
+    (tmp_path / "notes.txt").write_bytes(b"x" * 4000)  # not an ONNX file: not counted, not removed
+    lines = []
+    monkeypatch.setenv("FASTMTL_ONNX_CACHE_GB", "1e-6")  # 1000 bytes: two of the four files fit
+    onnxrt._bound_cache(tmp_path, keep={files["running"]}, log=lines.append)
+    assert sorted(p.stem for p in tmp_path.glob("*.onnx")) == ["recent", "running"]
+    assert (tmp_path / "notes.txt").exists() and "removed the least recently used oldest.onnx, old.onnx" in lines[0]
+    onnxrt._bound_cache(tmp_path, keep=set(), log=lines.append)  # within the bound already: nothing to do
+    assert len(lines) == 1
+    monkeypatch.setenv("FASTMTL_ONNX_CACHE_GB", "0")
+    onnxrt._bound_cache(tmp_path, keep={files["running"]}, log=lines.append)
+    assert [p.stem for p in tmp_path.glob("*.onnx")] == ["running"]
+    for bad in ("-1", "two", "nan"):
+        monkeypatch.setenv("FASTMTL_ONNX_CACHE_GB", bad)
+        with pytest.raises(ValueError, match=f"FASTMTL_ONNX_CACHE_GB='{bad}': expected a size in gigabytes"):
+            onnxrt.cache_limit_bytes()
+    monkeypatch.delenv("FASTMTL_ONNX_CACHE_GB")
+    assert onnxrt.cache_limit_bytes() == 2_000_000_000
 
 
 def test_onnxruntime_refuses_what_it_cannot_run(model):
