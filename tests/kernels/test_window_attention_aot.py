@@ -81,6 +81,7 @@ def test_every_candidate_compiles_for_sm90a():
 
 
 @pytest.mark.slow
+@pytest.mark.aot_sweep
 def test_every_stage_compiles_for_sm90a_and_sm80():
     # 8 stage shapes; the 6 with several windows run shifted and plain: 14 launches x 4 kernels x 2 dtypes x 2 targets.
     _assert_ready(_compile([90, 80], ["float16", "bfloat16"], every_stage=True), 14 * 4 * 2 * 2)
