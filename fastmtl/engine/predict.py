@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from fastmtl import onnxrt
 from fastmtl.data.images import ImagePaths, collate_predict
 from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
 from fastmtl.engine.ckpt_meta import warn_if_synthetic
@@ -227,6 +228,10 @@ def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, opt
     shaped = [torch.zeros(batch_size, dataset.in_chans, *dataset.size, device=device)]  # what the uncompiled
     sample = shaped  # float paths need; int8, compiled paths and measuring look at images
     if precision == "auto":
+        if device.type == "cpu" and onnxrt.missing():
+            _log(
+                f"auto: {onnxrt.missing()} (its fp32 and int8 are the fastest CPU paths measured: README, Performance)"
+            )
         plan = plan_auto(device, checkpoint, shaped[0].shape, len(dataset), model=model)
         if plan is not None:
             _log(f"auto: {plan.describe()}{'' if plan.cached else '; --precision chooses another'}")

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from fastmtl import onnxrt
 from fastmtl import precision as P
 from fastmtl.engine.predict import predict
 from tests.engine.test_train import tiny_mtl_test
@@ -168,11 +169,15 @@ def test_precision_needs_the_optimized_model(tiny_checkpoint, image_files, tmp_p
 
 
 def test_auto_on_a_small_job_says_fp32_and_unreadable_inputs_still_get_reported(
-    tiny_checkpoint, image_files, corrupt_image, tmp_path, capsys
+    tiny_checkpoint, image_files, corrupt_image, tmp_path, capsys, monkeypatch
 ):
     ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
     summary = predict(ckpt, tmp_path / "images", tmp_path / "auto", num_workers=0)
     assert summary.precision == "fp32" and "auto: precision fp32: a job of" in capsys.readouterr().err
+    hint = "ONNX Runtime paths need onnxruntime: pip install 'fastmtl[export]'"
+    monkeypatch.setattr(onnxrt, "missing", lambda: hint)
+    predict(ckpt, tmp_path / "images", tmp_path / "auto-without-ort", num_workers=0)
+    assert f"auto: {hint} (its fp32 and int8 are the fastest CPU paths" in capsys.readouterr().err
     only_broken = predict(ckpt, [corrupt_image], tmp_path / "broken", num_workers=0, precision="int8")
     assert (only_broken.n_images, only_broken.n_failed, only_broken.precision) == (0, 1, "fp32")
     assert "no readable image to calibrate" in capsys.readouterr().err
