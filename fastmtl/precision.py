@@ -387,10 +387,15 @@ def choose_precision(
         net = build_path(model, plan.precision, example, compile=plan.compile, runtime=plan.runtime,
                          calibration=sample, log=log)  # fmt: skip
         return net, plan
+    candidates = _candidates(device, cpu)
+    log(f"auto: a job of {n_images} images: timing {', '.join(path_name(*c) for c in candidates)} against eager "
+        f"fp32 and comparing their outputs on {sum(b.shape[0] for b in sample)} of its images; this takes minutes "
+        "once (exports, calibration, compiles), then jobs with this checkpoint, input shape and CPU reuse the "
+        "decision")  # fmt: skip
     with torch.inference_mode():
         reference = cat_outputs([model.eval()(batch) for batch in sample])
     speeds, agreements, best = {"eager": _speed(model.eval(), example)}, {}, None
-    for precision, compiled, runtime in _candidates(device, cpu):
+    for precision, compiled, runtime in candidates:
         name = path_name(precision, compiled, runtime)
         log(f"auto: measuring {name} on {len(sample)} batch(es) of {example.shape[0]}")
         start = time.perf_counter()

@@ -92,6 +92,8 @@ def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
     assert not decision.cached and "eager" in decision.images_per_s
     measured = [name for name in decision.images_per_s if name != "eager"]
     assert measured == [P.path_name(*c) for c in P._candidates(torch.device("cpu"), P.cpu_info())]
+    assert lines[0].startswith(f"auto: a job of 5000 images: timing {', '.join(measured)} against eager fp32")
+    assert "on 8 of its images" in lines[0] and "reuse the decision" in lines[0]
     assert "fp32" in measured and ("fp32+onnxruntime" in measured or "fp32+compile" in measured)
     for name in measured:  # every measured path reports its agreement with fp32
         assert set(decision.agreement[name]) >= {"mask_dsc", "mask_agreement", "prob_mean_abs", "prob_max_abs"}
