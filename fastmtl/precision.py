@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import atomic_write_json
 from fastmtl.inference import optimize_for_inference
 from fastmtl.output import MTLOutput
+from fastmtl.runtime import CpuInfo, cpu_info
 
 __all__ = [
     "AUTO_MIN_IMAGES",
@@ -70,36 +70,6 @@ ORT_EXPORT_PIXELS = 200 * 224 * 224
 
 class PrecisionUnavailable(ValueError):
     """The precision cannot run here (no native bf16, no torchao, fp16 on a CPU, ...); the message says why."""
-
-
-@dataclass(frozen=True)
-class CpuInfo:
-    """What the CPU computes natively: ``bf16`` as oneDNN reports it, ``int8_vnni`` from the ISA flags."""
-
-    name: str
-    isa: str
-    bf16: bool
-    int8_vnni: bool
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}|{self.isa}|bf16={self.bf16}|vnni={self.int8_vnni}"
-
-
-def cpu_info() -> CpuInfo:
-    """Detects the CPU's native bf16 and int8 dot-product support (not guessed from the vendor)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    return CpuInfo(name, torch.backends.cpu.get_cpu_capability(), bf16, vnni)
 
 
 # ------------------------------------------------------------------------------------------------ the paths

@@ -1,4 +1,5 @@
-"""Where and in what precision a model runs: device resolution and the one mixed-precision vocabulary.
+"""Where and in what precision a model runs: device resolution, the one mixed-precision vocabulary, threads fitted
+to the idle cores, and what the CPU computes natively (:func:`cpu_info`).
 
 Training (``TrainConfig.amp``), evaluation, prediction and inference all name mixed precision the same way:
 
@@ -18,8 +19,10 @@ in one place and "off" in another, so it raises.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,10 +31,12 @@ import torch
 __all__ = [
     "AMP_CHOICES",
     "Amp",
+    "CpuInfo",
     "amp_dtype",
     "autocast",
     "available_cpus",
     "batch_to_device",
+    "cpu_info",
     "default_workers",
     "fit_threads",
     "idle_cpus",
@@ -181,3 +186,33 @@ def fit_threads(workers: int, cpus: int | None = None, idle: float | None = None
     with suppress(RuntimeError):  # already set, or inter-op work has started: torch refuses a second size
         torch.set_num_interop_threads(1)
     return torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What the CPU computes natively: ``bf16`` as oneDNN reports it, ``int8_vnni`` from the ISA flags."""
+
+    name: str
+    isa: str
+    bf16: bool
+    int8_vnni: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}|{self.isa}|bf16={self.bf16}|vnni={self.int8_vnni}"
+
+
+def cpu_info() -> CpuInfo:
+    """Detects the CPU's native bf16 and int8 dot-product support (not guessed from the vendor)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return CpuInfo(name, torch.backends.cpu.get_cpu_capability(), bf16, vnni)

@@ -1,4 +1,5 @@
-"""``fastmtl info``: versions, devices and the registered models with their parameter counts."""
+"""``fastmtl info``: versions, devices, what this CPU's inference paths can use, the cache folder, and the
+registered models with their parameter counts."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ from typing import Any
 
 import torch
 
+from fastmtl import onnxrt
+from fastmtl.data.cache import default_cache_dir
 from fastmtl.registry import create_model, list_models
+from fastmtl.runtime import cpu_info
 
 __all__ = ["format_info", "parameter_count", "system_info"]
 
-_PACKAGES = ("fastmtl", "torch", "torchvision", "triton", "numpy", "safetensors", "scikit-learn", "matplotlib")
+_PACKAGES = ("fastmtl", "torch", "torchvision", "triton", "numpy", "safetensors", "scikit-learn", "matplotlib",
+             "onnxruntime", "torchao")  # fmt: skip
 
 
 def _version(package: str) -> str | None:
@@ -44,14 +49,34 @@ def _devices() -> list[dict[str, Any]]:
     return devices
 
 
+def _cpu_paths() -> dict[str, Any]:
+    """What ``--precision`` can use on this CPU (:func:`fastmtl.runtime.cpu_info`, :func:`fastmtl.onnxrt.missing`)."""
+    cpu = cpu_info()
+    return {"cpu": cpu.name, "isa": cpu.isa, "bf16": cpu.bf16, "int8_vnni": cpu.int8_vnni,
+            "onnxruntime_missing": onnxrt.missing()}  # fmt: skip
+
+
+def _cache() -> dict[str, Any]:
+    """The cache folder, the size of its ONNX files and their bound (or why the bound is malformed)."""
+    folder = default_cache_dir()
+    onnx = sum(path.stat().st_size for path in (folder / "onnx").glob("*.onnx")) if (folder / "onnx").is_dir() else 0
+    try:
+        limit: int | str = onnxrt.cache_limit_bytes()
+    except ValueError as e:
+        limit = str(e)
+    return {"folder": str(folder), "onnx_bytes": onnx, "onnx_limit_bytes": limit}
+
+
 def system_info(img_size: int = 224) -> dict[str, Any]:
-    """Versions, devices and ``{model name: parameter count at img_size}``."""
+    """Versions, devices, the CPU's inference paths, the cache and ``{model name: parameter count at img_size}``."""
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {p: _version(p) for p in _PACKAGES},
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "devices": _devices(),
+        "cpu_paths": _cpu_paths(),
+        "cache": _cache(),
         "img_size": img_size,
         "models": {name: parameter_count(name, img_size=img_size) for name in list_models()},
     }
@@ -65,6 +90,15 @@ def format_info(info: dict[str, Any]) -> str:
     lines += [f"  {d['name']:<8} {d['detail']}" for d in info["devices"]]
     if info["cuda"] is None:
         lines.append("  (no CUDA device visible)")
+    cpu = info["cpu_paths"]
+    lines += ["", f"CPU inference paths ({cpu['cpu']}, {cpu['isa']})"]
+    lines.append("  bf16         " + ("native (oneDNN)" if cpu["bf16"] else "not native: --precision bf16 runs fp32"))
+    lines.append("  int8         " + ("VNNI: 8-bit weights" if cpu["int8_vnni"] else "no VNNI: 7-bit weights"))
+    ort = cpu["onnxruntime_missing"]
+    lines.append("  onnxruntime  " + (f"not usable: {ort}" if ort else "fp32 and int8 run on ONNX Runtime"))
+    cache, limit = info["cache"], info["cache"]["onnx_limit_bytes"]
+    bound = f"at most {limit / 1e9:g} GB" if isinstance(limit, int) else limit
+    lines += ["", f"cache        {cache['folder']} (ONNX files: {cache['onnx_bytes'] / 1e9:.2f} GB, {bound})"]
     lines += ["", f"models (parameters at img_size {info['img_size']})"]
     lines += [f"  {name:<24} {count:>12,}" for name, count in info["models"].items()]
     return "\n".join(lines)
