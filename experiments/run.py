@@ -69,6 +69,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -456,7 +457,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--variant", default="", choices=["", *VARIANTS], help="an ablation (see VARIANTS)")
         p.add_argument("--data-root", default="", help="default: ../shared/data/... next to the repository")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (recorded)")
-        p.add_argument("--runs", default="/tmp/fastmtl-experiments", help="run folders (outside the repository)")
+        p.add_argument(
+            "--runs",
+            default=str(Path(tempfile.gettempdir()) / "fastmtl-experiments"),
+            help="run folders (outside the repository; default: fastmtl-experiments in the temp folder)",
+        )
         p.add_argument("--results", default=str(REPO / "experiments" / "results"))
         p.add_argument("--figures", default=str(REPO / "docs" / "figures"))
         p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

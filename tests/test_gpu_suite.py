@@ -82,9 +82,12 @@ def test_deadline_plugin_cuts_short_without_losing_the_report(tmp_path: Path) ->
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     cmd = [sys.executable, "-m", "bench.gpu_suite", "--dry-run", "--out", str(out), "--budget-min", "8"]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    temp = tmp_path / "temp"  # the suite's temp folder, to see that it leaves nothing of its own behind
+    temp.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "TMPDIR": str(temp)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    assert not list(temp.glob("fastmtl-*")), list(temp.iterdir())  # the paper step's runs (~900 MB on a GPU) too
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files)  # what a GPU run brings back
     suite = json.loads((out / "suite.json").read_text())
