@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+_BASETEMP: set[Path] = set()  # pytest's temp folder of this run, once a test has asked for it
+
+
 @pytest.fixture(autouse=True)
 def _private_default_cache(tmp_path_factory, monkeypatch):
     """Whatever uses the default cache (decoded images, ONNX files, precision decisions), in-process or in a
     subprocess, writes to a throw-away folder, never to the user's ~/.cache/fastmtl."""
-    monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path_factory.mktemp("default_cache")))
+    folder = tmp_path_factory.mktemp("default_cache")
+    _BASETEMP.add(tmp_path_factory.getbasetemp())
+    monkeypatch.setenv("FASTMTL_CACHE", str(folder))
+    yield
+    shutil.rmtree(folder, ignore_errors=True)  # a cache is no evidence of a failure: never kept
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After a passing run, nothing is left in pytest's temp folder: the "failed" retention policy
+    (pyproject.toml) deletes each passing test's ``tmp_path``, but not the folders that session-wide fixtures make
+    with ``tmp_path_factory`` (shared checkpoints, exports, a C++ build: hundreds of MB)."""
+    for basetemp in _BASETEMP if exitstatus == 0 else ():
+        for folder in basetemp.iterdir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
