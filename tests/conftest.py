@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ from PIL import Image
 # and this file is imported before every test module.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Inductor's and Triton's compile caches (hundreds of MB after a run) go to a folder of this run, removed at its end,
+# for this process and the subprocesses the tests start.
+_COMPILE_CACHE = Path(tempfile.mkdtemp(prefix="fastmtl-tests-compile-cache-"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_COMPILE_CACHE / "inductor"))
+os.environ.setdefault("TRITON_CACHE_DIR", str(_COMPILE_CACHE / "triton"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -46,12 +53,14 @@ def _private_default_cache(tmp_path_factory, monkeypatch):
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """After a passing run, nothing is left in pytest's temp folder: the "failed" retention policy
-    (pyproject.toml) deletes each passing test's ``tmp_path``, but not the folders that session-wide fixtures make
-    with ``tmp_path_factory`` (shared checkpoints, exports, a C++ build: hundreds of MB)."""
+    """After a passing run, nothing is left in pytest's temp folder: the "failed" retention policy (pyproject.toml)
+    deletes each passing test's ``tmp_path``, but not the folders that session-wide fixtures make with
+    ``tmp_path_factory`` (shared checkpoints, exports, a C++ build: hundreds of MB). The compile caches go after
+    any run."""
     for basetemp in _BASETEMP if exitstatus == 0 else ():
         for folder in basetemp.iterdir():
             shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
