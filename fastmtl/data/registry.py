@@ -16,17 +16,15 @@ from fastmtl.data.isic2017 import ISIC2017
 from fastmtl.data.oct import OCTManifest
 from fastmtl.data.retouch import Retouch
 from fastmtl.data.synthetic import SyntheticLesions
+from fastmtl.options import DATA_KINDS, check_kind
 
 __all__ = ["DATASETS", "DATASET_KINDS", "build_dataset", "dataset_class", "detect_kind"]
 
-DATASETS: dict[str, type[MTLDataset]] = {
-    "isic2017": ISIC2017,
-    "retouch": Retouch,
-    "oct": OCTManifest,
-    "folder": ImageFolder,
-    "synthetic": SyntheticLesions,
-}
-DATASET_KINDS = tuple(DATASETS)
+# The kinds are named in fastmtl.options (no PyTorch: the command line checks a --kind before importing it).
+DATASETS: dict[str, type[MTLDataset]] = dict(
+    zip(DATA_KINDS, (ISIC2017, Retouch, OCTManifest, ImageFolder, SyntheticLesions), strict=True)
+)
+DATASET_KINDS = DATA_KINDS
 _SYNTHETIC_N = {"train": 256, "all": 256}  # other splits: 64
 
 
@@ -37,10 +35,8 @@ def dataset_class(kind: str, root: str | Path | None = None) -> type[MTLDataset]
         ValueError: unknown kind (the message lists the valid ones) or an undetectable folder.
         FileNotFoundError: "auto" with a ``root`` that does not exist.
     """
-    if kind == "auto":
+    if check_kind(kind) == "auto":
         kind = detect_kind(root)
-    if kind not in DATASETS:
-        raise ValueError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(DATASET_KINDS)} (or 'auto')")
     return DATASETS[kind]
 
 
