@@ -16,7 +16,7 @@ __all__ = [
     "DATA_KINDS",
     "ENCODER_STRIDE",
     "MAX_IMG_SIZE",
-    "WINDOWLESS_MODELS",
+    "WINDOWED_MODELS",
     "check_input_side",
     "check_kind",
     "input_step",
@@ -27,7 +27,9 @@ __all__ = [
 DATA_KINDS = ("isic2017", "retouch", "oct", "folder", "synthetic")
 ENCODER_STRIDE = 16  # the encoders' total downsampling: every input side is a multiple of it
 MAX_IMG_SIZE = 8192
-WINDOWLESS_MODELS = ("unet_resnet34_mtl", "unet_resnet34", "resnet34_cls")  # the baselines: no Swin windows
+# The registered models with Swin windows; the baselines and models registered elsewhere have none here (a model
+# of your own checks its input itself when it runs).
+WINDOWED_MODELS = ("resformer_mtl", "resformer_mtl_serial", "resformer_mtl_nodfe")
 
 
 def check_kind(kind: str) -> str:
@@ -55,7 +57,7 @@ def window_step(window: int) -> int:
 
 def input_step(model: str, img_size: int) -> int:
     """The input sides the registered ``model`` built for ``img_size`` takes are the multiples of this."""
-    return ENCODER_STRIDE if model in WINDOWLESS_MODELS else window_step(img_size // ENCODER_STRIDE)
+    return window_step(img_size // ENCODER_STRIDE) if model in WINDOWED_MODELS else ENCODER_STRIDE
 
 
 def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
@@ -65,7 +67,7 @@ def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
     if 0 < side <= MAX_IMG_SIZE and side % step == 0:
         return
     sizes = ", ".join(str(step * k) for k in range(1, 5) if step * k <= MAX_IMG_SIZE)
-    why = "" if model in WINDOWLESS_MODELS else f" (its Swin windows are {img_size // ENCODER_STRIDE} tokens wide)"
+    why = f" (its Swin windows are {img_size // ENCODER_STRIDE} tokens wide)" if model in WINDOWED_MODELS else ""
     raise ValueError(
         f"--img-size {side} does not fit checkpoint {source}: its {model} was built for {img_size} px{why} and takes "
         f"sides that are multiples of {step} up to {MAX_IMG_SIZE}: {sizes}, ..."

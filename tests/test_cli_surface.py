@@ -152,7 +152,8 @@ def test_an_img_size_the_checkpoint_does_not_take_is_answered_before_torch_names
     ("name", "img_size", "takes", "refuses"),
     [("resformer_mtl", 64, [64, 128, 192, 8192 - 8192 % 64], [32, 96, 80, 8256]),
      ("resformer_mtl_serial", 32, [32, 64, 96], [16, 48]),
-     ("unet_resnet34", 64, [16, 32, 48, 96], [8, 40, 8208])],
+     ("unet_resnet34", 64, [16, 32, 48, 96], [8, 40, 8208]),
+     ("a_model_of_your_own", 64, [16, 48], [8, 40])],  # registered elsewhere: only the encoders' stride
 )  # fmt: skip
 def test_the_input_size_rule(name, img_size, takes, refuses):
     from fastmtl.options import check_input_side
@@ -170,10 +171,10 @@ def test_the_models_follow_the_input_size_rule():
 
     import fastmtl
     from fastmtl.models._registry import ENTRYPOINTS
-    from fastmtl.options import WINDOWLESS_MODELS, input_step
+    from fastmtl.options import WINDOWED_MODELS, input_step
 
-    baselines = {n for n, fn in ENTRYPOINTS.items() if fn.__module__ == "fastmtl.models.baselines"}
-    assert set(WINDOWLESS_MODELS) == baselines
+    resformers = {n for n, fn in ENTRYPOINTS.items() if fn.__module__ == "fastmtl.models.mtl"}
+    assert set(WINDOWED_MODELS) == resformers
     for name in ("resformer_mtl_nodfe", "unet_resnet34"):
         model = fastmtl.create_model(name, img_size=32).eval()
         step = input_step(name, 32)

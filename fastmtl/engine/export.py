@@ -17,6 +17,12 @@ The input is one float32 ``(B, in_chans, img_size, img_size)`` batch, normalised
 dimension is dynamic (1..1024) unless ``dynamic_batch=False``. The export always uses the PyTorch reference
 layers (Inductor generates its own kernels for the graph).
 
+An export prints each step as it starts (loading, tracing, compiling, checking) and how long it took: compiling
+a package takes a minute or two on a CPU. An ``img_size`` the checkpoint's model does not take is refused before
+any of it (:func:`fastmtl.options.check_input_side`). Exporting for the CPU drops torch's "No CUDA runtime is
+found" warning (that one message, while the export runs): Inductor imports torch.utils.cpp_extension, which warns
+so on a machine with a CUDA toolkit but no GPU, about CUDA extensions a CPU package does not use.
+
 While it runs, an export holds the lock of its output file (:func:`output_lock`: ``<folder>/.<name>.lock/``, taken
 with :func:`fastmtl.files.exclusive_folder` like the folders of train, eval and predict): a second export to the
 same file is refused with a message naming the holder. The lock is per file, not on the whole folder, so exports
