@@ -169,6 +169,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     overrides += ["skip_bad=true"] if args.skip_bad else []
     config = load_config(args.config, overrides)
+    if config.data == "auto" and args.data_root is not None:
+        from fastmtl.options import detect_kind
+
+        detect_kind(args.data_root)  # a folder of no known layout is answered before PyTorch is imported
     from fastmtl.engine.train import train
 
     _fit_threads(args, 0)  # the loader's workers mostly wait on the model

@@ -1,6 +1,7 @@
 """The command line's checks that run before PyTorch is imported, so that a mistake is answered at once: paths,
-numbers, devices, dataset kinds, the optional packages an export needs, and an ``--img-size`` against the rule of
-the checkpoint it is for (read from the checkpoint's safetensors header: no tensors, no PyTorch).
+numbers, devices, dataset kinds (named, or shown by a data folder's layout), the optional packages an export
+needs, and an ``--img-size`` against the rule of the checkpoint it is for (read from the checkpoint's safetensors
+header: no tensors, no PyTorch).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fastmtl.options import ENCODER_STRIDE, MAX_IMG_SIZE, check_input_side, check_kind, require
+from fastmtl.options import ENCODER_STRIDE, MAX_IMG_SIZE, check_input_side, check_kind, detect_kind, require
 
 __all__ = ["check_args", "stored_model_config"]
 
@@ -91,9 +92,12 @@ def _check_img_size(args: argparse.Namespace) -> None:
 
 
 def _check_needs(args: argparse.Namespace) -> None:
-    """The optional packages the command needs, and the dataset kind it names."""
-    if getattr(args, "kind", None) is not None:
-        check_kind(args.kind)
+    """The optional packages the command needs, and the dataset kind it names or its data folder's layout shows."""
+    kind = getattr(args, "kind", None)
+    if kind is not None:
+        check_kind(kind)
+    if args.command in ("eval", "check-data") and kind in (None, "auto") and args.data_root is not None:
+        detect_kind(args.data_root)  # a folder of no known layout is answered now
     if args.command == "export" and args.format == "onnx":
         require("onnx", "onnxscript", *(("onnxruntime",) if args.precision == "int8" else ()),
                 what=f"export --format onnx{' --precision int8' if args.precision == 'int8' else ''}")  # fmt: skip
@@ -127,5 +131,5 @@ def check_args(args: argparse.Namespace) -> None:
             text = os.path.expanduser(item)
             if not os.path.exists(text) and not glob.glob(text, recursive=True):
                 raise FileNotFoundError(f"{what} {item} does not exist (nor does it match any file as a pattern)")
-    _check_needs(args)
     _check_device(getattr(args, "device", None))
+    _check_needs(args)

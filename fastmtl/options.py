@@ -1,7 +1,8 @@
 """Vocabularies and rules that need no PyTorch: the command line checks them before importing it, and the library
 uses the same ones, so each rule has one home.
 
-- :data:`DATA_KINDS`: the dataset kinds (:mod:`fastmtl.data.registry` maps each to its class);
+- :data:`DATA_KINDS`: the dataset kinds (:mod:`fastmtl.data.registry` maps each to its class) and
+  :func:`detect_kind`, the kind of a folder from its layout;
 - :func:`require`: an optional package an operation needs, named with the extra that installs it;
 - the input sizes a model takes: :func:`input_step` (every model's sides are multiples of the encoder's stride,
   16; a ResFormer's, built with a Swin window of ``img_size // 16``, multiples of ``img_size``) and
@@ -11,6 +12,7 @@ uses the same ones, so each rule has one home.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 __all__ = [
     "DATA_KINDS",
@@ -19,6 +21,7 @@ __all__ = [
     "WINDOWED_MODELS",
     "check_input_side",
     "check_kind",
+    "detect_kind",
     "input_step",
     "require",
     "window_step",
@@ -37,6 +40,43 @@ def check_kind(kind: str) -> str:
     if kind != "auto" and kind not in DATA_KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(DATA_KINDS)} (or 'auto')")
     return kind
+
+
+def _has(root: Path, pattern: str) -> bool:
+    return next(iter(root.glob(pattern)), None) is not None
+
+
+def detect_kind(root: str | Path | None) -> str:
+    """Guesses the dataset kind from a folder layout.
+
+    None gives "synthetic"; ``ISIC-2017_*_Data/`` -> "isic2017"; ``manifest.csv`` (or a CSV file) -> "oct";
+    ``oct.mhd`` up to two levels down -> "retouch"; ``images/`` or ``<split>/images/`` -> "folder".
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: no known layout matches.
+    """
+    if root is None:
+        return "synthetic"
+    path = Path(root)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset root {path} not found")
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "oct"
+        raise ValueError(f"{path} is a file; expected a dataset folder or an OCT manifest CSV")
+    if _has(path, "ISIC-2017_*_Data"):
+        return "isic2017"
+    if (path / "manifest.csv").is_file():
+        return "oct"
+    if _has(path, "oct.mhd") or _has(path, "*/oct.mhd") or _has(path, "*/*/oct.mhd"):
+        return "retouch"
+    if (path / "images").is_dir() or _has(path, "*/images"):
+        return "folder"
+    raise ValueError(
+        f"cannot tell the dataset kind of {path}: expected ISIC-2017_<Split>_Data/ (isic2017), manifest.csv (oct), "
+        "<case>/oct.mhd (retouch) or images/ [+ masks/, labels.csv] (folder)"
+    )
 
 
 def require(*modules: str, what: str, extra: str = "export") -> None:
