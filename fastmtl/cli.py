@@ -10,9 +10,9 @@
 
 Every command writes to ``--out`` (``--output`` is accepted as an alias); options are never abbreviated. Paths,
 numbers, dataset kinds, the packages an export needs and an ``--img-size`` against the checkpoint's own rule are
-checked before PyTorch is imported (:mod:`fastmtl.cli_checks`), so a mistake is answered at once. Bad input (a missing file,
-an unknown option or model, a mismatched checkpoint, a diverging loss) prints one ``fastmtl: error: ...`` line to
-stderr and exits with status 2; an interrupted run exits with 130.
+checked before PyTorch is imported (:mod:`fastmtl.cli_checks`), so a mistake is answered at once. Bad input (a
+missing file, an unknown option or model, a mismatched checkpoint, a diverging loss) prints one ``fastmtl: error:
+...`` line to stderr and exits with status 2; an interrupted run exits with 130.
 """  # noqa: E501 - the synopsis lines are compared with the parser by tests/test_cli.py
 
 from __future__ import annotations
