@@ -18,7 +18,7 @@ dimension is dynamic (1..1024) unless ``dynamic_batch=False``. The export always
 layers (Inductor generates its own kernels for the graph).
 
 An export prints each step as it starts (loading, tracing, compiling, checking) and how long it took: compiling
-a package takes a minute or two on a CPU. An ``img_size`` the checkpoint's model does not take is refused before
+a package takes minutes on a CPU. An ``img_size`` the checkpoint's model does not take is refused before
 any of it (:func:`fastmtl.options.check_input_side`). Exporting for the CPU drops torch's "No CUDA runtime is
 found" warning (that one message, while the export runs): Inductor imports torch.utils.cpp_extension, which warns
 so on a machine with a CUDA toolkit but no GPU, about CUDA extensions a CPU package does not use.
@@ -257,7 +257,7 @@ def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynam
     if format == "aoti":
         with _step(f"tracing {shape} with torch.export", "traced"):
             program = torch.export.export(folded, (example,), dynamic_shapes=dynamic)
-        where = "a minute or two on a CPU" if example.device.type == "cpu" else "a minute or more"
+        where = "minutes on a CPU" if example.device.type == "cpu" else "a minute or more"
         with _step(f"compiling it for {example.device.type} with AOTInductor ({where})", f"compiled {out}"):
             _export_aoti(program, out, metadata)
         runner = _load_aoti(out) if check else None
