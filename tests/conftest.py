@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
-def header_checkpoint(tmp_path) -> Callable[[str, int], Path]:
+def header_checkpoint(tmp_path):
     """Factory: ``header_checkpoint(name, img_size)`` -> a safetensors file whose header holds that fastmtl model
     config and one 4-byte tensor: what the command line and ``predict`` / ``export`` read before any work, at no
     disk cost; loading it as a model fails, so a test using it shows that a check came first."""
