@@ -8,22 +8,24 @@
     fastmtl check-data --data-root DIR [--split training|validation|test|train|val] [--kind KIND] [--out FILE]
     fastmtl demo    [--data-root DIR] [--out DIR] [--device auto|cpu|cuda] [--set KEY=VALUE ...] [--resume]
 
-Every command writes to ``--out`` (``--output`` is accepted as an alias); options are never abbreviated. Paths
-and numbers are checked before PyTorch is imported, so a mistake is answered at once. Bad input (a missing file,
-an unknown option or model, a mismatched checkpoint, a diverging loss) prints one ``fastmtl: error: ...`` line to
-stderr and exits with status 2; an interrupted run exits with 130.
+Every command writes to ``--out`` (``--output`` is accepted as an alias); options are never abbreviated. Paths,
+numbers, dataset kinds, the packages an export needs and an ``--img-size`` against the checkpoint's own rule are
+checked before PyTorch is imported (:mod:`fastmtl.cli_checks`), so a mistake is answered at once. Bad input (a
+missing file, an unknown option or model, a mismatched checkpoint, a diverging loss) prints one ``fastmtl: error:
+...`` line to stderr and exits with status 2; an interrupted run exits with 130.
 """  # noqa: E501 - the synopsis lines are compared with the parser by tests/test_cli.py
 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from fastmtl.cli_checks import check_args
 
 __all__ = ["build_parser", "main"]
 
@@ -65,7 +67,7 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True, metavar="DIR", help="dataset folder (kind auto-detected)")
     p.add_argument("--split", default="training", choices=_SPLITS, help="split to check (default: training)")
     p.add_argument("--kind", default="auto", help="dataset kind (default: detected from the folder)")
-    _add_out(p, "the CSV report FILE: path, problem, detail (default: check-data.csv)", default="check-data.csv")
+    _add_out(p, "also write the findings to FILE as CSV: path, problem, detail (default: printed only)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -151,84 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ------------------------------------------------------------------ checks that run before PyTorch is imported
-def _existing(path: str | None, what: str, kind: str = "file") -> None:
-    if path is None:
-        return
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    if kind == "file" and not p.is_file():
-        raise IsADirectoryError(f"{what} {path} is a folder; expected a file")
-    if kind == "dir" and not p.is_dir():
-        raise NotADirectoryError(f"{what} {path} is a file; expected a folder")
-
-
-def _output(path: str, kind: str) -> None:
-    """``--out`` can be written as a ``kind`` ("file" or "folder"): not a thing of the other kind, under folders."""
-    p = Path(path).expanduser()
-    if p.exists() and p.is_dir() != (kind == "folder"):
-        raise ValueError(f"--out {path} is a {'folder' if p.is_dir() else 'file'}; expected a {kind}")
-    above = next((a for a in p.parents if a.exists()), None)
-    if above is not None and not above.is_dir():
-        raise NotADirectoryError(f"--out {path} lies under {above}, which is a file, not a folder")
-
-
-def _in_range(value: int | None, flag: str, low: int, high: int) -> None:
-    if value is not None and not low <= value <= high:
-        raise ValueError(f"{flag} must be between {low} and {high}, got {value}")
-
-
-def _check_device(device: str | None) -> None:
-    """A device name; for ``cuda:N`` or ``mps``, whether PyTorch sees that device (only then is PyTorch asked)."""
-    if device is not None and not _DEVICE.match(device):
-        raise ValueError(f"--device {device!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
-    if device is not None and (device.startswith("cuda:") or device == "mps"):
-        import torch
-
-        mps = device == "mps"
-        count = int(torch.backends.mps.is_available()) if mps else torch.cuda.device_count()
-        if (0 if mps else int(device[5:])) >= count:
-            kind = "MPS" if mps else "CUDA"
-            raise ValueError(f"--device {device}: torch sees {count} {kind} device(s); use auto or cpu")
-
-
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d{1,4})?|mps)$")
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    """Paths and numbers of ``args``, checked without importing PyTorch (but for a ``cuda:N`` or ``mps`` device,
-    where PyTorch is asked whether it sees that device)."""
-    for dest, value in vars(args).items():
-        if value == "":
-            raise ValueError(f"--{dest.replace('_', '-')} is empty; give a value")
-    cores = os.cpu_count() or 1
-    _in_range(args.threads, "--threads", 1, 4 * cores)  # far more threads than cores only thrashes (or crashes)
-    _existing(getattr(args, "checkpoint", None), "checkpoint")
-    _existing(getattr(args, "data_root", None), "data folder", kind="dir")
-    high = 1024 if args.command == "export" else 65536  # export: a dynamic batch spans 1..1024
-    _in_range(getattr(args, "batch_size", None), "--batch-size", 1, high)
-    _in_range(getattr(args, "workers", None), "--workers", 0, 4 * cores)
-    if getattr(args, "out", None) is not None:  # export and check-data write a file, the others a folder
-        _output(args.out, "file" if args.command in ("export", "check-data") else "folder")
-    if args.command == "export":
-        parent = Path(args.out).expanduser().parent
-        if not parent.is_dir():
-            raise FileNotFoundError(f"the folder of --out {args.out} does not exist; create {parent} first")
-    img_size = getattr(args, "img_size", None)
-    if img_size is not None and not (0 < img_size <= 8192 and img_size % 16 == 0):
-        raise ValueError(f"--img-size must be a positive multiple of 16 up to 8192, got {img_size}")
-    threshold = getattr(args, "threshold", None)
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
-    for what, dest in (("input", "input"), ("--calibrate input", "calibrate")):
-        for item in getattr(args, dest, None) or ():
-            text = os.path.expanduser(item)
-            if not os.path.exists(text) and not glob.glob(text, recursive=True):
-                raise FileNotFoundError(f"{what} {item} does not exist (nor does it match any file as a pattern)")
-    _check_device(getattr(args, "device", None))
-
-
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -245,6 +169,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     overrides += ["skip_bad=true"] if args.skip_bad else []
     config = load_config(args.config, overrides)
+    if config.data == "auto" and args.data_root is not None:
+        from fastmtl.options import detect_kind
+
+        detect_kind(args.data_root)  # a folder of no known layout is answered before PyTorch is imported
     from fastmtl.engine.train import train
 
     _fit_threads(args, 0)  # the loader's workers mostly wait on the model
@@ -342,6 +270,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"  learning curves:  {paths['curves']} (per-epoch log: {paths['log']})")
     if paths["report"]:
         print(f"  evaluation:       {paths['report']} (+ roc.png, confusion.png, worst/)")
+        print(f"  same evaluation:  {paths['eval_again']}")
     if paths["predictions"]:
         print(f"  predictions:      {paths['predictions']} (masks/, overlays/, probabilities.csv)")
     kept = "" if (Path(paths["checkpoint"]).parent / "last.json").is_file() else "; training state (last.*) removed"
@@ -356,13 +285,16 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     from fastmtl.data import check_data, write_report
 
     findings = check_data(args.data_root, args.split, kind=args.kind, include_notes=True)
-    write_report(findings, args.out)
+    if args.out is not None:
+        write_report(findings, args.out)
     for p in findings:
         print(f"{'note: ' if p.note else ''}{p.problem:<22} {p.path}: {p.detail}")
     problems = [p for p in findings if not p.note]
+    report = f"report: {args.out}" if args.out else "--out FILE writes them to a CSV file" if findings else ""
     if problems:
-        raise ValueError(f"{len(problems)} problem(s) in {args.data_root} ({args.split}); report: {args.out}")
-    print(f"{args.data_root} ({args.split}): no problems; report: {args.out}")
+        raise ValueError(f"{len(problems)} problem(s) in {args.data_root} ({args.split}); {report}")
+    notes = f", {len(findings)} note(s)" if findings else ""
+    print(f"{args.data_root} ({args.split}): no problems{notes}" + (f"; {report}" if report else ""))
     return 0
 
 
@@ -397,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        _check_args(args)
+        check_args(args)
         if args.threads is not None:
             import torch
 

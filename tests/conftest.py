@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -69,6 +70,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (only developer and CI machines have it)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def header_checkpoint(tmp_path):
+    """Factory: ``header_checkpoint(name, img_size)`` -> a safetensors file whose header holds that fastmtl model
+    config and one 4-byte tensor: what the command line and ``predict`` / ``export`` read before any work, at no
+    disk cost; loading it as a model fails, so a test using it shows that a check came first."""
+
+    def make(name: str, img_size: int) -> Path:
+        header = {
+            "__metadata__": {"fastmtl_config": json.dumps({"name": name, "img_size": img_size}), "fastmtl_meta": "{}"},
+            "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        }
+        raw = json.dumps(header).encode()
+        path = tmp_path / f"{name}-{img_size}.safetensors"
+        path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(4))
+        return path
+
+    return make
 
 
 @pytest.fixture

@@ -114,6 +114,12 @@ def test_demo_then_eval_and_predict_on_its_checkpoint(tmp_path, capsys):
     assert len(list((out / "predictions" / "masks").glob("*.png"))) == 6
     best = out / "train" / "best.safetensors"
 
+    again = next(line for line in printed.splitlines() if "same evaluation:" in line).split(":", 1)[1].split()
+    assert again[:2] == ["fastmtl", "eval"] and main(again[1:]) == 0  # the command the demo prints, as printed
+    demo, fresh = (json.loads((d / "metrics.json").read_text()) for d in (out / "eval", out / "eval-again"))
+    assert fresh["metrics"]["n_images"] == demo["metrics"]["n_images"] == 64  # the same test images ...
+    assert fresh["metrics"] == pytest.approx(demo["metrics"], rel=1e-6, abs=1e-9)  # ... the same numbers
+
     assert main(["eval", "--checkpoint", str(best), "--split", "validation", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["split"] == "val" and report["metrics"]["n_images"] == 64  # synthetic val split default size

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,8 +48,64 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def aoti_package(checkpoint, tmp_path_factory):
-    return export(checkpoint, tmp_path_factory.mktemp("aoti") / "tiny.pt2", format="aoti", batch_size=2)
+def aoti_export(checkpoint, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``fastmtl export --format aoti`` run as a user runs it, on a machine with a CUDA toolkit but no GPU in use
+    (``CUDA_HOME`` set: torch.utils.cpp_extension warns "No CUDA runtime is found" when it is imported then)."""
+    folder = tmp_path_factory.mktemp("aoti")
+    out = folder / "tiny.pt2"
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "aoti", "--out", str(out), "--batch-size", "2"]
+    done = subprocess.run([sys.executable, "-m", "fastmtl.cli", *argv], env={**os.environ, "CUDA_HOME": str(folder)},
+                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def aoti_package(aoti_export) -> Path:
+    return aoti_export[0]
+
+
+@pytest.mark.slow
+def test_an_aoti_export_says_what_it_does_and_how_long_it_took(aoti_export) -> None:
+    out, done = aoti_export
+    steps = [line.removeprefix("fastmtl export: ") for line in done.stdout.splitlines()]
+    expected = [r"loading .*\.safetensors \.\.\.", r"loaded in \d+\.\d s",
+                r"tracing unet_resnet34_mtl at 32 px, batch 1\.\.1024 with torch\.export \.\.\.",
+                r"traced in \d+\.\d s",
+                r"compiling it for cpu with AOTInductor \(minutes on a CPU\) \.\.\.",
+                rf"compiled {re.escape(str(out))} in \d+\.\d s",
+                r"checking it against the eager model at batch 2 and 3 \.\.\.", r"checked in \d+\.\d s",
+                rf"exported {re.escape(str(out))} \(outputs match the eager model\)"]  # fmt: skip
+    assert len(steps) == len(expected) and all(re.fullmatch(e, s) for e, s in zip(expected, steps)), done.stdout
+    assert "No CUDA runtime is found" not in done.stderr, done.stderr
+
+
+def test_the_no_cuda_runtime_warning_is_dropped_only_while_exporting_for_the_cpu(tmp_path, monkeypatch) -> None:
+    """What an export for the CPU filters: that one message of torch.utils.cpp_extension's logger, nothing else,
+    and only during the export (the warning comes from importing that module, which Inductor does)."""
+    import logging
+
+    from torch.utils import cpp_extension
+
+    from fastmtl.engine.export import _quiet_cpu_cuda_home
+
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    logger, seen = logging.getLogger("torch.utils.cpp_extension"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        with _quiet_cpu_cuda_home(torch.device("cpu")):
+            cpp_extension._find_cuda_home()
+            logger.warning("another warning")
+        with _quiet_cpu_cuda_home(torch.device("cuda")):
+            cpp_extension._find_cuda_home()
+        cpp_extension._find_cuda_home()
+    finally:
+        logger.removeHandler(handler)
+    warning = f"No CUDA runtime is found, using CUDA_HOME='{tmp_path}'"
+    assert seen == ["another warning", warning, warning]
 
 
 def test_metadata_names_come_from_the_checkpoint() -> None:

@@ -9,6 +9,7 @@ few steps long.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -39,6 +40,32 @@ def test_every_code_block_is_run_or_says_why_not() -> None:
             assert lang in ("bash", "python") and len(skip) > 10, f"a skipped block needs its reason: {code[:60]}"
         if lang == "":  # synopses: commands with placeholders, checked against the parser by test_cli_surface
             assert all(line.startswith("fastmtl ") for line in code.splitlines()), code
+
+
+def test_the_api_snippet_runs_its_models_in_eval_mode_without_autograd() -> None:
+    """Users copy the snippet: every model it calls is in eval mode (``.eval()`` on ``create_model``;
+    ``load_model`` returns one) and every call sits inside ``with torch.inference_mode():``."""
+    code = next(c for lang, c, _ in blocks() if lang == "python" and "create_model(" in c)
+    tree = ast.parse(code)
+    in_eval = {}  # model variable -> built in eval mode
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            text = ast.unparse(node.value)
+            if "create_model(" in text or "load_model(" in text:
+                in_eval[node.targets[0].id] = text.endswith(".eval()") or "load_model(" in text
+    calls = []
+
+    def visit(node: ast.AST, guarded: bool) -> None:
+        if isinstance(node, ast.With):
+            guarded = guarded or any("torch.inference_mode()" == ast.unparse(i.context_expr) for i in node.items)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in in_eval:
+            calls.append((node.func.id, guarded))
+        for child in ast.iter_child_nodes(node):
+            visit(child, guarded)
+
+    visit(tree, False)
+    assert len(calls) >= 2, calls  # the fresh model and the trained one are both run
+    assert all(guarded and in_eval[name] for name, guarded in calls), (calls, in_eval)
 
 
 def _venv_matches_python3() -> str | None:

@@ -8,6 +8,10 @@ When ``root/<split>/images`` exists that split folder is used (``<split>`` = tra
 validation, test, or any other sub-folder name); otherwise ``root`` itself (the engine then carves train/val out
 of it with :func:`~fastmtl.data.splits.split_indices`). Masks are binary by default (0/1 or 0/255, thresholded)
 or class indices with ``seg_classes`` > 1. The class names are the ``labels.csv`` header.
+
+An image without a row in an existing ``labels.csv`` is a sample without class labels, and one without a mask in
+an existing ``masks/`` a sample without a mask: both are used, and both are notes in ``label_problems``
+(``fastmtl check-data`` lists them), since either can be a forgotten file.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.io import IMAGE_EXTENSIONS
-from fastmtl.data.tables import LabelTable, match_files, refuse, validate_rows
+from fastmtl.data.tables import LabelTable, Problem, match_files, refuse, validate_rows
 
 __all__ = ["ImageFolder", "folder_label_table", "read_label_table"]
 
@@ -122,13 +126,19 @@ class ImageFolder(MTLDataset):
         table = folder_label_table(label_csv) if label_csv.is_file() else None
         self.class_names = names = () if table is None else table.columns
         super().__init__(img_size=img_size, train=train, cache_dir=cache_dir, **kwargs)
-        if table is not None:  # an image without a row is fine here: an unlabelled sample
-            match_files(table, images.get, image_dir)
+        if table is not None:  # an image without a row is fine here (an unlabelled sample): a note
+            match_files(table, images.get, image_dir, images, unlisted_note="used without class labels")
             self._table_problems(table.problems)
         table = {} if table is None else dict(zip(table.ids, table.labels, strict=True))
         stems = list(images)
         self.image_paths = [images[s] for s in stems]
         self.mask_paths = self._match_masks(stems)
+        if (self.root / "masks").is_dir():  # so is an image without a mask beside others with one: a note
+            self.label_problems += [
+                Problem(str(images[s]), "missing mask", f"no {s}[_mask|_segmentation].<ext> in "
+                        f"{self.root / 'masks'}; used without a mask", note=True)
+                for s, mask in zip(stems, self.mask_paths, strict=True) if mask is None
+            ]  # fmt: skip
         labels = np.stack([table.get(s, np.zeros(len(names), np.float32)) for s in stems])
         self._finalize(
             stems, labels, [s in table for s in stems], [p is not None for p in self.mask_paths], groups=stems

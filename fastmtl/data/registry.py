@@ -16,17 +16,15 @@ from fastmtl.data.isic2017 import ISIC2017
 from fastmtl.data.oct import OCTManifest
 from fastmtl.data.retouch import Retouch
 from fastmtl.data.synthetic import SyntheticLesions
+from fastmtl.options import DATA_KINDS, check_kind, detect_kind  # no PyTorch: the command line asks them first
 
 __all__ = ["DATASETS", "DATASET_KINDS", "build_dataset", "dataset_class", "detect_kind"]
 
-DATASETS: dict[str, type[MTLDataset]] = {
-    "isic2017": ISIC2017,
-    "retouch": Retouch,
-    "oct": OCTManifest,
-    "folder": ImageFolder,
-    "synthetic": SyntheticLesions,
-}
-DATASET_KINDS = tuple(DATASETS)
+# The kinds are named in fastmtl.options (no PyTorch: the command line checks a --kind before importing it).
+DATASETS: dict[str, type[MTLDataset]] = dict(
+    zip(DATA_KINDS, (ISIC2017, Retouch, OCTManifest, ImageFolder, SyntheticLesions), strict=True)
+)
+DATASET_KINDS = DATA_KINDS
 _SYNTHETIC_N = {"train": 256, "all": 256}  # other splits: 64
 
 
@@ -37,10 +35,8 @@ def dataset_class(kind: str, root: str | Path | None = None) -> type[MTLDataset]
         ValueError: unknown kind (the message lists the valid ones) or an undetectable folder.
         FileNotFoundError: "auto" with a ``root`` that does not exist.
     """
-    if kind == "auto":
+    if check_kind(kind) == "auto":
         kind = detect_kind(root)
-    if kind not in DATASETS:
-        raise ValueError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(DATASET_KINDS)} (or 'auto')")
     return DATASETS[kind]
 
 
@@ -81,40 +77,3 @@ def build_dataset(
     if root is None:
         raise ValueError(f"dataset kind {kind!r} needs a root folder")
     return cls(root, split, **common, **opts)
-
-
-def _has(root: Path, pattern: str) -> bool:
-    return next(iter(root.glob(pattern)), None) is not None
-
-
-def detect_kind(root: str | Path | None) -> str:
-    """Guesses the dataset kind from a folder layout.
-
-    None gives "synthetic"; ``ISIC-2017_*_Data/`` -> "isic2017"; ``manifest.csv`` (or a CSV file) -> "oct";
-    ``oct.mhd`` up to two levels down -> "retouch"; ``images/`` or ``<split>/images/`` -> "folder".
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist.
-        ValueError: no known layout matches.
-    """
-    if root is None:
-        return "synthetic"
-    path = Path(root)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset root {path} not found")
-    if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return "oct"
-        raise ValueError(f"{path} is a file; expected a dataset folder or an OCT manifest CSV")
-    if _has(path, "ISIC-2017_*_Data"):
-        return "isic2017"
-    if (path / "manifest.csv").is_file():
-        return "oct"
-    if _has(path, "oct.mhd") or _has(path, "*/oct.mhd") or _has(path, "*/*/oct.mhd"):
-        return "retouch"
-    if (path / "images").is_dir() or _has(path, "*/images"):
-        return "folder"
-    raise ValueError(
-        f"cannot tell the dataset kind of {path}: expected ISIC-2017_<Split>_Data/ (isic2017), manifest.csv (oct), "
-        "<case>/oct.mhd (retouch) or images/ [+ masks/, labels.csv] (folder)"
-    )

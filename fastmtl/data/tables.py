@@ -199,10 +199,12 @@ def match_files(
     present: Mapping[str, Path] | None = None,
     *,
     expected: Callable[[str], str] | None = None,
+    unlisted_note: str = "",
 ) -> list[Path]:
     """The file of every row of ``table``; a row without one is left out and reported (``label without an
     image``: ``<id> has no image in <where>``, or ``expected(id)`` names the file looked for). With ``present``
-    ({id: path} of the files in ``where``), each file without a row is reported too (``image without a label``)."""
+    ({id: path} of the files in ``where``), each file without a row is reported too (``image without a label``):
+    a problem, or with ``unlisted_note`` (what becomes of such an image) a note."""
     paths, keep = [], []
     for index, (image_id, line) in enumerate(zip(table.ids, table.lines, strict=True)):
         path = find(image_id)
@@ -215,7 +217,8 @@ def match_files(
     table.keep(keep)
     for image_id, path in sorted((present or {}).items()):
         if image_id not in table.listed:
-            table.found.append((1 << 62, Problem(str(path), NOT_LISTED, f"not in {table.file.name}")))
+            detail = f"not in {table.file.name}" + (f"; {unlisted_note}" if unlisted_note else "")
+            table.found.append((1 << 62, Problem(str(path), NOT_LISTED, detail, note=bool(unlisted_note))))
     return paths
 
 

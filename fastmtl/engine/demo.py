@@ -23,7 +23,7 @@ from fastmtl.files import atomic_write_bytes
 if TYPE_CHECKING:
     from fastmtl.engine.train_config import TrainConfig
 
-__all__ = ["demo_config", "disk_usage", "run_demo"]
+__all__ = ["demo_config", "disk_usage", "eval_command", "run_demo"]
 
 N_PREDICT = 6
 # The resumable training state a finished demo deletes (weights + optimizer + RNG, with a previous set
@@ -81,11 +81,13 @@ def _write_inputs(config: TrainConfig, data_root: str | Path | None, folder: Pat
 
 
 def _evaluate(checkpoint: Path, config: TrainConfig, data_root, out_dir: Path, device: str) -> dict[str, Any] | None:
-    """Evaluates on the test split (a fresh synthetic one without data); None when the data has no test split."""
+    """Evaluates on the test split (a fresh synthetic one without data: its default 64 images); None when the data
+    has no test split. The same images as ``fastmtl eval --checkpoint <best> [--data-root DIR] --out DIR``
+    evaluates, so that command reproduces the demo's numbers (:func:`eval_command`)."""
     from fastmtl.engine.evaluate import evaluate
 
     kind = "synthetic" if data_root is None and config.data in ("synthetic", "auto") else None
-    opts = {"n": 32} if kind == "synthetic" else {**config.data_options}
+    opts = {} if kind == "synthetic" else {**config.data_options}
     if config.cache_dir:
         opts["cache_dir"] = False if config.cache_dir == "off" else config.cache_dir
     try:
@@ -94,6 +96,12 @@ def _evaluate(checkpoint: Path, config: TrainConfig, data_root, out_dir: Path, d
     except FileNotFoundError as e:
         print(f"demo: no test split to evaluate on ({e}); the validation metrics are in log.csv")
         return None
+
+
+def eval_command(checkpoint: str | Path, data_root: str | Path | None, out: str | Path) -> str:
+    """The ``fastmtl eval`` command line that evaluates the demo's checkpoint on the demo's test images again."""
+    where = "" if data_root is None else f" --data-root {data_root}"
+    return f"fastmtl eval --checkpoint {checkpoint}{where} --out {out}"
 
 
 def run_demo(
@@ -161,6 +169,7 @@ def run_demo(
             "curves": str(out / "train" / "curves.png"),
             "log": str(out / "train" / "log.csv"),
             "report": None if report is None else str(out / "eval" / "metrics.json"),
+            "eval_again": None if report is None else eval_command(best, data_root, out / "eval-again"),
             "predictions": None if summary is None else str(out / "predictions"),
         },
     }

@@ -17,6 +17,12 @@ The input is one float32 ``(B, in_chans, img_size, img_size)`` batch, normalised
 dimension is dynamic (1..1024) unless ``dynamic_batch=False``. The export always uses the PyTorch reference
 layers (Inductor generates its own kernels for the graph).
 
+An export prints each step as it starts (loading, tracing, compiling, checking) and how long it took: compiling
+a package takes minutes on a CPU. An ``img_size`` the checkpoint's model does not take is refused before
+any of it (:func:`fastmtl.options.check_input_side`). Exporting for the CPU drops torch's "No CUDA runtime is
+found" warning (that one message, while the export runs): Inductor imports torch.utils.cpp_extension, which warns
+so on a machine with a CUDA toolkit but no GPU, about CUDA extensions a CPU package does not use.
+
 While it runs, an export holds the lock of its output file (:func:`output_lock`: ``<folder>/.<name>.lock/``, taken
 with :func:`fastmtl.files.exclusive_folder` like the folders of train, eval and predict): a second export to the
 same file is refused with a message naming the holder. The lock is per file, not on the whole folder, so exports
@@ -26,9 +32,12 @@ to other files of that folder, or a training run writing its checkpoints there, 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +49,11 @@ from fastmtl import onnxrt
 from fastmtl.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
 from fastmtl.data.images import ImagePaths
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
-from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
+from fastmtl.engine.checkpoint import load_model, model_config, read_checkpoint_info, stored_class_names
 from fastmtl.engine.inputs import collect_inputs, sample_batches
 from fastmtl.engine.traced import MAX_BATCH, batch_dim, deployable, flat, output_names, write_onnx
 from fastmtl.files import exclusive_folder
+from fastmtl.options import check_input_side
 
 __all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
 
@@ -181,8 +191,9 @@ def export(
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
-    if img_size is not None and img_size < 1:
-        raise ValueError(f"img_size must be at least 1, got {img_size}")
+    if img_size is not None:  # before any work: the model's rule, from the checkpoint's header
+        stored, _ = read_checkpoint_info(checkpoint)
+        check_input_side(img_size, stored.name, stored.img_size, str(checkpoint))
     if precision not in ("fp32", "int8"):
         raise ValueError(f"export precision must be fp32 or int8, got {precision!r}")
     if precision == "int8" and (format != "onnx" or calibrate is None):
@@ -193,13 +204,47 @@ def export(
     out = Path(out_path)
     if out.is_dir():
         raise IsADirectoryError(f"export output {out} is a folder; expected the file to write (.pt2 or .onnx)")
-    with output_lock(out):
+    with output_lock(out), _quiet_cpu_cuda_home(torch.device(device)):
         return _export(checkpoint, out, format, img_size, batch_size, dynamic_batch, check, device, calibrate)
+
+
+_NO_CUDA_RUNTIME = "No CUDA runtime is found"  # torch.utils.cpp_extension's warning when CUDA_HOME exists
+
+
+class _DropNoCudaRuntime(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NO_CUDA_RUNTIME)
+
+
+@contextmanager
+def _quiet_cpu_cuda_home(device: torch.device) -> Iterator[None]:
+    """Drops torch.utils.cpp_extension's "No CUDA runtime is found, using CUDA_HOME=..." warning, which an export
+    for the CPU triggers (Inductor imports that module) on a machine with a CUDA toolkit but no GPU: it concerns CUDA
+    extensions, not a CPU package. Only that message of that logger, and only while exporting for the CPU."""
+    if device.type != "cpu":
+        yield
+        return
+    logger, drop = logging.getLogger("torch.utils.cpp_extension"), _DropNoCudaRuntime()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+@contextmanager
+def _step(doing: str, done: str) -> Iterator[None]:
+    """Prints what the export is doing now and, once done, how long it took."""
+    print(f"fastmtl export: {doing} ...", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"fastmtl export: {done} in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynamic_batch: bool, check: bool,
             device, calibrate) -> Path:  # fmt: skip
-    model, meta = load_model(checkpoint, device=device, kernels="reference")
+    with _step(f"loading {checkpoint}", "loaded"):
+        model, meta = load_model(checkpoint, device=device, kernels="reference")
     config = model_config(model)
     size = img_size or config.img_size
     example = torch.zeros(max(batch_size, 2) if dynamic_batch else batch_size, config.in_chans, size, size)
@@ -208,20 +253,27 @@ def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynam
     folded = deployable(model)
     metadata = {**export_metadata(model, meta, size), "outputs": ",".join(names)}
     dynamic = batch_dim(dynamic_batch)
+    shape = f"{config.name} at {size} px, batch {'1..' + str(MAX_BATCH) if dynamic_batch else batch_size}"
     if format == "aoti":
-        program = torch.export.export(folded, (example,), dynamic_shapes=dynamic)
-        _export_aoti(program, out, metadata)
+        with _step(f"tracing {shape} with torch.export", "traced"):
+            program = torch.export.export(folded, (example,), dynamic_shapes=dynamic)
+        where = "minutes on a CPU" if example.device.type == "cpu" else "a minute or more"
+        with _step(f"compiling it for {example.device.type} with AOTInductor ({where})", f"compiled {out}"):
+            _export_aoti(program, out, metadata)
         runner = _load_aoti(out) if check else None
     elif calibrate is not None:
         calibration = _calibration(calibrate, size, meta.get("normalize", "imagenet"), config.in_chans)
         with tempfile.TemporaryDirectory(prefix="fastmtl-export-") as work:
-            write_onnx(folded, example, Path(work) / "fp32.onnx", dynamic, names, metadata)
-            onnxrt.quantize(Path(work) / "fp32.onnx", out, [b.to("cpu") for b in calibration])
+            with _step(f"exporting {shape} to ONNX", "exported"):
+                write_onnx(folded, example, Path(work) / "fp32.onnx", dynamic, names, metadata)
+            with _step(f"quantizing it to int8 on {sum(len(b) for b in calibration)} image(s)", f"wrote {out}"):
+                onnxrt.quantize(Path(work) / "fp32.onnx", out, [b.to("cpu") for b in calibration])
         if check:
             _check_int8(out, model, calibration)
         return out
     else:
-        write_onnx(folded, example, out, dynamic, names, metadata)
+        with _step(f"exporting {shape} to ONNX", f"wrote {out}"):
+            write_onnx(folded, example, out, dynamic, names, metadata)
         runner = None
         if check and importlib.util.find_spec("onnxruntime") is None:
             print(f"fastmtl export: onnxruntime is not installed, {out} was not checked (pip install onnxruntime)")
@@ -229,7 +281,8 @@ def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynam
             runner = _load_onnx(out)
     if runner is not None:
         batches = [batch_size] + ([batch_size + 1] if dynamic_batch and batch_size < MAX_BATCH else [])
-        _check(runner, model, example, names, batches)
+        with _step(f"checking it against the eager model at batch {' and '.join(map(str, batches))}", "checked"):
+            _check(runner, model, example, names, batches)
     return out
 
 

@@ -1,8 +1,10 @@
 """Mask overlays for eyeballing predictions: a translucent fill per predicted class plus contours.
 
 Prediction classes are filled with a palette colour and outlined in the same colour; the ground truth, when
-given, is outlined in green. Everything is plain numpy on uint8 (H, W, 3) images, so the predict pipeline's
-writer thread can draw at the image's original size without touching matplotlib.
+given, is outlined in green. Everything is plain numpy (and PIL for text and scaling) on uint8 (H, W, 3) images, so
+the predict pipeline's writer thread can draw without touching matplotlib. :func:`case_panel` (evaluation's worst
+cases) and :func:`prediction_overlay` (``predict --overlays``) add text and a colour legend and bring the image to a
+readable size: a tiny one upscaled by whole pixels, a large one scaled down to at most 1024 px.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from PIL import Image
 
 from fastmtl.files import atomic_write_bytes
 
-__all__ = ["GT_COLOR", "PRED_PALETTE", "case_panel", "draw_overlay", "mask_boundary", "save_png", "upscale"]
+__all__ = ["GT_COLOR", "PRED_PALETTE", "case_panel", "draw_overlay", "fit_side", "mask_boundary", "prediction_overlay",
+           "save_png", "upscale"]  # fmt: skip
 
 GT_COLOR = np.array([0, 255, 0], dtype=np.uint8)
 # One colour per foreground class (class 1 first); cycles beyond four classes.
@@ -91,6 +94,49 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
+def _legend(class_names, gt: bool) -> list[tuple[tuple[int, ...], str]]:
+    entries = [(tuple(int(c) for c in GT_COLOR), "ground truth (outline)")] if gt else []
+    return entries + [
+        (tuple(int(c) for c in PRED_PALETTE[i % len(PRED_PALETTE)]), f"prediction: {name} (fill + outline)")
+        for i, name in enumerate(class_names)
+    ]
+
+
+def _wrap(draw, items: list[str], font, width: int) -> list[str]:
+    """``items`` joined by commas into lines no wider than ``width`` pixels (an item wider alone gets a line)."""
+    lines: list[str] = []
+    for item in items:
+        joined = f"{lines[-1]}, {item}" if lines else item
+        if lines and draw.textlength(joined, font=font) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(item)
+    return lines
+
+
+def _annotate(body: np.ndarray, title: list[list[str]], legend: list[tuple[tuple[int, ...], str]]) -> np.ndarray:
+    """``body`` with text above (each entry of ``title`` a paragraph of comma-joined items, wrapped to the width)
+    and a colour legend below, on white."""
+    from PIL import ImageDraw
+
+    size, pad = max(14, body.shape[1] // 40), 6
+    line, font = size + 2 * pad, _font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text = [row for items in title for row in _wrap(probe, items, font, body.shape[1] - 2 * pad)]
+    top = line * len(text)
+    canvas = Image.new("RGB", (body.shape[1], top + body.shape[0] + line * len(legend)), "white")
+    canvas.paste(Image.fromarray(body), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    for i, row in enumerate(text):
+        draw.text((pad, i * line + pad), row, fill="black", font=font)
+    y = top + body.shape[0]
+    for colour, label in legend:
+        draw.rectangle((pad, y + pad, pad + 2 * size, y + pad + size), fill=colour)
+        draw.text((3 * size, y + pad), label, fill="black", font=font)
+        y += line
+    return np.asarray(canvas)
+
+
 def case_panel(
     image: np.ndarray,
     pred: np.ndarray,
@@ -115,31 +161,63 @@ def case_panel(
     Returns:
         uint8 (H', W', 3).
     """
-    from PIL import ImageDraw
-
     big = upscale(image, min_side)
     factor = big.shape[0] // image.shape[0]
     grow = (lambda m: None if m is None else upscale(m, min_side)) if factor > 1 else (lambda m: m)
     overlay = draw_overlay(big, grow(pred), grow(gt))
     gap = np.full((big.shape[0], 8, 3), 255, dtype=np.uint8)
     body = np.concatenate([big, gap, overlay], axis=1)
-    text, pad = max(14, body.shape[1] // 40), 6
-    line = text + 2 * pad
-    legend = [(tuple(int(c) for c in GT_COLOR), "ground truth (outline)")] if gt is not None else []
-    legend += [
-        (tuple(int(c) for c in PRED_PALETTE[i % len(PRED_PALETTE)]), f"prediction: {name} (fill + outline)")
-        for i, name in enumerate(class_names)
-    ]
-    canvas = Image.new("RGB", (body.shape[1], body.shape[0] + line * (1 + len(legend))), "white")
-    canvas.paste(Image.fromarray(body), (0, line))
-    draw, font = ImageDraw.Draw(canvas), _font(text)
-    draw.text((pad, pad), title, fill="black", font=font)
-    y = line + body.shape[0]
-    for colour, label in legend:
-        draw.rectangle((pad, y + pad, pad + 2 * text, y + pad + text), fill=colour)
-        draw.text((3 * text, y + pad), label, fill="black", font=font)
-        y += line
-    return np.asarray(canvas)
+    return _annotate(body, [[title]], _legend(class_names, gt is not None))
+
+
+def fit_side(image: np.ndarray, pred: np.ndarray, min_side: int, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, class map) at a size a person can read: a small image upscaled by whole pixels until its shorter side
+    is at least ``min_side`` (its longer side at most ``max_side``), a large one scaled down (area-averaged; the class
+    map nearest) until its longer side is ``max_side``."""
+    h, w = image.shape[:2]
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = Image.fromarray(image).resize(size, Image.Resampling.BOX)
+        classes = Image.fromarray(pred.astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
+        return np.asarray(small), np.asarray(classes)
+    factor = max(1, min(-(-min_side // max(min(h, w), 1)), max_side // max(h, w)))
+    return upscale(image, factor * min(h, w)), upscale(pred, factor * min(h, w))
+
+
+def prediction_overlay(
+    image: np.ndarray,
+    pred: np.ndarray,
+    title: str,
+    probs: np.ndarray | None = None,
+    class_names: tuple[str, ...] | list[str] = (),
+    seg_names: tuple[str, ...] | list[str] = ("lesion",),
+    *,
+    threshold: float = 0.5,
+    min_side: int = 256,
+    max_side: int = 1024,
+) -> np.ndarray:
+    """One predicted image for a person to read (``fastmtl predict --overlays``): the image id, the class
+    probabilities (a class above ``threshold`` marked ``(positive)``) and the predicted area on top, the image at a
+    readable size (:func:`fit_side`: at least ``min_side`` px on its shorter side, at most ``max_side`` on its
+    longer) with the prediction filled and outlined, and a legend of the prediction colours below.
+
+    Args:
+        image: uint8 (H, W, 3) RGB at its original size.
+        pred: integer (H, W) predicted classes (0 = background; a binary mask holds 0/1).
+        title: the first line (the image id).
+        probs: the class probabilities, in ``class_names`` order, or None (no class head).
+        seg_names: foreground segmentation class names, class 1 first.
+
+    Returns:
+        uint8 (H', W', 3).
+    """
+    image, pred = fit_side(image, pred, min_side, max_side)
+    classes = [] if probs is None else [
+        f"{name} {p:.2f}" + (" (positive)" if p > threshold else "") for name, p in zip(class_names, probs, strict=True)
+    ]  # fmt: skip
+    area = [f"predicted area {100 * float((pred > 0).mean()):.1f}%"]
+    return _annotate(draw_overlay(image, pred), [[title], classes, area], _legend(seg_names, False))
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray, *, atomic: bool = False) -> Path:

@@ -34,13 +34,14 @@ from tqdm.auto import tqdm
 
 from fastmtl import onnxrt
 from fastmtl.data.images import ImagePaths, collate_predict
-from fastmtl.engine.checkpoint import load_model, model_config, stored_class_names
+from fastmtl.engine.checkpoint import load_model, model_config, read_checkpoint_info, stored_class_names
 from fastmtl.engine.ckpt_meta import warn_if_synthetic
 from fastmtl.engine.distributed import barrier, cleanup, init_distributed
 from fastmtl.engine.inputs import collect_inputs, image_ids, sample_batches
 from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder
+from fastmtl.options import check_input_side
 from fastmtl.precision import (
     CALIBRATION_IMAGES,
     PRECISIONS,
@@ -132,7 +133,8 @@ def predict(
         device: "auto", "cpu", "cuda", "cuda:1"; under torchrun a CUDA device means the rank's LOCAL_RANK GPU.
         overlays: also write the prediction drawn on each image.
         threshold: probability above which a pixel is lesion (one seg channel) and a class is predicted.
-        img_size: inference side; default the checkpoint's ``img_size``.
+        img_size: inference side; default the checkpoint's ``img_size``. It must be one the checkpoint's model
+            takes (:func:`fastmtl.options.check_input_side`), checked before any work.
         optimize: run the model through :func:`fastmtl.inference.optimize_for_inference` (BN folded into the
             convolutions, channels_last, the Triton kernels and bf16 autocast on CUDA); same outputs within the
             tolerance table. False runs the checkpoint's model as it is.
@@ -149,6 +151,7 @@ def predict(
 
     Raises:
         FileNotFoundError: no input matches.
+        ValueError: an ``img_size`` the checkpoint's model does not take (the message lists the ones it does).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -162,6 +165,9 @@ def predict(
     if batch_size < 1 or num_workers < 0 or (img_size is not None and img_size < 1):
         raise ValueError(f"batch_size must be >= 1, num_workers >= 0 and img_size >= 1; got {batch_size}, "
                          f"{num_workers}, {img_size}")  # fmt: skip
+    if img_size is not None:  # before any work: the model's rule, from the checkpoint's header
+        stored, _ = read_checkpoint_info(checkpoint)
+        check_input_side(img_size, stored.name, stored.img_size, str(checkpoint))
     out = Path(output_dir)
     world = init_distributed(str(device))
     rank, dev = world.rank, world.device

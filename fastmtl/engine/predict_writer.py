@@ -17,7 +17,7 @@ import numpy as np
 
 from fastmtl.data.io import read_image
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier
-from fastmtl.engine.overlay import draw_overlay, save_png
+from fastmtl.engine.overlay import prediction_overlay, save_png
 from fastmtl.files import atomic_write_bytes
 
 __all__ = ["MARKER", "PredictionWriter", "start_clean", "write_tables"]
@@ -58,7 +58,7 @@ class PredictionWriter:
 
     def __init__(self, out: Path, overlays: bool, threshold: float, class_names, seg_names, seg_classes: int):
         self.mask_dir, self.overlay_dir = out / "masks", (out / "overlays" if overlays else None)
-        self.mask_dir.mkdir(parents=True, exist_ok=True)
+        # masks/ and overlays/ are made with their first file (save_png), so a run that fails first leaves none
         self.threshold, self.class_names, self.seg_names, self.seg_classes = (
             threshold,
             class_names,
@@ -103,7 +103,9 @@ class PredictionWriter:
             stored = mask * np.uint8(255) if self.seg_classes == 1 else mask
             row["mask"] = save_png(self.mask_dir / f"{image_id}.png", stored).name
             if self.overlay_dir is not None:
-                save_png(self.overlay_dir / f"{image_id}.png", draw_overlay(read_image(path), mask))
+                drawn = prediction_overlay(read_image(path), mask, image_id, probs, self.class_names, self.seg_names,
+                                           threshold=self.threshold)  # fmt: skip
+                save_png(self.overlay_dir / f"{image_id}.png", drawn)
         return row
 
 

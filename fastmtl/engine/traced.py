@@ -4,7 +4,6 @@ dynamic batch of 1..1024; and the ONNX writer that ``fastmtl export`` and the ON
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch import nn
 from fastmtl.backend import set_kernel_backend
 from fastmtl.files import replacing
 from fastmtl.inference import fold_batchnorms
+from fastmtl.options import require
 
 __all__ = ["MAX_BATCH", "batch_dim", "deployable", "flat", "output_names", "require", "write_onnx"]
 
@@ -43,14 +43,6 @@ class _TupleOutputs(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(flat(self.model(x)))
-
-
-def require(*modules: str, what: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ModuleNotFoundError(
-            f"{what} needs {', '.join(missing)}: pip install {' '.join(missing)} (or pip install 'fastmtl[export]')"
-        )
 
 
 def deployable(model: nn.Module) -> nn.Module:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmtl.files import atomic_write_bytes
+from fastmtl.options import DATA_KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,9 +178,7 @@ class TrainConfig:
     skip_bad: bool = False
 
     def __post_init__(self) -> None:
-        from fastmtl.data import DATASET_KINDS  # asked here, not at import: the datasets load PyTorch
-
-        for key, valid in {**_CHOICES, "data": ("auto", *DATASET_KINDS)}.items():
+        for key, valid in {**_CHOICES, "data": ("auto", *DATA_KINDS)}.items():
             if getattr(self, key) not in valid:
                 value = getattr(self, key)
                 raise ValueError(f"config {key}={value!r} is not valid; expected one of {', '.join(valid)}")

@@ -14,14 +14,17 @@ from fastmtl.models._registry import register_model
 from fastmtl.models.decoder import UNetDecoder
 from fastmtl.models.heads import ClassificationHead
 from fastmtl.models.resformer import WIDTHS, ResNet34Trunk
+from fastmtl.options import ENCODER_STRIDE
 from fastmtl.output import MTLOutput
 
 _BASE_OPTIONS = ("img_size", "in_chans", "seg_classes", "cls_classes", "kernels")  # kernels: accepted, no kernel layers
 
 
 def _check_input(x: torch.Tensor) -> None:
-    if x.ndim != 4 or x.shape[-1] % 16 or x.shape[-2] % 16:
-        raise ValueError(f"expected a (B, C, H, W) batch with H and W multiples of 16, got {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[-1] % ENCODER_STRIDE or x.shape[-2] % ENCODER_STRIDE:
+        raise ValueError(
+            f"expected a (B, C, H, W) batch with H and W multiples of {ENCODER_STRIDE}, got {tuple(x.shape)}"
+        )
 
 
 class UNetResNet34(nn.Module):

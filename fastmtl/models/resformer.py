@@ -8,6 +8,7 @@ from torch import nn
 from fastmtl.config import ModelConfig
 from fastmtl.layers.patch_embed import MultiScalePatchEmbed, MultiScalePatchMerging
 from fastmtl.layers.swin import SwinStage
+from fastmtl.options import window_step
 
 WIDTHS = (64, 128, 256, 512)
 DEPTHS = (3, 4, 6, 3)  # ResNet-34 BasicBlocks per stage
@@ -112,7 +113,7 @@ class ResFormerEncoder(nn.Module):
         """Raises ValueError for an input the window layout cannot take."""
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        step = 16 * self.window
+        step = window_step(self.window)  # the rule fastmtl.options states for every model
         h, w = x.shape[-2:]
         if h % step or w % step:
             raise ValueError(

@@ -153,6 +153,44 @@ def test_check_data_lists_every_problem_of_a_folder_label_table(tmp_path, monkey
         ImageFolder(tmp_path / "data", img_size=8, cache_dir=False)
 
 
+def test_check_data_notes_folder_images_without_a_label_row_or_a_mask_and_writes_no_file_unasked(
+    tmp_path, capsys, monkeypatch
+):
+    """In the folder layout labels and masks are optional per image, so an image missing from an existing
+    labels.csv or masks/ is a note (it is used without them), listed by check-data, which exits 0 for notes alone
+    and writes a CSV only where --out says."""
+    monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for name in "abc":
+        Image.new("RGB", (16, 12)).save(root / "images" / f"{name}.png")
+    for name in "ac":
+        Image.new("L", (16, 12)).save(root / "masks" / f"{name}_mask.png")
+    (root / "labels.csv").write_text("id,cat,dog\na,1,0\nb,0,1\n")
+    notes = check_data(root, progress=False, include_notes=True)
+    assert sorted((Path(p.path).name, p.problem, p.note) for p in notes) == [
+        ("b.png", "missing mask", True),
+        ("c.png", "image without a label", True),
+    ]
+    assert check_data(root, progress=False) == []  # notes, not problems
+    assert len(ImageFolder(root, img_size=8, cache_dir=False)) == 3  # and the images are used
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-data", "--data-root", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: image without a label" in printed and "not in labels.csv; used without class labels" in printed
+    assert "note: missing mask" in printed and "b[_mask|_segmentation].<ext>" in printed
+    assert "no problems, 2 note(s); --out FILE writes them to a CSV file" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data"]  # no check-data.csv here
+    assert main(["check-data", "--data-root", str(root), "--out", str(tmp_path / "report.csv")]) == 0
+    assert f"report: {tmp_path / 'report.csv'}" in capsys.readouterr().out
+    assert sorted(r["problem"] for r in _report_rows(tmp_path / "report.csv")) == [
+        "note: image without a label",
+        "note: missing mask",
+    ]
+
+
 def test_check_data_lists_every_problem_of_an_oct_manifest(manifest_root, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path / "cache"))
     manifest = manifest_root / "manifest.csv"

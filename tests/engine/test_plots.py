@@ -1,4 +1,5 @@
-"""Figures a person can read: worst-case panels (size, title, legend) and ROC curves that stay apart."""
+"""Figures a person can read: worst-case panels and prediction overlays (size, text, legend) and ROC curves that
+stay apart."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from fastmtl.engine.overlay import GT_COLOR, PRED_PALETTE, case_panel, upscale
+from fastmtl.engine.overlay import GT_COLOR, PRED_PALETTE, case_panel, prediction_overlay, save_png, upscale
 from fastmtl.engine.plots import ROC_STYLES, plot_roc, roc_figure
 
 
@@ -54,6 +55,35 @@ def test_case_panel_legend_lists_every_predicted_class_and_keeps_big_inputs():
     assert not _rows_with(legend, GT_COLOR).size  # no ground truth, no GT legend entry
     for k in range(3):
         assert _rows_with(legend, PRED_PALETTE[k]).size
+
+
+def _split_overlay(overlay: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text above, picture, legend below) of a prediction overlay whose picture's first column is not white (the
+    text starts a few pixels in)."""
+    rows = np.flatnonzero((overlay[:, 0] != 255).any(axis=1))
+    return overlay[: rows[0]], overlay[rows[0] : rows[-1] + 1], overlay[rows[-1] + 1 :]
+
+
+def test_a_tiny_prediction_overlay_is_enlarged_with_its_classes_and_a_legend():
+    image = np.full((10, 10, 3), 128, dtype=np.uint8)
+    pred = _disc(10, 10, 5, 6, 3)
+    overlay = prediction_overlay(image, pred, "tiny", np.array([0.83, 0.1]), ("melanoma", "nevus"), ("lesion",))
+    text, picture, legend = _split_overlay(overlay)
+    assert picture.shape[:2] == (260, 260)  # 26x, whole pixels: the shorter side reaches 256
+    assert (picture == PRED_PALETTE[0]).all(axis=2).any()  # the outline, in the class colour
+    assert text.shape[0] >= 3 * 14 and (text < 100).any()  # id, classes, area: black text on white
+    assert _rows_with(legend, PRED_PALETTE[0]).size  # the legend's swatch for "lesion"
+
+
+def test_a_large_prediction_overlay_is_scaled_down_to_1024_px(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, size=(2000, 3000, 3), dtype=np.uint8)
+    image[:, :3] = 77  # no white in the first column
+    pred = _disc(2000, 3000, 1000, 1500, 600)
+    overlay = prediction_overlay(image, pred, "large", None, (), ("lesion",))
+    _, picture, _ = _split_overlay(overlay)
+    assert picture.shape[:2] == (683, 1024) and overlay.shape[1] == 1024
+    path = save_png(tmp_path / "large.png", overlay)
+    assert path.stat().st_size < 2.5e6  # noise, the worst case for PNG; 18 MB at full size
 
 
 def test_roc_curves_that_coincide_get_distinct_styles_and_their_auc(tmp_path):

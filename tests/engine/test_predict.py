@@ -52,8 +52,9 @@ def test_predict_folder_writes_original_size_masks_and_skips_corrupt(
         assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
         assert float(row["area_fraction"]) == pytest.approx((mask > 0).mean(), abs=1e-6)
         assert 0.0 <= float(row["prob_class0"]) <= 1.0 and row["pred_class0"] in ("0", "1")
-        with Image.open(summary.overlay_dir / row["mask"]) as overlay:
-            assert overlay.size == (size[1], size[0]) and overlay.mode == "RGB"
+        with Image.open(summary.overlay_dir / row["mask"]) as overlay:  # small inputs: enlarged by whole pixels,
+            factor = -(-256 // min(size))  # with the id, the classes and a legend around the picture
+            assert overlay.width == size[1] * factor and overlay.height > size[0] * factor and overlay.mode == "RGB"
     assert {r["id"] for r in rows} >= {"rgb", "sub__nested"}  # nested folders keep their path in the id
 
 
@@ -174,3 +175,15 @@ def test_predict_on_real_isic_images(tmp_path, tiny_checkpoint):
     assert [r["path"] for r in rows] == [str(p) for p in paths]
     with Image.open(paths[0]) as image:
         assert _mask(summary.mask_dir / rows[0]["mask"]).shape == (image.height, image.width)
+
+
+@pytest.mark.parametrize("overlays", [False, True])
+def test_an_img_size_the_checkpoint_does_not_take_is_refused_before_any_work(
+    overlays, tmp_path, header_checkpoint, image_files
+):
+    """``predict(img_size=...)`` applies the checkpoint's own rule (a 64 px ResFormer takes multiples of 64) before
+    it reads an image or builds the model, and leaves no output folder, no empty ``masks/`` behind."""
+    checkpoint, out = header_checkpoint("resformer_mtl_nodfe", 64), tmp_path / "out"
+    with pytest.raises(ValueError, match=r"--img-size 96 does not fit .* multiples of 64 up to 8192: 64, 128, 192"):
+        predict(checkpoint, tmp_path / "images", out, num_workers=0, img_size=96, overlays=overlays)
+    assert not out.exists()
