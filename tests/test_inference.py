@@ -60,6 +60,7 @@ def test_folded_channels_last_matches_eager(name: str, img_size: int) -> None:
     assert all(p.is_contiguous() for p in model.parameters()) and not model.training
 
 
+@pytest.mark.slow
 def test_triton_backend_folds_dfe_convbn_too() -> None:
     """The DFE ConvBNs are folded on every backend: the Triton path reads folded ConvBNs through the same fold
     (CPU tensors dispatch to the reference)."""

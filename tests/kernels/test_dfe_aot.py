@@ -64,6 +64,7 @@ def _check(rows):
             assert row["candidate"] == 0, where
 
 
+@pytest.mark.slow
 def test_aot_representative():
     rows = _report(
         "aot_report([at_224[0], at_224[-1]], (torch.float16, torch.float32), kernels=('branches', 'merge'))"

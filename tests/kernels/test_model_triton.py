@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_triton_path_is_one_graph_and_matches_reference(assert_outputs_close) -> None:
     torch.manual_seed(0)
     ref = fastmtl.create_model("resformer_mtl", img_size=32, kernels="reference").eval()

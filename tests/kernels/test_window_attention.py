@@ -202,6 +202,7 @@ torch.testing.assert_close(torch.compile(block, fullgraph=True, backend="aot_eag
 """
 
 
+@pytest.mark.slow
 def test_triton_op_path_without_interpreter():
     """In a fresh process without the interpreter the ops are ``triton_op``s whose CPU path is the reference."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -61,6 +61,7 @@ def _assert_ready(rows: list[dict], expected: int) -> None:
         assert ops["wgmma"] > 0 and ops["wgmma_wait"] > 0 if r["capability"] == 90 else ops["mma_sync"] > 0, r
 
 
+@pytest.mark.slow
 def test_every_variant_compiles_for_sm90a_and_sm80():
     # 2 windows (14, 32) x {plain, shifted} x 4 kernels; both dtypes on sm_90a, fp16 on sm_80 (bf16 in the slow test).
     _assert_ready(_compile([90], ["float16", "bfloat16"]), 2 * 2 * 4 * 2)
