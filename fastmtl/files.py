@@ -8,11 +8,14 @@ would give a new file (``0o666`` less the umask, not ``mkstemp``'s private ``0o6
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
+import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DiskFullError",
     "FolderBusyError",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -29,7 +33,9 @@ __all__ = [
     "file_mode",
     "json_dumps",
     "json_safe",
+    "not_regular",
     "replacing",
+    "reporting_full_disk",
     "safe_name",
 ]
 
@@ -38,6 +44,75 @@ LOCK_NAME = ".fastmtl.lock"
 
 class FolderBusyError(ValueError):
     """An output folder is in use by another fastmtl job."""
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (or quota): the message names the folder, what was being written and the free
+    space. An ``OSError`` (``errno`` ENOSPC), so the command line prints it as one ``fastmtl: error:`` line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when ``error`` (or what it was raised from) says the disk or the quota is full; also for libraries
+    that wrap the OS error in their own (safetensors' ``SafetensorError`` says ``(os error 28)``)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return True
+        if any(f"os error {code})" in str(error) for code in _FULL):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free(folder: Path) -> str:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1000 or unit == "GB":
+            return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+        free /= 1000
+    return ""  # not reached
+
+
+@contextmanager
+def reporting_full_disk(path: str | os.PathLike, what: str, after: str = "") -> Iterator[None]:
+    """Turns a full disk met inside the block into a :class:`DiskFullError` naming ``path``'s folder, ``what``
+    was being written and the free space, plus ``after`` (what the user has and should do)."""
+    try:
+        yield
+    except BaseException as error:
+        if isinstance(error, DiskFullError) or not is_disk_full(error):
+            raise
+        folder = Path(path).parent
+        tail = f"; {after}" if after else ""
+        raise DiskFullError(f"no space left in {folder} while writing {what} ({_free(folder)}){tail}") from error
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file one can read (None: it is): missing, a dangling symbolic link, a folder,
+    a FIFO, a socket or a device. Readers call it before opening, so a FIFO named like an image never blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a dangling symbolic link (to {os.readlink(path)})"
+        return "no such file"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+    return next((f"{name}, not a regular file" for test, name in kinds if test(mode)), "a device, not a regular file")
 
 
 def _umask() -> int:
@@ -61,30 +136,38 @@ def file_mode() -> int:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike, *, prefix: str | None = None) -> Iterator[str]:
+def replacing(
+    path: str | os.PathLike, *, prefix: str | None = None, what: str | None = None, after: str = ""
+) -> Iterator[str]:
     """Yields a temporary path in ``path``'s folder (created); on success it gets :func:`file_mode` and replaces
-    ``path``, on any error it is removed, so ``path`` is either the old or the complete new file.
+    ``path``, on any error it is removed, so ``path`` is either the old or the complete new file. A full disk
+    (``ENOSPC`` / ``EDQUOT``, also wrapped in a library's error such as safetensors') is raised as a
+    :class:`DiskFullError` naming the folder, the file and the free space.
 
     Args:
         path: the file to write.
         prefix: the temporary's name prefix (default ``.<name>.``): dot-names keep listings and globs clean.
+        what / after: for the full-disk error: what was being written (default the file's name) and what the
+            user has and should do.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with reporting_full_disk(path, what or path.name, after):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield tmp
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through :func:`replacing` (flushed to disk before the rename)."""
-    with replacing(path) as tmp, open(tmp, "wb") as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str | None = None, after: str = "") -> None:
+    """Writes ``data`` to ``path`` through :func:`replacing` (flushed to disk before the rename; ``what`` /
+    ``after``: see there)."""
+    with replacing(path, what=what, after=after) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

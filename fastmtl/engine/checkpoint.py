@@ -34,7 +34,8 @@ from fastmtl.registry import create_model_from_config
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    with replacing(path) as tmp:
+    kept = f"the earlier {path.name} is untouched" if path.is_file() else f"no {path.name} was written"
+    with replacing(path, what=f"the checkpoint {path.name}", after=kept) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 

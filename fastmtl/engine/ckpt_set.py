@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fastmtl.files import file_mode
+from fastmtl.files import file_mode, reporting_full_disk
 
 __all__ = ["CRASH_ENV", "TOKEN_KEY", "CheckpointError", "clean_stale", "resumable", "save_set", "set_files", "verify"]
 
@@ -142,7 +142,20 @@ def save_set(
         write_weights / write_train: ``(path, token)`` -> writes that tensor file with ``{TOKEN_KEY: token}`` in
             its metadata.
         sidecar_bytes: ``record`` -> the sidecar's bytes; ``record`` (token and hashes) must be stored as ``"set"``.
+
+    Raises:
+        DiskFullError: the disk filled up; the new set's temporaries are removed and the last complete set kept.
     """
+    kept = (
+        f"the last complete checkpoint {stem.name}.* is untouched: free space and run again with --resume"
+        if _tokens_agree(stem) or _tokens_agree(prev_stem(stem))
+        else "no checkpoint of this run is complete yet: free space and start again"
+    )
+    with reporting_full_disk(set_files(stem)[0], f"the checkpoint {stem.name}.*", kept):
+        _save_set(stem, write_weights, write_train, sidecar_bytes)
+
+
+def _save_set(stem: Path, write_weights, write_train, sidecar_bytes) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(stem)
     token, files, temps = secrets.token_hex(8), set_files(stem), []

@@ -88,7 +88,7 @@ def _write_worst(model: nn.Module, dataset: Any, worst: list[dict[str, Any]], fo
             break
         title = f"#{rank} worst: {record['id']}   Dice {record['dice']:.1f}%"
         panel = case_panel(image, pred, sample["mask"].numpy(), title, names)
-        paths.append(save_png(folder / f"{safe_name(record['id'])}.png", panel))
+        paths.append(save_png(folder / f"{safe_name(record['id'])}.png", panel, atomic=True))
     return paths
 
 

@@ -187,8 +187,12 @@ def predict(
             try:
                 runner = ChunkedRunner(model, dev, threshold, _log)
                 failures, n = _run(loader, runner, writer, *_pick(paths, ids, mine), rank == 0)
-            finally:
                 rows = writer.close()
+            except BaseException as error:  # a full disk: the CSV lists exactly the images whose masks exist
+                reported = error if world.distributed else writer.salvage(out, error)
+                if reported is error:
+                    raise
+                raise reported from error
             seconds = time.perf_counter() - start
             rows, failures, n, seconds = write_tables(out, rows, failures, n, seconds, world)
     finally:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fastmtl.data.io import read_image
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier
-from fastmtl.engine.overlay import draw_overlay, save_png
-from fastmtl.files import atomic_write_bytes
+from fastmtl.engine.overlay import draw_overlay
+from fastmtl.files import DiskFullError, atomic_write_bytes, replacing
 
 __all__ = ["MARKER", "PredictionWriter", "start_clean", "write_tables"]
 
@@ -72,16 +73,43 @@ class PredictionWriter:
         self.thread.start()
 
     def put(self, path: Path, image_id: str, probs: np.ndarray | None, mask: np.ndarray | None) -> None:
-        if self.error is not None:
-            raise RuntimeError(f"writing predictions failed: {self.error}") from self.error
+        self._raise()
         self.queue.put((path, image_id, probs, mask))
 
-    def close(self) -> list[dict[str, Any]]:
-        self.queue.put(None)
-        self.thread.join()
+    def _raise(self) -> None:
+        if isinstance(self.error, (OSError, ValueError)):  # a full disk, a bad file: one line, named
+            raise self.error
         if self.error is not None:
             raise RuntimeError(f"writing predictions failed: {self.error}") from self.error
+
+    def close(self) -> list[dict[str, Any]]:
+        """Waits for the queued images; returns the rows (each one's mask and overlay are on disk).
+
+        Raises:
+            DiskFullError / OSError / RuntimeError: a write failed (``rows`` still lists what was written)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()
         return self.rows
+
+    def salvage(self, out: Path, error: BaseException) -> BaseException:
+        """After ``error`` stopped the run: waits for the writer, writes ``probabilities.csv`` listing exactly the
+        images whose files are on disk and returns the error to raise (for an ``OSError``, such as a full disk,
+        one that also says what the folder holds; other errors as they are)."""
+        try:
+            self.close()
+        except BaseException:  # noqa: BLE001, S110 - the error that stopped the run is the one to report
+            pass
+        if not isinstance(error, OSError):
+            return error
+        try:
+            atomic_write_bytes(out / "probabilities.csv", _csv_bytes(self.rows))
+            listed = f"{out / 'probabilities.csv'} lists the {len(self.rows)} image(s) whose masks were written"
+        except OSError:
+            listed = f"{len(self.rows)} mask(s) were written but no probabilities.csv lists them"
+        kind = DiskFullError if isinstance(error, DiskFullError) else OSError
+        return kind(f"{error}; {listed}: free space and run predict again")
 
     def _loop(self) -> None:
         while (job := self.queue.get()) is not None:
@@ -101,10 +129,24 @@ class PredictionWriter:
             if self.seg_classes > 1:
                 row.update({f"area_{c}": f"{float((mask == k).mean()):.6f}" for k, c in enumerate(self.seg_names, 1)})
             stored = mask * np.uint8(255) if self.seg_classes == 1 else mask
-            row["mask"] = save_png(self.mask_dir / f"{image_id}.png", stored).name
+            mask_path = _save(self.mask_dir / f"{image_id}.png", stored, f"the mask of {path.name}")
+            row["mask"] = mask_path.name
             if self.overlay_dir is not None:
-                save_png(self.overlay_dir / f"{image_id}.png", draw_overlay(read_image(path), mask))
+                try:
+                    _save(self.overlay_dir / f"{image_id}.png", draw_overlay(read_image(path), mask),
+                          f"the overlay of {path.name}")  # fmt: skip
+                except BaseException:
+                    mask_path.unlink(missing_ok=True)  # the outputs list only images whose files are all there
+                    raise
         return row
+
+
+def _save(path: Path, array: np.ndarray, what: str) -> Path:
+    """Writes a PNG through a temporary file: a full disk or a kill leaves no partial file (a full disk raises
+    :class:`~fastmtl.files.DiskFullError` naming the folder)."""
+    with replacing(path, what=what) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    return path
 
 
 def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -139,7 +181,8 @@ def write_tables(out: Path, rows: list[dict], failures: list, n: int, seconds: f
             for part in parts:
                 part.unlink()
     else:
-        atomic_write_bytes(csv_path, _csv_bytes(rows))
+        after = f"the masks of {len(rows)} image(s) are in {out / 'masks'} but no CSV lists them: free space and "
+        atomic_write_bytes(csv_path, _csv_bytes(rows), after=after + "run predict again")
     if failures and rank == 0:
         atomic_write_bytes(out / "failures.csv", _csv_bytes([{"path": p, "reason": r} for p, r in failures]))
     barrier(world)  # nobody returns before rank 0 has written the merged CSV
