@@ -155,11 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _existing(path: str | None, what: str, kind: str = "file") -> None:
     if path is None:
         return
+    from fastmtl.files import not_regular
+
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    if kind == "file" and not p.is_file():
+        found = "does not exist" if not p.is_symlink() else f"is {not_regular(p)}"
+        raise FileNotFoundError(f"{what} {path} {found}")
+    if kind == "file" and p.is_dir():
         raise IsADirectoryError(f"{what} {path} is a folder; expected a file")
+    if kind == "file" and not p.is_file():  # a FIFO would block whatever opens it
+        raise ValueError(f"{what} {path} is {not_regular(p)}; expected a file")
     if kind == "dir" and not p.is_dir():
         raise NotADirectoryError(f"{what} {path} is a file; expected a folder")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 __all__ = [
     "DiskFullError",
+    "check_regular",
     "FolderBusyError",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -34,6 +35,7 @@ __all__ = [
     "json_dumps",
     "json_safe",
     "not_regular",
+    "read_text",
     "replacing",
     "reporting_full_disk",
     "safe_name",
@@ -113,6 +115,49 @@ def not_regular(path: str | os.PathLike) -> str | None:
         return None
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
     return next((f"{name}, not a regular file" for test, name in kinds if test(mode)), "a device, not a regular file")
+
+
+def check_regular(path: str | os.PathLike, what: str) -> Path:
+    """``path`` when it is a regular file; else a ``FileNotFoundError`` (missing) or ``ValueError`` (a FIFO, a
+    folder, a dangling link...) naming ``what`` and the path, raised before anything opens (and blocks on) it."""
+    reason = not_regular(path)
+    if reason == "no such file":
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if reason is not None:
+        raise ValueError(f"{what} {path} is {reason}")
+    return Path(path)
+
+
+_CP1252_UNDEFINED = {0x81, 0x8D, 0x8F, 0x90, 0x9D}
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a file a person may have saved from a spreadsheet or an editor (CSV, TOML, list files).
+
+    UTF-8 with or without a byte-order mark, UTF-16 with one; a file that is not UTF-8 is read as Windows-1252 (a
+    superset of Latin-1 for text: they differ only in control codes no text holds) when every byte means a
+    character there, else refused naming the file and the first byte that is not UTF-8. Line ends stay as they
+    are (CRLF included: ``csv`` and ``tomllib`` read them). The file must be a regular one (:func:`check_regular`).
+
+    Raises:
+        FileNotFoundError / ValueError: missing, not a regular file, or in no encoding read here.
+    """
+    data = check_regular(path, what).read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{what} {path} starts with a UTF-16 byte-order mark but is not UTF-16: {e}") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        first = e.start
+    if not _CP1252_UNDEFINED & set(data):
+        return data.decode("cp1252")
+    raise ValueError(
+        f"{what} {path} is neither UTF-8 (byte 0x{data[first]:02x} at offset {first}) nor Windows-1252 / Latin-1 "
+        "text; save it as UTF-8"
+    )
 
 
 def _umask() -> int:

@@ -28,7 +28,7 @@ from torch import nn
 from fastmtl.config import ModelConfig
 from fastmtl.engine.ckpt_meta import check_finite, checked_config, checked_meta
 from fastmtl.engine.ckpt_set import TOKEN_KEY, CheckpointError, save_set, verify
-from fastmtl.files import json_dumps, replacing
+from fastmtl.files import json_dumps, not_regular, replacing
 from fastmtl.metrics import default_class_names, default_seg_class_names
 from fastmtl.registry import create_model_from_config
 
@@ -123,8 +123,10 @@ def _unflatten_optimizer(plain: dict[str, Any], tensors: dict[str, torch.Tensor]
 def read_checkpoint_info(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """(config, meta) stored in a weights file, without loading tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (expected a .safetensors file written by fastmtl)")
+    reason = not_regular(path)
+    if reason is not None:
+        found = "does not exist" if reason == "no such file" else f"is {reason}"
+        raise CheckpointError(f"checkpoint {path} {found} (expected a .safetensors file written by fastmtl)")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

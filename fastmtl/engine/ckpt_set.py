@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fastmtl.files import file_mode, reporting_full_disk
+from fastmtl.files import file_mode, not_regular, reporting_full_disk
 
 __all__ = ["CRASH_ENV", "TOKEN_KEY", "CheckpointError", "clean_stale", "resumable", "save_set", "set_files", "verify"]
 
@@ -72,6 +72,8 @@ def sha256(path: Path) -> str:
 
 def header_token(path: Path) -> str | None:
     """The set token in a safetensors file's metadata (None: absent or unreadable)."""
+    if not_regular(path) is not None:  # a FIFO would block the open
+        return None
     try:
         with open(path, "rb") as file:
             (size,) = struct.unpack("<Q", file.read(8))
