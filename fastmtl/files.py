@@ -9,6 +9,7 @@ would give a new file (``0o666`` less the umask, not ``mkstemp``'s private ``0o6
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write_json",
     "exclusive_folder",
     "file_mode",
+    "file_sha256",
     "json_dumps",
     "json_safe",
     "not_regular",
@@ -115,6 +117,15 @@ def not_regular(path: str | os.PathLike) -> str | None:
         return None
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
     return next((f"{name}, not a regular file" for test, name in kinds if test(mode)), "a device, not a regular file")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_regular(path: str | os.PathLike, what: str) -> Path:

@@ -19,7 +19,6 @@ operation of the sets this process saves (no cleanup, as a kill would), for the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -29,7 +28,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fastmtl.files import file_mode, not_regular, reporting_full_disk
+from fastmtl.files import file_mode, file_sha256, not_regular, reporting_full_disk
 
 __all__ = ["CRASH_ENV", "TOKEN_KEY", "CheckpointError", "clean_stale", "resumable", "save_set", "set_files", "verify"]
 
@@ -60,14 +59,6 @@ def _file_op() -> None:
     _ops += 1
     if _ops == int(at):
         os._exit(77)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def header_token(path: Path) -> str | None:
@@ -168,7 +159,7 @@ def _save_set(stem: Path, write_weights, write_train, sidecar_bytes) -> None:
             _fsync(temps[-1])
             os.chmod(temps[-1], file_mode())
             _file_op()
-        record = {"token": token, "weights_sha256": sha256(temps[0]), "train_sha256": sha256(temps[1])}
+        record = {"token": token, "weights_sha256": file_sha256(temps[0]), "train_sha256": file_sha256(temps[1])}
         temps.append(_temp(files[2]))
         with open(temps[-1], "wb") as file:
             file.write(sidecar_bytes(record))
@@ -217,7 +208,7 @@ def verify(stem: Path) -> str | None:
     for path, key in ((weights, "weights_sha256"), (train, "train_sha256")):
         if header_token(path) != record["token"]:
             return f"{path.name} belongs to another save than {sidecar_path.name}"
-        if sha256(path) != record.get(key):
+        if file_sha256(path) != record.get(key):
             return f"{path.name} does not match the hash in {sidecar_path.name} (truncated or altered)"
     return None
 
