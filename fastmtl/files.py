@@ -28,6 +28,7 @@ from typing import Any
 __all__ = [
     "DiskFullError",
     "check_regular",
+    "existing",
     "FolderBusyError",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -169,6 +170,19 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         f"{what} {path} is neither UTF-8 (byte 0x{data[first]:02x} at offset {first}) nor Windows-1252 / Latin-1 "
         "text; save it as UTF-8"
     )
+
+
+def existing(path: str | os.PathLike, what: str, kind: str = "file") -> Path:
+    """``path`` (``~`` expanded) when it exists as a ``kind`` ("file": a regular file, "dir": a folder); else an
+    ``OSError`` naming ``what``, the path and what is there (a folder, a FIFO, a dangling link...)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {path} {'is ' + str(not_regular(p)) if p.is_symlink() else 'does not exist'}")
+    if kind == "file" and not p.is_file():  # a folder, or a FIFO that would block whatever opens it
+        raise IsADirectoryError(f"{what} {path} is {'a folder' if p.is_dir() else not_regular(p)}; expected a file")
+    if kind == "dir" and not p.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file; expected a folder")
+    return p
 
 
 def _umask() -> int:

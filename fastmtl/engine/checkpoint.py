@@ -169,9 +169,41 @@ def load_model(
     config, meta = read_checkpoint_info(path)
     if kernels is not None:
         config = ModelConfig.from_dict({**config.to_dict(), "kernels": kernels})
+    check_shapes(path, config)
     model = create_model_from_config(config)
     load_weights(model, path)
     return model.to(device).eval(), meta
+
+
+def check_shapes(path: str | os.PathLike, config: ModelConfig) -> None:
+    """Checks that the tensors stored in ``path`` (names and shapes, read from the header) are those of the model
+    ``config`` describes, before that model is built: its skeleton is built on the ``meta`` device, which
+    allocates nothing, so a crafted config that does not describe the weights costs no memory.
+
+    Raises:
+        CheckpointError: a tensor missing, extra or of another shape, named with the config's values.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in create_model_from_config(config).state_dict().items()}
+    described = (f"its stored config ({config.name}, img_size={config.img_size}, in_chans={config.in_chans}, "
+                 f"seg_classes={config.seg_classes}, cls_classes={config.cls_classes})")  # fmt: skip
+    for name, shape in expected.items():
+        if name not in stored:
+            raise CheckpointError(f"checkpoint {path} does not hold tensor {name!r} that {described} needs")
+        if stored[name] != shape:
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {name!r} has shape {list(stored[name])} but {described} needs "
+                f"{list(shape)}; the config does not describe these weights"
+            )
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint {path} holds tensor {extra[0]!r} that {described} does not have "
+                              f"({len(extra)} such tensor(s))")  # fmt: skip
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
