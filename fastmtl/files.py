@@ -42,6 +42,7 @@ __all__ = [
     "replacing",
     "reporting_full_disk",
     "safe_name",
+    "shown_path",
 ]
 
 LOCK_NAME = ".fastmtl.lock"
@@ -167,8 +168,8 @@ def read_text(path: str | os.PathLike, what: str) -> str:
     if not _CP1252_UNDEFINED & set(data):
         return data.decode("cp1252")
     raise ValueError(
-        f"{what} {path} is neither UTF-8 (byte 0x{data[first]:02x} at offset {first}) nor Windows-1252 / Latin-1 "
-        "text; save it as UTF-8"
+        f"{what} {path} is neither UTF-8 (byte 0x{data[first]:02x} on line {data[:first].count(10) + 1}, at offset "
+        f"{first}) nor Windows-1252 / Latin-1 text; save it as UTF-8"
     )
 
 
@@ -275,6 +276,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, strict: bool = True)
     atomic_write_bytes(path, (json_dumps(obj, strict=strict, indent=2) + "\n").encode())
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as text that is always valid UTF-8: a file name whose bytes are not UTF-8 (Python holds them as
+    surrogate escapes) keeps them as ``\\xNN`` escapes, e.g. ``caf\\xe9.png``; any other path is unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe version of an image id."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"
@@ -328,7 +335,8 @@ def exclusive_folder(folder: str | os.PathLike, job: str, *, enabled: bool = Tru
     command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     os.ftruncate(fd, 0)
-    os.write(fd, f"{job}, pid {os.getpid()} on {socket.gethostname()}, started {stamp}: {command}".encode())
+    holder = f"{job}, pid {os.getpid()} on {socket.gethostname()}, started {stamp}: {command}"
+    os.write(fd, holder.encode(errors="backslashreplace"))  # an argument that is not UTF-8 stays escaped
     try:
         yield
     finally:

@@ -151,7 +151,7 @@ def _well_formed(found: object) -> bool:
 
 def _cache_file(root: Path, split: str | None) -> Path:
     base = default_cache_dir()
-    digest = hashlib.sha256(f"{root.resolve()}|{split}|v{_CACHE_VERSION}".encode()).hexdigest()[:20]
+    digest = hashlib.sha256(os.fsencode(f"{root.resolve()}|{split}|v{_CACHE_VERSION}")).hexdigest()[:20]
     return base / "preflight" / f"{digest}.json"
 
 
@@ -208,4 +208,4 @@ def write_report(problems: list[Problem], path: str | os.PathLike) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "problem", "detail"])
     writer.writerows([p.path, f"note: {p.problem}" if p.note else p.problem, p.detail] for p in problems)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, buffer.getvalue().encode(errors="backslashreplace"))  # names that are not UTF-8

@@ -19,7 +19,7 @@ from PIL import Image
 from fastmtl.data.io import read_image
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier
 from fastmtl.engine.overlay import draw_overlay
-from fastmtl.files import DiskFullError, atomic_write_bytes, replacing
+from fastmtl.files import DiskFullError, atomic_write_bytes, replacing, shown_path
 
 __all__ = ["MARKER", "PredictionWriter", "start_clean", "write_tables"]
 
@@ -120,7 +120,7 @@ class PredictionWriter:
                     self.error = err
 
     def _write(self, path: Path, image_id: str, probs: np.ndarray | None, mask: np.ndarray | None) -> dict:
-        row: dict[str, Any] = {"path": str(path), "id": image_id}
+        row: dict[str, Any] = {"path": shown_path(path), "id": image_id}
         if probs is not None:
             row.update({f"prob_{c}": f"{p:.6f}" for c, p in zip(self.class_names, probs, strict=True)})
             row.update({f"pred_{c}": int(p > self.threshold) for c, p in zip(self.class_names, probs, strict=True)})
@@ -155,7 +155,7 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["path"]))
-    return buffer.getvalue().encode()
+    return buffer.getvalue().encode("utf-8", "backslashreplace")  # a stray surrogate (a reason quoting a name)
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

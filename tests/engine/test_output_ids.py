@@ -1,13 +1,16 @@
 """Output names that collide: inputs whose names map to one output id (differing only in characters the id
 sanitizer replaces, in case, or in their extension) get deterministic unique ids, one mask, one overlay and one
-CSV row each, the id recorded next to the source path."""
+CSV row each, the id recorded next to the source path; a name whose bytes are not UTF-8 is kept, escaped in the
+CSV, instead of failing the run."""
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fastmtl.engine.inputs import image_ids
@@ -48,3 +51,21 @@ def test_predict_writes_one_mask_overlay_and_row_per_colliding_input(tmp_path, t
         height = pixels[Path(row["path"]).name].shape[0]
         assert Image.open(out / "masks" / row["mask"]).size == (24, height)
         assert Image.open(out / "overlays" / row["mask"]).size == (24, height)
+
+
+@pytest.mark.skipif(os.uname().sysname == "Darwin", reason="macOS file systems refuse names that are not UTF-8")
+def test_predict_keeps_a_file_name_that_is_not_utf8(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1 bytes from an old archive
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(os.fsdecode(odd))
+    Image.fromarray(np.full((20, 24, 3), 200, np.uint8)).save(folder / "plain.png")
+    (folder / "broken\udcff.png").write_bytes(b"not an image")  # a failure whose name is not UTF-8 either
+    summary = predict(tiny_checkpoint(img_size=32), folder, tmp_path / "out", num_workers=0)
+    assert summary.n_images == 2 and summary.n_failed == 1
+    text = (tmp_path / "out" / "probabilities.csv").read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    rows = list(csv.DictReader(text.splitlines()))
+    assert sorted(os.path.basename(r["path"]) for r in rows) == ["caf\\xe9.png", "plain.png"]
+    assert all((tmp_path / "out" / "masks" / r["mask"]).is_file() for r in rows)
+    failures = (tmp_path / "out" / "failures.csv").read_bytes().decode("utf-8")
+    assert "broken\\xff.png" in failures
