@@ -155,3 +155,20 @@ def test_predict_csv_out_of_space_names_the_masks_left(tmp_path, capsys, monkeyp
 
 def _raise_enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_export_out_of_space_leaves_no_partial_package(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    import torch._inductor
+
+    def full(program, package_path, inductor_configs=None):
+        with open(package_path, "wb") as file:
+            file.write(b"PK partial package")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", full)
+    out = tmp_path / "exports" / "model.pt2"
+    out.parent.mkdir()
+    assert main(["export", "--checkpoint", str(tiny_checkpoint(img_size=32)), "--out", str(out)]) == 2
+    line = _last_error(capsys)
+    assert f"no space left in {out.parent} while writing the exported model model.pt2" in line
+    assert list(out.parent.iterdir()) == []  # no partial package, no temporary folder, no lock
