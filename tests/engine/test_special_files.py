@@ -100,3 +100,13 @@ def test_text_and_checkpoint_readers_refuse_special_files_by_name(tmp_path, caps
     assert main(["check-data", "--data-root", str(root), "--out", str(tmp_path / "report.csv")]) == 2
     printed = capsys.readouterr()
     assert f"label table {table} is {found}" in printed.out and "1 problem(s)" in printed.err
+
+
+def test_a_trunk_weights_fifo_is_refused_by_name(tmp_path):
+    from fastmtl.weights import read_state_dict
+
+    os.mkfifo(tmp_path / "resnet34.safetensors")
+    with pytest.raises(ValueError, match=r"weights file .*resnet34.safetensors is a FIFO \(named pipe\)"):
+        read_state_dict(tmp_path / "resnet34.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"weights file .*absent.pth does not exist"):
+        read_state_dict(tmp_path / "absent.pth")
