@@ -35,6 +35,7 @@ __all__ = [
     "exclusive_folder",
     "file_mode",
     "file_sha256",
+    "is_disk_full",
     "json_dumps",
     "json_safe",
     "not_regular",

@@ -19,7 +19,7 @@ from PIL import Image
 from fastmtl.data.io import read_image
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier
 from fastmtl.engine.overlay import draw_overlay
-from fastmtl.files import DiskFullError, atomic_write_bytes, replacing, shown_path
+from fastmtl.files import DiskFullError, atomic_write_bytes, is_disk_full, replacing, shown_path
 
 __all__ = ["MARKER", "PredictionWriter", "start_clean", "write_tables"]
 
@@ -103,13 +103,35 @@ class PredictionWriter:
             pass
         if not isinstance(error, OSError):
             return error
-        try:
-            atomic_write_bytes(out / "probabilities.csv", _csv_bytes(self.rows))
-            listed = f"{out / 'probabilities.csv'} lists the {len(self.rows)} image(s) whose masks were written"
-        except OSError:
-            listed = f"{len(self.rows)} mask(s) were written but no probabilities.csv lists them"
+        written, dropped = len(self.rows), 0
+        while True:
+            try:
+                atomic_write_bytes(out / "probabilities.csv", _csv_bytes(self.rows))
+                listed = f"{out / 'probabilities.csv'} lists the {len(self.rows)} image(s) whose masks were written"
+                if dropped:
+                    listed += f" ({dropped} of the {written} masks removed to make room for it)"
+                break
+            except OSError as csv_error:
+                freed = self._make_room(len(_csv_bytes(self.rows)) + 4096) if is_disk_full(csv_error) else 0
+                if not freed:
+                    listed = f"{len(self.rows)} mask(s) were written but no probabilities.csv lists them"
+                    break
+                dropped += freed
         kind = DiskFullError if isinstance(error, DiskFullError) else OSError
         return kind(f"{error}; {listed}: free space and run predict again")
+
+    def _make_room(self, needed: int) -> int:
+        """Removes the files of the images written last (and their rows) until ``needed`` bytes are free; returns
+        how many images it removed (0: none left, or rows without files). A rerun recomputes them anyway."""
+        removed, freed = 0, 0
+        while self.rows and freed < needed and "mask" in self.rows[-1]:
+            name = self.rows.pop()["mask"]
+            for folder in (self.mask_dir, self.overlay_dir):
+                if folder is not None and (folder / name).is_file():
+                    freed += (folder / name).stat().st_blocks * 512  # what the file system gets back
+                    (folder / name).unlink()
+            removed += 1
+        return removed
 
     def _loop(self) -> None:
         while (job := self.queue.get()) is not None:

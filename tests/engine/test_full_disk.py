@@ -172,3 +172,25 @@ def test_export_out_of_space_leaves_no_partial_package(tmp_path, capsys, monkeyp
     line = _last_error(capsys)
     assert f"no space left in {out.parent} while writing the exported model model.pt2" in line
     assert list(out.parent.iterdir()) == []  # no partial package, no temporary folder, no lock
+
+
+def test_predict_makes_room_for_its_csv_on_a_disk_too_full_for_it(tmp_path, capsys, monkeypatch, tiny_checkpoint,
+                                                                   image_files):  # fmt: skip
+    out, checkpoint = tmp_path / "out", tiny_checkpoint(img_size=32)
+    _image_save_full_after(monkeypatch, allowed=4)
+    real, fails = writer_module.atomic_write_bytes, {"csv": 1}
+
+    def full_once_for_csv(path, data, **kwargs):  # the first try of the CSV finds no space either
+        if path.name == "probabilities.csv" and fails["csv"]:
+            fails["csv"] -= 1
+            _raise_enospc()
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(writer_module, "atomic_write_bytes", full_once_for_csv)
+    args = ["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "images"), "--out", str(out)]
+    assert main([*args, "--batch-size", "2", "--workers", "0"]) == 2
+    line = _last_error(capsys)
+    assert re.search(r"lists the (\d) image\(s\) whose masks were written \((\d) of the 4 masks removed", line)
+    with open(out / "probabilities.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert 0 < len(rows) < 4 and sorted(r["mask"] for r in rows) == sorted(p.name for p in (out / "masks").iterdir())
