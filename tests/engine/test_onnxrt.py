@@ -86,8 +86,9 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     assert int8.path.stat().st_mtime > 1e9  # marked as used: the cache bound removes the least recently used
     name = int8.path.name
     assert f"-{onnxrt._INT8}-" in name
-    older = [int8.path.with_name(name.replace(onnxrt._INT8, tag)) for tag in ("int8", "int8-vnni", "int8r1")]
-    other_cpu = int8.path.with_name(name.replace(onnxrt._INT8, f"{onnxrt._INT8}-vnni"))
+    vnni, base = f"{onnxrt._INT8}-vnni" in name, name.replace(f"{onnxrt._INT8}-vnni", onnxrt._INT8)  # this CPU's
+    older = [int8.path.with_name(base.replace(onnxrt._INT8, tag)) for tag in ("int8", "int8-vnni", "int8r1")]
+    other_cpu = int8.path.with_name(base if vnni else base.replace(onnxrt._INT8, f"{onnxrt._INT8}-vnni"))
     for path in [*older, other_cpu]:
         path.write_bytes(b"a file of an older recipe, or of a CPU with VNNI")
     P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration[:1], refresh=True,

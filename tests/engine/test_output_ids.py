@@ -69,3 +69,20 @@ def test_predict_keeps_a_file_name_that_is_not_utf8(tmp_path, tiny_checkpoint):
     assert all((tmp_path / "out" / "masks" / r["mask"]).is_file() for r in rows)
     failures = (tmp_path / "out" / "failures.csv").read_bytes().decode("utf-8")
     assert "broken\\xff.png" in failures
+
+
+def test_eval_writes_one_worst_case_panel_per_image_whose_ids_sanitize_alike(tmp_path, tiny_checkpoint):
+    from fastmtl.engine.evaluate import evaluate
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    mask = np.zeros((24, 24), np.uint8)
+    mask[6:18, 6:18] = 255
+    for i, name in enumerate(["a b", "a_b", "a?b"]):
+        Image.fromarray(np.full((24, 24, 3), 60 * i, np.uint8)).save(root / "images" / f"{name}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    (root / "labels.csv").write_text("id,class0,class1,class2\na b,1,0,0\na_b,0,1,0\na?b,0,0,1\n")
+    report = evaluate(tiny_checkpoint(img_size=32), root, "train", tmp_path / "eval", kind="folder", num_workers=0)
+    assert len(report["worst"]) == 3
+    assert sorted(p.name for p in (tmp_path / "eval" / "worst").iterdir()) == ["a_b.png", "a_b_2.png", "a_b_3.png"]
