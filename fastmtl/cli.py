@@ -1,6 +1,6 @@
 """The ``fastmtl`` command line: argparse subcommands only; the work happens in :mod:`fastmtl.engine`.
 
-    fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume] [--skip-bad] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
+    fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume [--resume-other-data]] [--skip-bad] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
     fastmtl eval    --checkpoint FILE [--data-root DIR] [--split training|validation|test|train|val] --out DIR [--kind KIND] [--batch-size N] [--workers N] [--device DEVICE]
     fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile] [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime] [--calibrate PATH ...]
     fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE] [--precision fp32|int8] [--calibrate PATH ...]
@@ -55,6 +55,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (kind auto-detected); omit for synthetic data")
     _add_out(p, "run folder: checkpoints, logs, curves (default: runs/train)", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
+    p.add_argument("--resume-other-data", action="store_true", help="with --resume: go on although the data differs")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out cases with an unreadable or mismatched image / mask (see split.json)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -176,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fastmtl.engine.train import train
 
     _fit_threads(args, 0)  # the loader's workers mostly wait on the model
-    result = train(config, args.data_root, args.out, resume=args.resume)
+    result = train(config, args.data_root, args.out, resume=args.resume, other_data=args.resume_other_data)
     if _is_main_rank():
         _print_train(result)
     return 0

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fastmtl.files import existing  # no PyTorch there
 from fastmtl.options import ENCODER_STRIDE, MAX_IMG_SIZE, check_input_side, check_kind, detect_kind, require
 
 __all__ = ["check_args", "stored_model_config"]
@@ -23,15 +24,8 @@ _HEADER_LIMIT = 100_000_000  # safetensors' own bound on a header
 
 
 def _existing(path: str | None, what: str, kind: str = "file") -> None:
-    if path is None:
-        return
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    if kind == "file" and not p.is_file():
-        raise IsADirectoryError(f"{what} {path} is a folder; expected a file")
-    if kind == "dir" and not p.is_dir():
-        raise NotADirectoryError(f"{what} {path} is a file; expected a folder")
+    if path is not None:
+        existing(path, what, kind)
 
 
 def _output(path: str, kind: str) -> None:

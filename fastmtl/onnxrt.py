@@ -4,7 +4,9 @@ The model is exported once per weights and input size (``torch.onnx.export(dynam
 with reference layers, batch dynamic), quantized once for int8, and both files are cached under
 ``$FASTMTL_CACHE/onnx``, named by a hash of the weights, the model config, the input size and the library
 versions. A later process loads the cached file into an ONNX Runtime session in under a second, which is what
-Inductor's frozen graphs cannot do (:mod:`fastmtl.precision`): this is the compile-once path.
+Inductor's frozen graphs cannot do (:mod:`fastmtl.precision`): this is the compile-once path. Each file's SHA-256
+is recorded beside it when written (``<name>.onnx.sha256``) and checked whenever it is loaded: a file truncated
+or altered on disk (which may still load, with other weights) is built again with one printed line.
 
 int8 is ONNX Runtime's static QDQ quantization: convolutions and the linear layers' matmuls in int8 (weights per
 output channel, activations uint8 per tensor, min/max calibration); the linear layers return fp32 (ONNX Runtime
@@ -46,10 +48,20 @@ import torch
 from torch import nn
 
 from fastmtl.data.cache import default_cache_dir
-from fastmtl.files import replacing
+from fastmtl.files import atomic_write_bytes, file_sha256, replacing
 from fastmtl.output import MTLOutput
 
-__all__ = ["OnnxRuntimeModel", "build", "cache_limit_bytes", "cached_file", "missing", "quantize", "weights_digest"]
+__all__ = [
+    "OnnxRuntimeModel",
+    "build",
+    "cache_limit_bytes",
+    "cached_file",
+    "missing",
+    "quantize",
+    "seal",
+    "verify_cached",
+    "weights_digest",
+]
 
 _NEEDS = ("onnx", "onnxscript", "onnxruntime")
 _INT8 = "int8r2"  # the int8 files' name; a new name when quantize() changes, so older cached files are not reused
@@ -218,6 +230,7 @@ def build(
     def export() -> None:
         start = time.perf_counter()
         _export_fp32(model, example, fp32)
+        seal(fp32)
         log(f"onnxruntime: exported to {fp32} in {time.perf_counter() - start:.0f} s (cached for later jobs)")
 
     if not fp32.is_file():
@@ -233,6 +246,7 @@ def build(
         if not fp32.is_file():
             export()
         quantize(fp32, int8, batches, reduce_range=not int8_vnni)
+        seal(int8)
         log(f"onnxruntime: int8 calibrated on {sum(b.shape[0] for b in batches)} image(s) in "
             f"{time.perf_counter() - start:.0f} s, cached as {int8}")  # fmt: skip
         _remove_older_recipes(int8)
@@ -251,7 +265,7 @@ def _remove_older_recipes(int8: Path) -> None:
     for old in int8.parent.glob(f"{prefix}-int8*-{digest}.onnx"):
         recipe = old.stem[len(prefix) + 1 : -len(digest) - 1].removesuffix("-vnni")
         if recipe != _INT8 and re.fullmatch(r"int8(r\d+)?", recipe):
-            old.unlink(missing_ok=True)
+            _remove(old)
 
 
 def cache_limit_bytes() -> int:
@@ -285,7 +299,7 @@ def _bound_cache(folder: Path, keep: set[Path], log: Callable[[str], None]) -> N
             break
         if path in keep:
             continue
-        path.unlink(missing_ok=True)
+        _remove(path)
         total -= size
         removed.append(path.name)
     if removed:
@@ -293,15 +307,47 @@ def _bound_cache(folder: Path, keep: set[Path], log: Callable[[str], None]) -> N
             f"least recently used {', '.join(removed)}")  # fmt: skip
 
 
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def seal(path: Path) -> None:
+    """Records the SHA-256 of a cached file just written beside it (``<name>.sha256``), for :func:`verify_cached`."""
+    atomic_write_bytes(_checksum_file(path), f"{file_sha256(path)}  {path.name}\n".encode())
+
+
+def verify_cached(path: Path) -> str | None:
+    """Why the cached file ``path`` cannot be trusted (None: its bytes are those :func:`seal` recorded). A file
+    altered on disk may still load, with other weights: its name's weights digest says what it should hold, the
+    recorded checksum whether it still does (about 0.2 s for a 225 MB file)."""
+    try:
+        recorded = _checksum_file(path).read_text().split()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return f"no readable checksum {_checksum_file(path).name} beside it"
+    if file_sha256(path) != recorded:
+        return "its bytes differ from the checksum recorded when it was written: truncated or altered"
+    return None
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _checksum_file(path).unlink(missing_ok=True)
+
+
 def _load(path: Path, rebuild: Callable[[], None], log: Callable[[str], None]) -> OnnxRuntimeModel:
     """The session of a cached file (its mtime set to now: the cache bound deletes the least recently used); a file
-    ONNX Runtime cannot load (damaged on disk) is built again, once."""
+    that fails :func:`verify_cached` or that ONNX Runtime cannot load (damaged on disk) is built again, once."""
+    damaged = verify_cached(path)
+    if damaged is not None:
+        log(f"onnxruntime: the cached {path} is damaged ({damaged}); building it again")
+        _remove(path)
+        rebuild()
     try:
         session = OnnxRuntimeModel(path)
     except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
         log(f"onnxruntime: the cached {path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
             "building it again")  # fmt: skip
-        path.unlink(missing_ok=True)
+        _remove(path)
         rebuild()
         return OnnxRuntimeModel(path)
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from fastmtl.files import check_regular
 from fastmtl.models.resformer import ResNet34Trunk
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,7 @@ class LoadReport:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a state_dict from ``.safetensors`` or a torch file (``weights_only``: no pickled code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+    path = check_regular(path, "weights file")  # missing, or a FIFO that would block the reader
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -6,8 +6,10 @@ hashes the source files' resolved paths, sizes and modification times plus whate
 target size, the mask rule), so touching a source file or changing the size makes a new entry. Entries are
 written to a temporary file and moved into place with ``os.replace``, so concurrent DataLoader workers and
 interrupted runs never leave a half-written entry behind (:func:`fastmtl.files.replacing`; entries get the usual
-file mode, so a cache shared by a group stays readable). Stale entries are never read again; delete the
-folder to reclaim the space.
+file mode, so a cache shared by a group stays readable). Each entry carries the SHA-256 of its arrays (names,
+dtypes, shapes and bytes), checked whenever it is read: an entry truncated or altered on disk is removed and
+rebuilt with one printed line, never used and never fatal. Stale entries are never read again; delete the folder
+to reclaim the space.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,10 +28,20 @@ from fastmtl.files import replacing
 
 __all__ = ["CACHE_VERSION", "ArrayCache", "default_cache_dir", "source_key", "resize_image", "resize_mask"]
 
-# 2: a mask marking the lesion with a value other than 255 is read (was empty)
-CACHE_VERSION = 2  # bump when the stored layout or the resize rules change
+# 2: a mask marking the lesion with a value other than 255 is read (was empty); 3: entries carry a checksum
+CACHE_VERSION = 3  # bump when the stored layout or the resize rules change
 
 Arrays = dict[str, np.ndarray]
+_CHECKSUM = "__sha256__"  # the entry's own checksum, stored beside its arrays
+
+
+def _checksum(arrays: Arrays) -> np.ndarray:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes())
+    return np.frombuffer(digest.digest(), dtype=np.uint8)
 
 
 def default_cache_dir() -> Path:
@@ -72,17 +85,27 @@ class ArrayCache:
         return self.root / key[:2] / f"{key}.npz"
 
     def get(self, key: str) -> Arrays | None:
-        """Returns the stored arrays, or None on a miss (including an unreadable entry)."""
+        """Returns the stored arrays, or None on a miss; a damaged entry (unreadable, truncated, or arrays that do
+        not match its checksum) is removed with a printed line, so the caller rebuilds it."""
         if self.root is None:
             return self._memory.get(key)
         path = self._path(key)
         try:
             with np.load(path, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
+                arrays = {name: data[name] for name in data.files}
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError):  # foreign or damaged file: rebuild it
-            return None
+        except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, OSError, ValueError, EOFError...: rebuild it
+            return self._damaged(path, f"{type(e).__name__}: {e}")
+        stored = arrays.pop(_CHECKSUM, None)
+        if stored is None or not np.array_equal(stored, _checksum(arrays)):
+            return self._damaged(path, "its arrays do not match its checksum")
+        return arrays
+
+    @staticmethod
+    def _damaged(path: Path, reason: str) -> None:
+        print(f"fastmtl: the cache entry {path} is damaged ({reason}); rebuilding it", file=sys.stderr)
+        path.unlink(missing_ok=True)
 
     def put(self, key: str, arrays: Arrays) -> None:
         """Stores ``arrays`` under ``key`` atomically."""
@@ -90,7 +113,7 @@ class ArrayCache:
             self._memory[key] = arrays
             return
         with replacing(self._path(key), prefix=f".{key[:8]}-") as tmp, open(tmp, "wb") as file:
-            np.savez(file, **arrays)
+            np.savez(file, **arrays, **{_CHECKSUM: _checksum(arrays)})
 
     def get_or_build(self, key: str, build: Callable[[], Arrays]) -> Arrays:
         """Returns the cached arrays for ``key``, calling ``build`` and storing its result on a miss."""

@@ -17,6 +17,8 @@ an existing ``masks/`` a sample without a mask: both are used, and both are note
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ import numpy as np
 from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.io import IMAGE_EXTENSIONS
 from fastmtl.data.tables import LabelTable, Problem, match_files, refuse, validate_rows
+from fastmtl.files import read_text
 
 __all__ = ["ImageFolder", "folder_label_table", "read_label_table"]
 
@@ -38,9 +41,8 @@ def folder_label_table(csv_path: Path) -> LabelTable:
     Raises:
         ValueError: no header with at least one class column.
     """
-    with open(csv_path, newline="") as file:
-        reader = csv.reader(file)
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    reader = csv.reader(io.StringIO(read_text(csv_path, "label table"), newline=""))
+    rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     if not rows or len(rows[0][1]) < 2:
         raise ValueError(f"{csv_path} needs a header 'id,<class>,...' with at least one class column")
     names = tuple(cell.strip() for cell in rows[0][1][1:])
@@ -64,8 +66,9 @@ def read_label_table(csv_path: Path) -> tuple[tuple[str, ...], dict[str, np.ndar
 
 
 def _index_files(folder: Path) -> dict[str, Path]:
-    """{stem: path} of the image files directly in ``folder``."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """{stem: path} of the image files directly in ``folder``; special files and dangling links named like images
+    are kept, so that the data screen reports them rather than leaving them out without a word."""
+    files = sorted(p for p in folder.iterdir() if not p.is_dir() and p.suffix.lower() in IMAGE_EXTENSIONS)
     return {p.stem: p for p in files}
 
 
@@ -123,7 +126,7 @@ class ImageFolder(MTLDataset):
         if not images:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
         label_csv = self.root / "labels.csv"
-        table = folder_label_table(label_csv) if label_csv.is_file() else None
+        table = folder_label_table(label_csv) if os.path.lexists(label_csv) else None
         self.class_names = names = () if table is None else table.columns
         super().__init__(img_size=img_size, train=train, cache_dir=cache_dir, **kwargs)
         if table is not None:  # an image without a row is fine here (an unlabelled sample): a note

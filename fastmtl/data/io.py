@@ -2,7 +2,8 @@
 
 Every image, whatever its mode (greyscale, RGBA, palette, 16-bit, float TIFF), comes back as RGB uint8
 (H, W, 3); every mask as uint8 (H, W) holding its stored values (class indices or 0/255). A file that is
-missing, truncated or not an image raises :class:`ImageReadError` naming the file and the reason.
+missing, not a regular file (a FIFO, a dangling symbolic link: checked before opening, so nothing blocks), truncated
+or not an image raises :class:`ImageReadError` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from fastmtl.files import not_regular
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "read_image", "read_mask", "image_size", "to_uint8"]
 
@@ -57,11 +60,18 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
 
 
+def _regular(path: str | Path) -> Path:
+    """``path``, checked to be a regular file before anything opens it (a FIFO named like an image would block the
+    reader forever; a dangling symbolic link is named as one)."""
+    reason = not_regular(path)
+    if reason is not None:
+        raise ImageReadError(path, reason)
+    return Path(path)
+
+
 def _open(path: str | Path) -> Image.Image:
     """Opens and fully decodes the first frame, turning every failure into ImageReadError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
+    path = _regular(path)
     try:
         image = Image.open(path)
         image.load()  # decode now so truncated files fail here, not later in a worker
@@ -127,6 +137,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """Returns (H, W) from the file header without decoding the pixels."""
+    path = _regular(path)
     try:
         with Image.open(path) as image:
             width, height = image.size

@@ -12,12 +12,15 @@ loads only with ``require_labels=False`` (``has_label`` False, ids from the imag
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 
 import numpy as np
 
 from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.tables import LabelTable, Problem, match_files, refuse, validate_rows
+from fastmtl.files import read_text
 
 __all__ = ["ISIC2017", "ISIC_CLASSES", "isic_label_table", "isic_split_name", "read_isic_labels"]
 
@@ -42,7 +45,7 @@ def isic_label_table(csv_path: Path) -> LabelTable:
     Raises:
         ValueError: a required column is missing.
     """
-    with open(csv_path, newline="") as file:
+    with io.StringIO(read_text(csv_path, "label table"), newline="") as file:
         reader = csv.DictReader(file)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in ("image_id", *_LABEL_COLUMNS) if c not in columns]
@@ -149,7 +152,7 @@ class ISIC2017(MTLDataset):
         """Ids, labels, has_labels and image paths: the CSV's rows that have an image (every problem of the table
         refused or, with ``strict_labels=False``, recorded), else every image of the folder."""
         present = _list_images(self.image_dir)
-        if self.csv_path.is_file():
+        if os.path.lexists(self.csv_path):
             table = isic_label_table(self.csv_path)
             paths = match_files(table, present.get, self.image_dir, present)
             self._table_problems(table.problems)

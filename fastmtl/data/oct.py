@@ -13,6 +13,7 @@ background / IRF / SRF / PED, labels K=3 (has_irf, has_srf, has_ped). Splits are
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from fastmtl.data.base import CacheDir, MTLDataset
 from fastmtl.data.retouch import RETOUCH_CLASSES, RETOUCH_SEG_CLASSES
 from fastmtl.data.splits import select_split
 from fastmtl.data.tables import LabelTable, match_files, relative_path_error, validate_rows
+from fastmtl.files import read_text
 
 __all__ = ["OCTManifest", "parse_mask_encoding", "mask_lut"]
 
@@ -127,9 +129,7 @@ class OCTManifest(MTLDataset):
 
     def _read_rows(self, subset: str | None, vendor: str | None) -> list[dict[str, str]]:
         """The manifest's rows of ``subset`` and ``vendor``, each with its line number as ``"_line"``."""
-        if not self.manifest.is_file():
-            raise FileNotFoundError(f"OCT manifest {self.manifest} not found")
-        with open(self.manifest, newline="") as file:
+        with io.StringIO(read_text(self.manifest, "OCT manifest"), newline="") as file:
             reader = csv.DictReader(file)
             missing = [c for c in _COLUMNS + self._label_columns if c not in (reader.fieldnames or [])]
             if missing:

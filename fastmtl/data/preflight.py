@@ -141,9 +141,17 @@ def describe(bad: dict[int, Problem]) -> str:
     return shown + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
+def _well_formed(found: object) -> bool:
+    """A cached finding list as :func:`check_data` stores it: [[path, problem, detail, note], ...]."""
+    return isinstance(found, list) and all(
+        isinstance(p, list) and len(p) == 4 and all(isinstance(v, str) for v in p[:3]) and isinstance(p[3], bool)
+        for p in found
+    )
+
+
 def _cache_file(root: Path, split: str | None) -> Path:
     base = default_cache_dir()
-    digest = hashlib.sha256(f"{root.resolve()}|{split}|v{_CACHE_VERSION}".encode()).hexdigest()[:20]
+    digest = hashlib.sha256(os.fsencode(f"{root.resolve()}|{split}|v{_CACHE_VERSION}")).hexdigest()[:20]
     return base / "preflight" / f"{digest}.json"
 
 
@@ -182,8 +190,8 @@ def check_data(
     results: dict[str, list] = {}
     for image_path, mask_path in tqdm(pairs, desc="check-data", unit="image", disable=not progress, leave=False):
         key = _stat_key([image_path] + ([mask_path] if mask_path else []))
-        found = cached.get(key)
-        if found is None:
+        found = cached.get(key) if isinstance(cached, dict) else None
+        if not _well_formed(found):  # absent, or a damaged cache file: check the files again
             found = [list(vars(p).values()) for p in _check_pair(image_path, mask_path, dataset.seg_classes)]
         results[key] = found
         problems.extend(Problem(*p) for p in found)
@@ -200,4 +208,4 @@ def write_report(problems: list[Problem], path: str | os.PathLike) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "problem", "detail"])
     writer.writerows([p.path, f"note: {p.problem}" if p.note else p.problem, p.detail] for p in problems)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, buffer.getvalue().encode(errors="backslashreplace"))  # names that are not UTF-8

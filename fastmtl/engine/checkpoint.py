@@ -28,13 +28,14 @@ from torch import nn
 from fastmtl.config import ModelConfig
 from fastmtl.engine.ckpt_meta import check_finite, checked_config, checked_meta
 from fastmtl.engine.ckpt_set import TOKEN_KEY, CheckpointError, save_set, verify
-from fastmtl.files import json_dumps, replacing
+from fastmtl.files import json_dumps, not_regular, replacing
 from fastmtl.metrics import default_class_names, default_seg_class_names
 from fastmtl.registry import create_model_from_config
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    with replacing(path) as tmp:
+    kept = f"the earlier {path.name} is untouched" if path.is_file() else f"no {path.name} was written"
+    with replacing(path, what=f"the checkpoint {path.name}", after=kept) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
@@ -122,8 +123,10 @@ def _unflatten_optimizer(plain: dict[str, Any], tensors: dict[str, torch.Tensor]
 def read_checkpoint_info(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """(config, meta) stored in a weights file, without loading tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (expected a .safetensors file written by fastmtl)")
+    reason = not_regular(path)
+    if reason is not None:
+        found = "does not exist" if reason == "no such file" else f"is {reason}"
+        raise CheckpointError(f"checkpoint {path} {found} (expected a .safetensors file written by fastmtl)")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -166,9 +169,41 @@ def load_model(
     config, meta = read_checkpoint_info(path)
     if kernels is not None:
         config = ModelConfig.from_dict({**config.to_dict(), "kernels": kernels})
+    check_shapes(path, config)
     model = create_model_from_config(config)
     load_weights(model, path)
     return model.to(device).eval(), meta
+
+
+def check_shapes(path: str | os.PathLike, config: ModelConfig) -> None:
+    """Checks that the tensors stored in ``path`` (names and shapes, read from the header) are those of the model
+    ``config`` describes, before that model is built: its skeleton is built on the ``meta`` device, which
+    allocates nothing, so a crafted config that does not describe the weights costs no memory.
+
+    Raises:
+        CheckpointError: a tensor missing, extra or of another shape, named with the config's values.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in create_model_from_config(config).state_dict().items()}
+    described = (f"its stored config ({config.name}, img_size={config.img_size}, in_chans={config.in_chans}, "
+                 f"seg_classes={config.seg_classes}, cls_classes={config.cls_classes})")  # fmt: skip
+    for name, shape in expected.items():
+        if name not in stored:
+            raise CheckpointError(f"checkpoint {path} does not hold tensor {name!r} that {described} needs")
+        if stored[name] != shape:
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {name!r} has shape {list(stored[name])} but {described} needs "
+                f"{list(shape)}; the config does not describe these weights"
+            )
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint {path} holds tensor {extra[0]!r} that {described} does not have "
+                              f"({len(extra)} such tensor(s))")  # fmt: skip
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:

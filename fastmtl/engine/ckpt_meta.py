@@ -94,15 +94,20 @@ def checked_meta(text: Any, field: str) -> dict[str, Any]:
     return value
 
 
+# Sane bounds of a stored config, checked before anything is built from it: --img-size's own limit, and channel and
+# class counts far above any real dataset's (a crafted 100000 input channels alone asks for gigabytes).
+_BOUNDS = {"img_size": 8192, "in_chans": 64, "seg_classes": 1024, "cls_classes": 1024}
+
+
 def checked_config(text: Any) -> dict[str, Any]:
     """The model config entry (``fastmtl_config``) checked by schema before :meth:`ModelConfig.from_dict` sees it."""
     value = checked_meta(text, "fastmtl_config")
     if not isinstance(value.get("name"), str):
         raise ValueError("fastmtl_config.name must be a model name")
-    for key in ("img_size", "in_chans", "seg_classes", "cls_classes"):
+    for key, top in _BOUNDS.items():
         item = value.get(key)
-        if item is not None and (isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= 100_000):
-            raise ValueError(f"fastmtl_config.{key} must be an integer from 0 to 100000, not {item!r:.40}")
+        if item is not None and (isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= top):
+            raise ValueError(f"fastmtl_config.{key} must be an integer from 0 to {top}, not {item!r:.40}")
     dilations = value.get("dilations")
     if dilations is not None and not (
         isinstance(dilations, list)

@@ -19,7 +19,6 @@ operation of the sets this process saves (no cleanup, as a kill would), for the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -29,7 +28,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fastmtl.files import file_mode
+from fastmtl.files import file_mode, file_sha256, not_regular, reporting_full_disk
 
 __all__ = ["CRASH_ENV", "TOKEN_KEY", "CheckpointError", "clean_stale", "resumable", "save_set", "set_files", "verify"]
 
@@ -62,16 +61,10 @@ def _file_op() -> None:
         os._exit(77)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def header_token(path: Path) -> str | None:
     """The set token in a safetensors file's metadata (None: absent or unreadable)."""
+    if not_regular(path) is not None:  # a FIFO would block the open
+        return None
     try:
         with open(path, "rb") as file:
             (size,) = struct.unpack("<Q", file.read(8))
@@ -142,7 +135,20 @@ def save_set(
         write_weights / write_train: ``(path, token)`` -> writes that tensor file with ``{TOKEN_KEY: token}`` in
             its metadata.
         sidecar_bytes: ``record`` -> the sidecar's bytes; ``record`` (token and hashes) must be stored as ``"set"``.
+
+    Raises:
+        DiskFullError: the disk filled up; the new set's temporaries are removed and the last complete set kept.
     """
+    kept = (
+        f"the last complete checkpoint {stem.name}.* is untouched: free space and run again with --resume"
+        if _tokens_agree(stem) or _tokens_agree(prev_stem(stem))
+        else "no checkpoint of this run is complete yet: free space and start again"
+    )
+    with reporting_full_disk(set_files(stem)[0], f"the checkpoint {stem.name}.*", kept):
+        _save_set(stem, write_weights, write_train, sidecar_bytes)
+
+
+def _save_set(stem: Path, write_weights, write_train, sidecar_bytes) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(stem)
     token, files, temps = secrets.token_hex(8), set_files(stem), []
@@ -153,7 +159,7 @@ def save_set(
             _fsync(temps[-1])
             os.chmod(temps[-1], file_mode())
             _file_op()
-        record = {"token": token, "weights_sha256": sha256(temps[0]), "train_sha256": sha256(temps[1])}
+        record = {"token": token, "weights_sha256": file_sha256(temps[0]), "train_sha256": file_sha256(temps[1])}
         temps.append(_temp(files[2]))
         with open(temps[-1], "wb") as file:
             file.write(sidecar_bytes(record))
@@ -202,7 +208,7 @@ def verify(stem: Path) -> str | None:
     for path, key in ((weights, "weights_sha256"), (train, "train_sha256")):
         if header_token(path) != record["token"]:
             return f"{path.name} belongs to another save than {sidecar_path.name}"
-        if sha256(path) != record.get(key):
+        if file_sha256(path) != record.get(key):
             return f"{path.name} does not match the hash in {sidecar_path.name} (truncated or altered)"
     return None
 

@@ -80,15 +80,20 @@ def _write_worst(model: nn.Module, dataset: Any, worst: list[dict[str, Any]], fo
     index = {image_id: i for i, image_id in enumerate(dataset.ids)}
     normalize = getattr(dataset, "normalize", "imagenet")
     names = tuple(getattr(dataset, "seg_class_names", ()) or ("lesion",))
-    paths = []
+    paths, used = [], set()
     for rank, record in enumerate(worst, 1):
+        name, n = safe_name(record["id"]), 1
+        while name.casefold() in used:  # ids that differ only in characters safe_name replaces: one panel each
+            n += 1
+            name = f"{safe_name(record['id'])}_{n}"
+        used.add(name.casefold())
         sample = dataset[index[record["id"]]]
         image, pred = predict_sample(model, sample["image"], normalize, device)
         if pred is None:
             break
         title = f"#{rank} worst: {record['id']}   Dice {record['dice']:.1f}%"
         panel = case_panel(image, pred, sample["mask"].numpy(), title, names)
-        paths.append(save_png(folder / f"{safe_name(record['id'])}.png", panel))
+        paths.append(save_png(folder / f"{name}.png", panel, atomic=True))
     return paths
 
 

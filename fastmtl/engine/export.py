@@ -52,7 +52,7 @@ from fastmtl.data.transforms import _stats  # the exact float32 statistics norma
 from fastmtl.engine.checkpoint import load_model, model_config, read_checkpoint_info, stored_class_names
 from fastmtl.engine.inputs import collect_inputs, sample_batches
 from fastmtl.engine.traced import MAX_BATCH, batch_dim, deployable, flat, output_names, write_onnx
-from fastmtl.files import exclusive_folder
+from fastmtl.files import exclusive_folder, reporting_full_disk
 from fastmtl.options import check_input_side
 
 __all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
@@ -124,10 +124,15 @@ def output_lock(out_path: str | os.PathLike) -> AbstractContextManager[None]:
 def _export_aoti(program, out: Path, metadata: dict[str, str]) -> Path:
     from torch._inductor import aoti_compile_and_package
 
-    path = aoti_compile_and_package(
-        program, package_path=str(out), inductor_configs={"aot_inductor.metadata": metadata}
-    )
-    return Path(path)
+    # Built beside ``out`` and moved into place: a full disk or a kill leaves no partial .pt2 (the full disk as one
+    # line naming the folder).
+    with reporting_full_disk(out, f"the exported model {out.name}"), \
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:  # fmt: skip
+        path = aoti_compile_and_package(
+            program, package_path=str(Path(work) / out.name), inductor_configs={"aot_inductor.metadata": metadata}
+        )
+        os.replace(path, out)
+    return out
 
 
 def _load_aoti(out: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fastmtl.data.io import IMAGE_EXTENSIONS
-from fastmtl.files import safe_name
+from fastmtl.files import read_text, safe_name
 
 __all__ = ["collect_inputs", "image_ids", "sample_batches"]
 
@@ -30,15 +31,15 @@ def _expand(item: str | os.PathLike, base: Path | None = None) -> list[Path]:
     path = Path(text)
     if base is not None and not path.is_absolute() and not path.exists() and (base / path).exists():
         path = base / path
-    if path.is_dir():
-        return [p for p in path.rglob("*") if p.is_file() and _is_image(p)]
+    if path.is_dir():  # special files and dangling links named like images are kept: the reader reports them
+        return [p for p in path.rglob("*") if not p.is_dir() and _is_image(p)]
     if any(c in text for c in _GLOB_CHARS) and not path.exists():
-        return [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file() and _is_image(Path(p))]
+        return [Path(p) for p in glob.glob(text, recursive=True) if not Path(p).is_dir() and _is_image(Path(p))]
     return [path]
 
 
 def _read_list(path: Path) -> list[Path]:
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    lines = [line.strip() for line in read_text(path, "input list").splitlines()]
     return [p for line in lines if line and not line.startswith("#") for p in _expand(line, base=path.parent)]
 
 
@@ -75,15 +76,26 @@ def collect_inputs(inputs: Any, *, exclude: Sequence[str | os.PathLike] = ()) ->
 
 
 def image_ids(paths: Sequence[Path]) -> list[str]:
-    """Unique file-name-safe ids: the path below the inputs' common folder, separators as "__", no suffix."""
+    """Unique file-name-safe ids: the path below the inputs' common folder, separators as "__", no suffix.
+
+    Names that map to one id (the same stem with another extension, names differing only in characters the
+    sanitizer replaces or, for a case-insensitive file system, in case) get ``_<extension>``, then ``_2``, ``_3``
+    ... in the order of ``paths`` (sorted by :func:`collect_inputs`, so the same inputs get the same ids), never an
+    id another input has: masks, overlays and CSV rows are one per image."""
     root = os.path.commonpath([str(p.parent) for p in paths])
     ids = [safe_name(os.path.relpath(p.with_suffix(""), root).replace(os.sep, "__")) for p in paths]
-    seen: dict[str, int] = {}
-    for i, (image_id, path) in enumerate(zip(ids, paths, strict=True)):
-        if ids.count(image_id) > 1:  # same stem, different extension (or sanitised alike)
-            candidate = f"{image_id}_{path.suffix.lstrip('.').lower()}"
-            seen[candidate] = seen.get(candidate, 0) + 1
-            ids[i] = candidate if seen[candidate] == 1 else f"{candidate}_{seen[candidate]}"
+    counts = Counter(i.casefold() for i in ids)
+    used = {i.casefold() for i in ids if counts[i.casefold()] == 1}
+    for index, (image_id, path) in enumerate(zip(ids, paths, strict=True)):
+        if counts[image_id.casefold()] == 1:
+            continue
+        base = safe_name(f"{image_id}_{path.suffix.lstrip('.').lower()}")
+        candidate, n = base, 1
+        while candidate.casefold() in used:
+            n += 1
+            candidate = f"{base}_{n}"
+        used.add(candidate.casefold())
+        ids[index] = candidate
     return ids
 
 

@@ -105,6 +105,7 @@ class RunData:
         seg_class_names: foreground segmentation class names.
         full_train_size: training images before ``max_train_images`` (what a full run would train on).
         skipped: the bad cases ``skip_bad`` left out ({"id", "path", "problem", "detail"}).
+        root: the data folder, absolute (None: generated data).
     """
 
     kind: str
@@ -116,6 +117,7 @@ class RunData:
     seg_class_names: tuple[str, ...]
     full_train_size: int = 0
     skipped: list = field(default_factory=list)
+    root: str | None = None
 
 
 def _cache(config: TrainConfig) -> str | bool | None:
@@ -170,7 +172,8 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
             raise ValueError(f"the {name} split of the {kind} data at {root} is empty")
     names, seg_names = tuple(train_set.class_names), tuple(train_set.seg_class_names)
     seg_classes = int(train_set.seg_classes)
-    return RunData(kind, train_set, val_set, source, names, seg_classes, seg_names, full_train_size, skipped)
+    where = None if root is None else str(root.resolve())
+    return RunData(kind, train_set, val_set, source, names, seg_classes, seg_names, full_train_size, skipped, where)
 
 
 def _screened(dataset, config: TrainConfig, root, skipped: list) -> list[int] | None:
@@ -194,7 +197,7 @@ def _screened(dataset, config: TrainConfig, root, skipped: list) -> list[int] | 
 def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
     """Which cases a run trains and validates on (``split.json`` in the run folder), so a split can be audited
     and reproduced: the source of the validation split, the carve's seed and fraction, and the case ids."""
-    record: dict[str, Any] = {"kind": data.kind, "val_source": data.val_source}
+    record: dict[str, Any] = {"data_root": data.root, "kind": data.kind, "val_source": data.val_source}
     if data.val_source == "carve":
         record.update(split_seed=config.split_seed, val_fraction=config.val_fraction)
     if config.max_train_images:
@@ -203,6 +206,22 @@ def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
         record.update(skipped=data.skipped)
     record.update(train_ids=list(data.train.ids), val_ids=list(data.val.ids))
     return record
+
+
+def split_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a run folder's ``split.json`` and the data a resumed run found (empty: nothing): the
+    data folder (when the saved record names one), the kind, the validation source and the case ids."""
+    changes = []
+    for key, what in (("data_root", "data folder"), ("kind", "data kind"), ("val_source", "validation source")):
+        if key in saved and saved[key] != current.get(key):
+            changes.append(f"{what} {current.get(key)} (the run's: {saved[key]})")
+    for key, what in (("train_ids", "training"), ("val_ids", "validation")):
+        old, new = set(saved.get(key, [])), set(current.get(key, []))
+        if old != new:
+            gone, added = sorted(old - new), sorted(new - old)
+            example = (gone or added)[0]
+            changes.append(f"{what} ids: {len(added)} added, {len(gone)} missing (e.g. {example})")
+    return changes
 
 
 def class_weights_for(data: RunData) -> torch.Tensor | None:

@@ -40,7 +40,7 @@ from fastmtl.engine.distributed import barrier, cleanup, init_distributed
 from fastmtl.engine.inputs import collect_inputs, image_ids, sample_batches
 from fastmtl.engine.predict_runner import ChunkedRunner
 from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
-from fastmtl.files import exclusive_folder
+from fastmtl.files import exclusive_folder, shown_path
 from fastmtl.options import check_input_side
 from fastmtl.precision import (
     CALIBRATION_IMAGES,
@@ -90,8 +90,8 @@ def _run(
     failures, n = [], 0
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not bar, leave=False):
         for index, reason in batch["failed"]:
-            failures.append((str(paths[index]), reason))
-            _log(f"skipped {paths[index]}: {reason}")
+            failures.append((shown_path(paths[index]), reason))
+            _log(f"skipped {shown_path(paths[index])}: {reason}")
         if batch["index"].numel() == 0:
             continue
         results = runner(batch["image"], batch["orig_size"])
@@ -193,8 +193,12 @@ def predict(
             try:
                 runner = ChunkedRunner(model, dev, threshold, _log)
                 failures, n = _run(loader, runner, writer, *_pick(paths, ids, mine), rank == 0)
-            finally:
                 rows = writer.close()
+            except BaseException as error:  # a full disk: the CSV lists exactly the images whose masks exist
+                reported = error if world.distributed else writer.salvage(out, error)
+                if reported is error:
+                    raise
+                raise reported from error
             seconds = time.perf_counter() - start
             rows, failures, n, seconds = write_tables(out, rows, failures, n, seconds, world)
     finally:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fastmtl.data.io import read_image
 from fastmtl.engine.distributed import DistInfo, all_gather_objects, barrier
-from fastmtl.engine.overlay import prediction_overlay, save_png
-from fastmtl.files import atomic_write_bytes
+from fastmtl.engine.overlay import prediction_overlay
+from fastmtl.files import DiskFullError, atomic_write_bytes, is_disk_full, replacing, shown_path
 
 __all__ = ["MARKER", "PredictionWriter", "start_clean", "write_tables"]
 
@@ -58,7 +59,7 @@ class PredictionWriter:
 
     def __init__(self, out: Path, overlays: bool, threshold: float, class_names, seg_names, seg_classes: int):
         self.mask_dir, self.overlay_dir = out / "masks", (out / "overlays" if overlays else None)
-        # masks/ and overlays/ are made with their first file (save_png), so a run that fails first leaves none
+        # masks/ and overlays/ are made with their first file (_save), so a run that fails first leaves none
         self.threshold, self.class_names, self.seg_names, self.seg_classes = (
             threshold,
             class_names,
@@ -72,16 +73,65 @@ class PredictionWriter:
         self.thread.start()
 
     def put(self, path: Path, image_id: str, probs: np.ndarray | None, mask: np.ndarray | None) -> None:
-        if self.error is not None:
-            raise RuntimeError(f"writing predictions failed: {self.error}") from self.error
+        self._raise()
         self.queue.put((path, image_id, probs, mask))
 
-    def close(self) -> list[dict[str, Any]]:
-        self.queue.put(None)
-        self.thread.join()
+    def _raise(self) -> None:
+        if isinstance(self.error, (OSError, ValueError)):  # a full disk, a bad file: one line, named
+            raise self.error
         if self.error is not None:
             raise RuntimeError(f"writing predictions failed: {self.error}") from self.error
+
+    def close(self) -> list[dict[str, Any]]:
+        """Waits for the queued images; returns the rows (each one's mask and overlay are on disk).
+
+        Raises:
+            DiskFullError / OSError / RuntimeError: a write failed (``rows`` still lists what was written)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()
         return self.rows
+
+    def salvage(self, out: Path, error: BaseException) -> BaseException:
+        """After ``error`` stopped the run: waits for the writer, writes ``probabilities.csv`` listing exactly the
+        images whose files are on disk and returns the error to raise (for an ``OSError``, such as a full disk,
+        one that also says what the folder holds; other errors as they are)."""
+        try:
+            self.close()
+        except BaseException:  # noqa: BLE001, S110 - the error that stopped the run is the one to report
+            pass
+        if not isinstance(error, OSError):
+            return error
+        written, dropped = len(self.rows), 0
+        while True:
+            try:
+                atomic_write_bytes(out / "probabilities.csv", _csv_bytes(self.rows))
+                listed = f"{out / 'probabilities.csv'} lists the {len(self.rows)} image(s) whose masks were written"
+                if dropped:
+                    listed += f" ({dropped} of the {written} masks removed to make room for it)"
+                break
+            except OSError as csv_error:
+                freed = self._make_room(len(_csv_bytes(self.rows)) + 4096) if is_disk_full(csv_error) else 0
+                if not freed:
+                    listed = f"{len(self.rows)} mask(s) were written but no probabilities.csv lists them"
+                    break
+                dropped += freed
+        kind = DiskFullError if isinstance(error, DiskFullError) else OSError
+        return kind(f"{error}; {listed}: free space and run predict again")
+
+    def _make_room(self, needed: int) -> int:
+        """Removes the files of the images written last (and their rows) until ``needed`` bytes are free; returns
+        how many images it removed (0: none left, or rows without files). A rerun recomputes them anyway."""
+        removed, freed = 0, 0
+        while self.rows and freed < needed and "mask" in self.rows[-1]:
+            name = self.rows.pop()["mask"]
+            for folder in (self.mask_dir, self.overlay_dir):
+                if folder is not None and (folder / name).is_file():
+                    freed += (folder / name).stat().st_blocks * 512  # what the file system gets back
+                    (folder / name).unlink()
+            removed += 1
+        return removed
 
     def _loop(self) -> None:
         while (job := self.queue.get()) is not None:
@@ -92,7 +142,7 @@ class PredictionWriter:
                     self.error = err
 
     def _write(self, path: Path, image_id: str, probs: np.ndarray | None, mask: np.ndarray | None) -> dict:
-        row: dict[str, Any] = {"path": str(path), "id": image_id}
+        row: dict[str, Any] = {"path": shown_path(path), "id": image_id}
         if probs is not None:
             row.update({f"prob_{c}": f"{p:.6f}" for c, p in zip(self.class_names, probs, strict=True)})
             row.update({f"pred_{c}": int(p > self.threshold) for c, p in zip(self.class_names, probs, strict=True)})
@@ -101,12 +151,25 @@ class PredictionWriter:
             if self.seg_classes > 1:
                 row.update({f"area_{c}": f"{float((mask == k).mean()):.6f}" for k, c in enumerate(self.seg_names, 1)})
             stored = mask * np.uint8(255) if self.seg_classes == 1 else mask
-            row["mask"] = save_png(self.mask_dir / f"{image_id}.png", stored).name
+            mask_path = _save(self.mask_dir / f"{image_id}.png", stored, f"the mask of {path.name}")
+            row["mask"] = mask_path.name
             if self.overlay_dir is not None:
                 drawn = prediction_overlay(read_image(path), mask, image_id, probs, self.class_names, self.seg_names,
                                            threshold=self.threshold)  # fmt: skip
-                save_png(self.overlay_dir / f"{image_id}.png", drawn)
+                try:
+                    _save(self.overlay_dir / f"{image_id}.png", drawn, f"the overlay of {path.name}")
+                except BaseException:
+                    mask_path.unlink(missing_ok=True)  # the outputs list only images whose files are all there
+                    raise
         return row
+
+
+def _save(path: Path, array: np.ndarray, what: str) -> Path:
+    """Writes a PNG through a temporary file: a full disk or a kill leaves no partial file (a full disk raises
+    :class:`~fastmtl.files.DiskFullError` naming the folder)."""
+    with replacing(path, what=what) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    return path
 
 
 def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -115,7 +178,7 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["path"]))
-    return buffer.getvalue().encode()
+    return buffer.getvalue().encode("utf-8", "backslashreplace")  # a stray surrogate (a reason quoting a name)
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -141,7 +204,8 @@ def write_tables(out: Path, rows: list[dict], failures: list, n: int, seconds: f
             for part in parts:
                 part.unlink()
     else:
-        atomic_write_bytes(csv_path, _csv_bytes(rows))
+        after = f"the masks of {len(rows)} image(s) are in {out / 'masks'} but no CSV lists them: free space and "
+        atomic_write_bytes(csv_path, _csv_bytes(rows), after=after + "run predict again")
     if failures and rank == 0:
         atomic_write_bytes(out / "failures.csv", _csv_bytes([{"path": p, "reason": r} for p, r in failures]))
     barrier(world)  # nobody returns before rank 0 has written the merged CSV

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl.engine.checkpoint import CheckpointError, load_training_state, load_weights
+from fastmtl.engine.checkpoint import load_training_state, load_weights
 from fastmtl.engine.ckpt_set import clean_stale, resumable, set_files
 from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader, decode_split
 from fastmtl.engine.device_step import DeviceStep, evaluate_split, with_kernel_fallback
@@ -57,6 +57,7 @@ from fastmtl.engine.run import Run, after_step, finish_epoch, run_summary
 from fastmtl.engine.schedule import poly_lr
 from fastmtl.engine.state import RunState, restore_rng
 from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, config_from_dict, save_config
+from fastmtl.engine.train_folder import check_out_dir, check_same_data, mark
 from fastmtl.files import atomic_write_json, exclusive_folder
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model, model_options
@@ -109,14 +110,6 @@ def _build_model(config: TrainConfig, data: RunData) -> nn.Module:
             f"{len(data.class_names)} classes {list(data.class_names)}"
         )
     return model
-
-
-def _check_out_dir(out_dir: Path, resume: bool) -> None:
-    held = [f for stem in ("last", "last.prev") for f in set_files(out_dir / stem) if f.exists()]
-    if resume and not held:
-        raise CheckpointError(f"nothing to resume in {out_dir}: no last.json / last.train.safetensors there")
-    if not resume and held:
-        raise ValueError(f"{out_dir} already holds a training run ({held[0].name}); resume it or pick another --out")
 
 
 def _resume(out_dir: Path, model: nn.Module, optimizer, config: TrainConfig, world: DistInfo) -> RunState:
@@ -173,6 +166,7 @@ def train(
     resume: bool = False,
     *,
     deadline: float | None = None,
+    other_data: bool = False,
 ) -> dict[str, Any]:
     """Trains a model; see the module docstring for the protocol and the files written.
 
@@ -180,7 +174,8 @@ def train(
         config: the run's settings.
         data_root: dataset folder (None: synthetic data, or ``config.data`` must not need one).
         out_dir: output folder (created); must not hold a run unless ``resume``.
-        resume: continue the run saved in ``out_dir/last`` exactly where it stopped.
+        resume: continue the run saved in ``out_dir/last`` exactly where it stopped; refused when the data differs
+            from the run's ``split.json`` (:mod:`fastmtl.engine.train_folder`) unless ``other_data``.
         deadline: a ``time.monotonic()`` value: stop there as ``time_limit_min`` does (saving ``last``); for a
             caller whose budget includes the data decoding and what follows the training.
 
@@ -200,16 +195,18 @@ def train(
             if world.is_main:
                 for stem in ("last", "best"):
                     clean_stale(Path(out_dir) / stem)
-            return _train(config, data_root, Path(out_dir), resume, world, deadline)
+            return _train(config, data_root, Path(out_dir), resume, world, deadline, other_data)
     finally:
         cleanup(world)
 
 
-def _setup(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo) -> Run:
+def _setup(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo, other_data: bool) -> Run:
     """Data, model, optimizer, loss, (resumed) state, wrappers and loaders; writes the resolved config."""
-    _check_out_dir(out_dir, resume)
+    check_out_dir(out_dir, resume)
     _seed(config.seed, world.rank)
     data = build_run_data(config, data_root)
+    if resume:
+        check_same_data(out_dir, split_record(config, data), other_data)
     model = _build_model(config, data).to(world.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -227,6 +224,7 @@ def _setup(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: D
         steps = steps_per_epoch(train_loader, config)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        mark(out_dir)
         save_config(config, out_dir)
         atomic_write_json(out_dir / "split.json", split_record(config, data))
     run = Run(config, out_dir, data, ctx, state, train_loader, val_loader, steps)
@@ -335,8 +333,9 @@ def _steady(marks: list[tuple[float, int]], from_step: int, per_step: int) -> di
     return {"steady_images_per_s": (s1 - s0) * per_step / (t1 - t0)}
 
 
-def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo, deadline) -> dict[str, Any]:
-    run = _setup(config, data_root, out_dir, resume, world)
+def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo, deadline,
+           other_data: bool) -> dict[str, Any]:  # fmt: skip
+    run = _setup(config, data_root, out_dir, resume, world, other_data)
     run.deadline = deadline
     stopped = False
     while run.state.epoch < config.epochs and not stopped:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastmtl.files import atomic_write_bytes
+from fastmtl.files import atomic_write_bytes, read_text
 from fastmtl.options import DATA_KINDS
 
 if sys.version_info >= (3, 11):
@@ -334,11 +334,11 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
         name, base = f"preset {source!r}", dict(PRESETS[str(source)])
     elif source is not None:
         path = Path(source)
-        if not path.is_file():
+        if not os.path.lexists(path):
             presets = ", ".join(PRESETS)
             raise FileNotFoundError(f"config file {path} not found; give a .toml file or a preset ({presets})")
         try:
-            base = tomllib.loads(path.read_text())
+            base = tomllib.loads(read_text(path, "config file"))
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"config file {path} is not valid TOML: {e}") from e
         name = str(path)

@@ -38,6 +38,7 @@ def test_two_process_gloo_run_writes_one_checkpoint_and_log(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
+        ".fastmtl-train",  # the marker of a training folder (fastmtl.engine.train_folder)
         "best.safetensors",
         "config.json",
         "config.toml",

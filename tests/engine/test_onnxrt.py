@@ -86,8 +86,9 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     assert int8.path.stat().st_mtime > 1e9  # marked as used: the cache bound removes the least recently used
     name = int8.path.name
     assert f"-{onnxrt._INT8}-" in name
-    older = [int8.path.with_name(name.replace(onnxrt._INT8, tag)) for tag in ("int8", "int8-vnni", "int8r1")]
-    other_cpu = int8.path.with_name(name.replace(onnxrt._INT8, f"{onnxrt._INT8}-vnni"))
+    vnni, base = f"{onnxrt._INT8}-vnni" in name, name.replace(f"{onnxrt._INT8}-vnni", onnxrt._INT8)  # this CPU's
+    older = [int8.path.with_name(base.replace(onnxrt._INT8, tag)) for tag in ("int8", "int8-vnni", "int8r1")]
+    other_cpu = int8.path.with_name(base if vnni else base.replace(onnxrt._INT8, f"{onnxrt._INT8}-vnni"))
     for path in [*older, other_cpu]:
         path.write_bytes(b"a file of an older recipe, or of a CPU with VNNI")
     P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration[:1], refresh=True,
@@ -98,7 +99,8 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     int8.path.write_bytes(b"damaged on disk")
     repaired = []
     P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=repaired.append)
-    assert "does not load" in repaired[0] and "int8 calibrated on 2 image(s)" in repaired[1]
+    assert "is damaged (its bytes differ from the checksum" in repaired[0]
+    assert "int8 calibrated on 2 image(s)" in repaired[1]
 
     checkpoint = cache / "model.safetensors"
     checkpoint.write_bytes(b"stands in for the checkpoint in auto's cache key")
@@ -109,6 +111,42 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     assert P.plan_auto("cpu", checkpoint, x.shape, n_images=5, model=other).name == "fp32"
     assert onnxrt.cached_file(other, x.shape, "fp32") != onnxrt.cached_file(model, x.shape, "fp32") == fp32.path
     assert onnxrt.cached_file(model, (1, 3, 64, 64), "fp32") != fp32.path  # another image size
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from tests.engine.test_train import tiny_config  # noqa: F401 - registers tiny_mtl_test
+
+    torch.manual_seed(0)
+    return fastmtl.create_model("tiny_mtl_test", img_size=32).eval()
+
+
+@pytest.mark.parametrize("damage", ["altered weights", "no checksum", "truncated"])
+def test_a_cached_file_altered_on_disk_is_never_used(tiny_model, cache, damage):
+    """A cached file whose weights were altered still loads in ONNX Runtime, with outputs far from the model's: the
+    checksum recorded when it was written catches it, and it is exported again with one line."""
+    import onnx
+    from onnx import numpy_helper
+
+    x = torch.randn(2, 3, 32, 32)
+    P.build_path(tiny_model, "fp32", x, runtime="onnxruntime", log=lambda line: None)
+    path = onnxrt.cached_file(tiny_model, x.shape, "fp32")
+    if damage == "altered weights":
+        proto = onnx.load(str(path))
+        init = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 100, init.name))
+        onnx.save(proto, str(path))
+        assert onnxrt.OnnxRuntimeModel(path)(x).seg_logits.shape[0] == 2  # it still loads and runs
+    elif damage == "no checksum":  # written by a fastmtl that recorded none
+        path.with_name(path.name + ".sha256").unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:-1000])
+    lines = []
+    rebuilt = P.build_path(tiny_model, "fp32", x, runtime="onnxruntime", log=lines.append)
+    assert len(lines) == 2 and lines[0].startswith(f"onnxruntime: the cached {path} is damaged (")
+    assert "exported to" in lines[1] and onnxrt.verify_cached(path) is None
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x).seg_logits, tiny_model(x).seg_logits, atol=1e-4, rtol=1e-4)
 
 
 def test_the_cache_folder_keeps_the_most_recently_used_files_within_its_bound(tmp_path, monkeypatch):

@@ -108,10 +108,8 @@ def test_oom_halves_batch_without_losing_or_repeating(tmp_path, tiny_checkpoint,
 
     monkeypatch.setattr(UNetResNet34, "forward", flaky_forward)
     written = []
-    save_png = writer_module.save_png
-    monkeypatch.setattr(
-        writer_module, "save_png", lambda path, *a, **k: written.append(path.name) or save_png(path, *a, **k)
-    )
+    save = writer_module._save
+    monkeypatch.setattr(writer_module, "_save", lambda path, *a, **k: written.append(path.name) or save(path, *a, **k))
     summary = predict(tiny_checkpoint(img_size=32), tmp_path / "images", tmp_path / "o", batch_size=5, num_workers=0)
     assert summary.n_images == len(image_files) == 6
     assert sorted(written) == sorted(r["mask"] for r in _rows(summary.csv_path)) and len(set(written)) == 6
@@ -128,12 +126,19 @@ def test_multiclass_masks_hold_class_indices(tmp_path, tiny_checkpoint, image_fi
     assert mask.max() < 4 and mask.shape in {s for _, s in image_files.values()}
 
 
-def test_writer_error_propagates(tmp_path, tiny_checkpoint, image_files, monkeypatch):
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError("cannot write (simulated)"), (OSError, r"cannot write \(simulated\); .* lists the 0 image\(s\)")),
+        (KeyError("simulated"), (RuntimeError, "writing predictions failed: 'simulated'")),
+    ],
+)
+def test_writer_error_propagates(tmp_path, tiny_checkpoint, image_files, monkeypatch, error, expected):
     def fail(*args, **kwargs):
-        raise OSError("disk full (simulated)")
+        raise error
 
-    monkeypatch.setattr(writer_module, "save_png", fail)
-    with pytest.raises(RuntimeError, match="disk full"):
+    monkeypatch.setattr(writer_module, "_save", fail)
+    with pytest.raises(expected[0], match=expected[1]):
         predict(tiny_checkpoint(img_size=32), tmp_path / "images", tmp_path / "o", batch_size=2, num_workers=0)
 
 
