@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.cases import CPU_COMPILE_REASON
+from bench.record import record_group
 from bench.shapes import GPU_BATCHES, SUITE_BATCH, WindowAttentionShape, window_attention_shapes
 from fastmtl.kernels.window_attention import window_attention
 from fastmtl.layers.swin import (
@@ -33,6 +34,7 @@ from fastmtl.layers.swin import (
 PROVIDERS = ["triton", "eager", "flex", "sdpa", "compiled", "xformers"]  # most important first
 QUICK_SHAPE = WindowAttentionShape(img_size=32, stage=0, side=8, window=4, heads=2, head_dim=16)
 _COMPILED = frozenset({"compiled", "flex"})
+KERNELS = {"triton": "triton", "eager": "reference", "compiled": "reference"}  # fastmtl's kernels per provider
 
 
 def _windows(qkv, window, shift):
@@ -144,7 +146,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_window_attention(provider, shape, batch, mode, measure, bench_device, bench_quick, bench_cpu_compile):
+def test_window_attention(provider, shape, batch, mode, measure, bench_device, bench_quick, bench_cpu_compile,
+                          request):  # fmt: skip
+    group = f"window_attention-{shape.name}-b{batch}-{mode}"
+    record_group(request.node, group)
     reason = _skip_reason(provider, bench_device, bench_quick, bench_cpu_compile)
     if reason:
         pytest.skip(reason)
@@ -165,6 +170,6 @@ def test_window_attention(provider, shape, batch, mode, measure, bench_device, b
     n = shape.window**2
     flops = 4 * batch * (shape.side // shape.window) ** 2 * shape.heads * n * n * shape.head_dim
     flops *= 3.5 if backward else 1.0  # backward: five matmuls of the same size as the forward's two
-    measure(run, group=f"window_attention-{shape.name}-b{batch}-{mode}", provider=provider, items=batch,
+    measure(run, group=group, provider=provider, items=batch, kernels=KERNELS.get(provider, "none"),
             flops=flops, compiled=provider in _COMPILED, mode=mode, batch=batch,
             dtype=str(dtype).split(".")[-1], img_size=shape.img_size, stage=shape.stage)  # fmt: skip

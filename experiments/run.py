@@ -173,7 +173,7 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
              "git_commit": _git("rev-parse", "HEAD"), "python": platform.python_version()}  # fmt: skip
     print(f"{stem}: training into {run_dir}, results into {out}", flush=True)
     return run_protocol(config, data_root, out, run_dir, budget_min=args.budget_min, reserve_s=args.reserve_s,
-                        evals=evals, limit_images=args.limit_images, extra=extra,
+                        evals=evals, limit_images=args.limit_images, extra=extra, schedule=args.schedule,
                         log=lambda line: print(line, flush=True))  # fmt: skip
 
 
@@ -517,6 +517,9 @@ def _paper_arguments(p: argparse.ArgumentParser) -> None:
         help="also evaluate the selected model on this folder's split (default split: test); repeatable",
     )
     g.add_argument("--val-every", type=int, default=5, metavar="K", help="validate every K epochs (and the last)")
+    g.add_argument("--schedule", choices=("budget", "epochs"), default="budget",
+                   help="budget (default): time the first steps, plan the steps that fit --budget-min and run the "
+                   "poly schedule to its end over them; epochs: plan --epochs (the budget may cut it)")  # fmt: skip
     g.add_argument("--reserve-s", type=float, default=45.0, help="seconds kept for the final evaluation")
     g.add_argument(
         "--kernels",
