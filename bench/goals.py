@@ -45,6 +45,8 @@ GOALS = (
     Goal("training step >= 1.3x compiled", "model", ("train-224px",), "fastmtl", "compile-bf16", 1.3),
 )
 PAPER_TARGET_MIN = 9.0
+# Each kernel launch's lower bound on an H100 SXM (python -m fastmtl.kernels.aot --report, fastmtl.kernels.roofline)
+ROOFLINE = Path(__file__).resolve().parent / "results" / "roofline" / "h100-sxm.json"
 
 
 def load_benchmarks(path: Path) -> list[dict[str, Any]]:
@@ -154,7 +156,9 @@ def _cell(row: dict[str, Any]) -> str:
     return "-"
 
 
-def markdown(rows: list[dict[str, Any]], steps: dict[str, dict[str, Any]], env: dict[str, Any]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], steps: dict[str, dict[str, Any]], env: dict[str, Any], kernels: list | None = None
+) -> str:
     gpu = (env.get("gpu") or {}).get("name") or f"no GPU ({env.get('cpu_model', 'CPU')})"
     lines = [
         f"# GPU suite on {gpu}",
@@ -176,8 +180,29 @@ def markdown(rows: list[dict[str, Any]], steps: dict[str, dict[str, Any]], env: 
             for n, s in steps.items()
         ),
         "",
+        *roofline_table(kernels or []),
     ]
     return "\n".join(lines)
+
+
+def roofline_table(benchmarks: list[dict[str, Any]], roofline: Path = ROOFLINE) -> list[str]:
+    """Markdown lines: each Triton kernel group's measured time as a percentage of its roofline lower bound (the
+    committed H100 SXM report of :mod:`fastmtl.kernels.roofline`); [] without the report or a matching row."""
+    try:
+        bounds = json.loads(roofline.read_text())["groups"]
+    except (OSError, ValueError, KeyError):
+        return []
+    rows = []
+    for group, found in sorted(group_benchmarks(benchmarks).items()):
+        fast = next((r for r in found if provider_of(r) == "triton"), None)
+        if fast is None or group not in bounds or not median_s(fast):
+            continue
+        measured_us, bound = median_s(fast) * 1e6, bounds[group]
+        rows.append(f"| {group} | {measured_us:.1f} | {bound:.1f} | {100 * bound / measured_us:.1f} % |")
+    if not rows:
+        return []
+    head = ["| kernel group (Triton) | measured us | H100 SXM bound us | % of bound |", "| --- | ---: | ---: | ---: |"]
+    return [f"Kernels against their roofline lower bound ({roofline.name}):", "", *head, *rows, ""]
 
 
 def _counts(step: dict[str, Any]) -> str:

@@ -159,7 +159,7 @@ class Suite(Steps):
 
     # ------------------------------------------------------------------------------------------------ results
     def write_summary(self) -> None:
-        from bench.goals import judge_all, markdown
+        from bench.goals import judge_all, load_benchmarks, markdown
 
         goals = judge_all(self.out, self.records, self.args.dry_run)
         suite = {
@@ -170,7 +170,8 @@ class Suite(Steps):
             "wall_s": time.time() - self.start,
         }
         atomic_write_bytes(self.out / "suite.json", json.dumps(suite, indent=1, default=str).encode())
-        atomic_write_bytes(self.out / "summary.md", markdown(goals, self.records, self.env).encode())
+        kernels = load_benchmarks(self.out / "kernels.json")
+        atomic_write_bytes(self.out / "summary.md", markdown(goals, self.records, self.env, kernels).encode())
 
     def finish(self) -> int:
         self.write_summary()
@@ -229,6 +230,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "autotuning does not fit a 6-minute budget)",
     )
     parser.add_argument("--dry-run", action="store_true", help="the same steps on CPU with tiny shapes")
+    parser.add_argument(
+        "--cpu-compile",
+        action="store_true",
+        help="dry run: also the compiled kernel peers (FlexAttention, torch.compile) and the compiled training "
+        "step of the paper step (minutes of CPU compilation; the gpu-versions CI leg)",
+    )
     parser.add_argument(
         "--ingest",
         metavar="DIR",

@@ -126,7 +126,7 @@ class Steps:
         if self.cuda:
             args += ["--bench-suite", "--bench-budget-s", "0.3", "--bench-compile-mode", self.args.compile_mode]
         else:
-            args += ["--bench-quick"]
+            args += ["--bench-quick"] + (["--bench-cpu-compile"] if self.args.cpu_compile and name == "kernels" else [])
         code, rec = self._pytest(name, budget, args, self._interp_env())
         rows = load_benchmarks(path)
         kept = not rows and bool(rec["benchmarks"])
@@ -180,7 +180,7 @@ class Steps:
             cmd += ["--reserve-s", "20"]  # the suite wants the training rate; the final evaluation needs seconds
             if not self.cuda:
                 tiny = "--limit-images 8 --set img_size=32 --set store_size=32 --set batch_size=2 --set max_val_steps=2"
-                cmd += tiny.split()
+                cmd += tiny.split() + (["--compile"] if self.args.cpu_compile else [])
             code = self.run_process("paper", cmd, budget, None if self.cuda else {"CUDA_VISIBLE_DEVICES": ""})
             summary = Path(tmp) / "summary.json"
             if summary.is_file():  # written after every validation: a killed run keeps its last one

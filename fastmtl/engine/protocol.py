@@ -232,6 +232,7 @@ def run_protocol(
     extra: dict[str, Any] | None = None,
     log=print,
     schedule: str = "budget",
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Trains ``config`` into ``run_dir`` within ``budget_min`` minutes (0 = no budget) and writes OUT.
 
@@ -249,6 +250,8 @@ def run_protocol(
         schedule: "budget" (with a budget: the poly schedule fitted to the steps that fit it, see
             :class:`~fastmtl.engine.schedule.BudgetSchedule`) or "epochs" (the configured epochs; the budget may
             stop the run with the schedule barely decayed).
+        started: the ``time.monotonic()`` the budget counts from (default: now); a command passes its own start,
+            so that its imports are inside the budget.
 
     Returns:
         The summary written to ``OUT/summary.json``.
@@ -258,7 +261,7 @@ def run_protocol(
 
     if schedule not in ("budget", "epochs"):
         raise ValueError(f"schedule must be 'budget' or 'epochs', got {schedule!r}")
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + 60.0 * budget_min - reserve_s if budget_min else None
