@@ -120,10 +120,14 @@ class BudgetSchedule:
         assert self.step_s is not None
         left = self.deadline - now
         val_s = self.val_s if self.val_s is not None else self.val_steps * self.step_s
-        steps = max(int(left / max(self.step_s, 1e-9)), 0)
-        for _ in range(4):  # the validations depend on how many epochs the steps span
-            cost = self._validations(done, done + steps) * val_s
-            steps = max(int((left - cost) / max(self.step_s, 1e-9)), 0)
+        lo, hi = 0, max(int(left / max(self.step_s, 1e-9)), 0)  # the validations grow with the epochs spanned:
+        while lo < hi:  # the most steps whose time and validations fit (a bisection: the cost only grows)
+            mid = (lo + hi + 1) // 2
+            if mid * self.step_s + self._validations(done, done + mid) * val_s <= left:
+                lo = mid
+            else:
+                hi = mid - 1
+        steps = lo
         self.total = min(max(done + steps, done + 1), self.max_steps)
         self.plans.append({"at_step": done, "total_steps": self.total, "seconds_left": round(left, 2),
                            "step_s": round(self.step_s, 5), "val_s": round(val_s, 3)})  # fmt: skip
@@ -133,18 +137,19 @@ class BudgetSchedule:
         """True once the planned steps are done."""
         return self.total is not None and global_step >= self.total
 
-    def record(self, paper_epochs: int, images_per_epoch: int, batch: int) -> dict:
-        """What the summary says about the schedule: the plan, the epochs it spans against the paper's."""
+    def record(self, paper_epochs: int, full_images: int, batch: int) -> dict:
+        """What the summary says about the schedule: the plan, and the epochs it spans against the paper's
+        (``full_images``: a full epoch's images, without any limit on them)."""
         total = self.total
+        paper_steps = paper_epochs * (full_images // batch if full_images else self.steps_per_epoch)
         return {
             "schedule": "budget",
             "planned_steps": total,
             "planned_epochs": None if total is None else total / self.steps_per_epoch,
             "paper_epochs": paper_epochs,
-            "paper_steps": paper_epochs * self.steps_per_epoch,
+            "paper_steps": paper_steps,
+            "planned_share_of_paper": None if total is None else total / paper_steps,
             "step_s": self.step_s,
             "val_s": self.val_s,
             "plans": self.plans,
-            "images_per_epoch": images_per_epoch,
-            "batch_size": batch,
         }
