@@ -66,4 +66,9 @@ def paper_fallbacks(paper: dict[str, Any]) -> list[str]:
         found.append("compiled step fell back to eager")
     if "Triton kernels failed" in step or "reference layers" in step:
         found.append("Triton kernels fell back to the reference")
+    counters = paper.get("compile_counters") or {}
+    if counters.get("graph_breaks"):
+        found.append(f"torch.compile graph breaks ({counters['graph_breaks']}): parts ran eagerly")
+    if counters.get("cudagraph_skips"):
+        found.append("CUDA graphs skipped")
     return found

@@ -4,8 +4,9 @@ One timed callable per test (the shared ``measure`` fixture): ``provider`` x sta
 (``bench.shapes.window_attention_shapes()``, 224 and 512) x batch 1/8/64 x forward or forward+backward, bf16. With
 ``--bench-suite`` only batch 64 forward+backward, the goal's case. Every baseline does its own roll / window
 partition / bias gather / seam mask / reverse in PyTorch, since the kernel's point is to fuse them, each at its
-best configuration: FlexAttention (:func:`flex_peer`) with its shape-only tensors built once outside the timed
-region, the bias gathered in the score_mod and the whole function compiled. ``extra_info``
+best configuration: FlexAttention (:func:`flex_peer`) with its bias built once outside the timed region for the
+forward (inside the compiled graph for forward+backward, where the table is trained) and the whole function
+compiled. ``extra_info``
 holds ms and TFLOP/s (attention matmuls only); the session adds the speedups over eager and compiled eager.
 On CPU only ``--bench-quick`` runs (one tiny fp32 stage, eager / SDPA, and the kernel through the interpreter when
 ``TRITON_INTERPRET=1``). Run: ``pytest bench/test_window_attention.py --benchmark-group-by=group``.
@@ -71,28 +72,28 @@ def _sdpa(qkv, table, window, shift):
     return _tokens(out, b, h, w, window, shift)
 
 
-def flex_peer(table: torch.Tensor, side: int, window: int, shift: int):
-    """FlexAttention at its best configuration, what a good user would write: everything that depends only on the
-    shape (the (N, N) relative-position index, the (nW, N, N) seam mask) is built once here, outside the timed
-    region; the score_mod gathers the bias from the table itself (no (nW * heads, N, N) bias materialised per call,
-    and the table's gradient flows through it), and roll + partition + ``flex_attention`` + reverse are one
-    ``torch.compile(fullgraph=True)`` graph. No block mask: every partitioned window is dense, so a BlockMask
-    would skip nothing. Returns fn(qkv, table, window, shift) like the other providers."""
+def flex_peer(table: torch.Tensor, side: int, window: int, shift: int, backward: bool):
+    """FlexAttention at its best configuration, what a good user would write. Forward (inference: the table is
+    frozen): the (nW * heads, N, N) bias with the seam mask is built once here, outside the timed region. Forward +
+    backward: the bias is a function of the table being trained, so it is built inside the compiled graph, where
+    Inductor fuses the gather and scatters its gradient back into the table (dense per-(window, head) bias grads;
+    gathering from the small table inside the score_mod instead would funnel every program's atomics into a few
+    hundred entries). Either way roll + partition + ``flex_attention`` + reverse are one ``torch.compile(fullgraph=
+    True)`` graph. No block mask: every partitioned window is dense, so a BlockMask would skip nothing. Returns
+    fn(qkv, table, window, shift) like the other providers."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    rel = relative_position_index(window, table.device)  # (N, N)
-    seam = seam_mask(side, side, window, shift, table.device).to(table.dtype) if shift else None  # (nW, N, N)
-    heads = table.shape[1]
-
-    def score_mod(score, batch, head, q_idx, kv_idx):  # head = window index * heads + head of the window
-        bias = table[rel[q_idx, kv_idx], head % heads]
-        if seam is not None:
-            bias = bias + seam[head // heads, q_idx, kv_idx]
-        return score + bias
+    with torch.no_grad():
+        fixed = None if backward else _bias(table, window, side, side, shift)  # (nW * heads, N, N), once
 
     def run(qkv, table_, window_, shift_):
         b, h, w = qkv.shape[:3]
         q, k, v = _windows(qkv, window, shift)
+        bias = _bias(table_, window, h, w, shift).to(q.dtype) if fixed is None else fixed.to(q.dtype)
+
+        def score_mod(score, batch, head, q_idx, kv_idx):
+            return score + bias[head, q_idx, kv_idx]
+
         return _tokens(flex_attention(q, k, v, score_mod=score_mod), b, h, w, window, shift)
 
     return torch.compile(run, fullgraph=True)
@@ -160,17 +161,22 @@ def test_window_attention(provider, shape, batch, mode, measure, bench_device, b
     group = f"window_attention-{shape.name}-b{batch}-{mode}"
     record_group(request.node, group)
     reason = _skip_reason(provider, bench_device, bench_quick, bench_cpu_compile)
+    if provider == "flex" and mode == "fwd+bwd" and bench_device.type == "cpu":
+        reason = "FlexAttention has no backward on CPU"
     if reason:
         pytest.skip(reason)
     dtype = torch.bfloat16 if bench_device.type == "cuda" else torch.float32
     gen = torch.Generator(device=bench_device).manual_seed(0)
     size = (batch, shape.side, shape.side, 3, shape.heads, shape.head_dim)
-    qkv = torch.randn(size, device=bench_device, generator=gen).to(dtype).requires_grad_()
+    backward = mode == "fwd+bwd"  # a forward benchmark tracks no gradients
+    qkv = torch.randn(size, device=bench_device, generator=gen).to(dtype).requires_grad_(backward)
     table = 0.02 * torch.randn((2 * shape.window - 1) ** 2, shape.heads, device=bench_device, generator=gen)
-    table = table.to(dtype).requires_grad_()
-    backward = mode == "fwd+bwd"
+    table = table.to(dtype).requires_grad_(backward)
     shift = shape.window // 2 if shape.shifted else 0
-    fn = flex_peer(table, shape.side, shape.window, shift) if provider == "flex" else _provider_fn(provider)
+    if provider == "flex":
+        fn = flex_peer(table, shape.side, shape.window, shift, backward)
+    else:
+        fn = _provider_fn(provider)
 
     if provider != "eager":  # a peer is timed only once it computes what the reference computes
         with torch.no_grad():

@@ -3,6 +3,7 @@ protocol runs on tiny CPU stand-ins, the projection."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -211,6 +212,12 @@ def test_paper_protocol_in_one_command_trains_evaluates_and_writes_a_small_folde
     assert evaluated["n_images"] == 5 and evaluated["split"] == "test" and "ji" in evaluated["metrics"]
     assert summary["eval"]["isic-test"]["ji"] == evaluated["metrics"]["ji"]
     assert json.loads((out / "metrics.json").read_text())["metrics"]["ji"] == summary["metrics"]["ji"]
+    # the first validation is timed twice; the projection costs a validation at its warm time
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    warm = float(rows[0]["validation_warm_s"])
+    assert summary["val_cold_s"] == pytest.approx(float(rows[0]["validation_s"]))
+    assert summary["val_s"] == pytest.approx((warm + float(rows[1]["validation_s"])) / 2)
+    assert summary["compile_counters"] == {"graph_breaks": 0, "cudagraph_skips": 0}
     assert (Path(summary["run_dir"]) / "best.safetensors").is_file()  # the weights stay in the scratch folder
     printed = capsys.readouterr().out
     assert "completed: 2/2 epochs" in printed and "epochs/s" in printed and "150 epochs would take" in printed
@@ -224,6 +231,7 @@ def test_paper_protocol_stops_at_the_budget_and_says_so(run, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["stopped_by_budget"] and summary["epochs_done"] == 0 and summary["steps_done"] == 1
     assert summary["selected"] == "last" and summary["epochs_planned"] == 150
+    assert summary["partial_epoch"]["steps"] == 1 and summary["epochs_done_of_paper"] == "0 of 150 (+1 steps)"
     assert "stopped at the budget: 0/150 epochs (1 steps)" in capsys.readouterr().out
 
 
@@ -286,6 +294,16 @@ def test_paper_protocol_rejects_missing_folders(run, tmp_path):
     ):
         run.main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{root}:validation"))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_projection_from_the_epoch_the_budget_cut():
+    """No epoch completed: the cut epoch's steady rate gives the projection instead of "not measured"."""
+    from fastmtl.engine.protocol import throughput
+
+    costs = throughput([], 8, 1800, 5, {"steps": 40, "time_s": 20.0, "steady_images_per_s": 100.0})
+    assert costs["rate_from"] == "the epoch the budget cut" and costs["train_images_per_s"] == 100.0
+    assert costs["projected_150_epochs_min"] == pytest.approx(150 * 1800 / 100.0 / 60)
+    assert throughput([], 8, 1800, 5, {})["projected_150_epochs_min"] is None
 
 
 def test_projection_and_eval_names():

@@ -325,6 +325,7 @@ def run_protocol(
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "compile_counters": _compile_counters(),
         "config": config.to_dict(),
         **(extra or {}),
     }  # fmt: skip
@@ -332,6 +333,14 @@ def run_protocol(
     atomic_write_json(out_dir / "summary.json", json_safe(summary))
     _report(summary, log)
     return summary
+
+
+def _compile_counters() -> dict[str, int]:
+    """Graph breaks (parts of the compiled step run eagerly) and CUDA graphs Inductor skipped, in this process."""
+    from torch._dynamo.utils import counters
+
+    return {"graph_breaks": sum(counters["graph_break"].values()),
+            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}  # fmt: skip
 
 
 def _write_metrics(out_dir: Path, result: dict[str, Any], split: dict[str, Any], which: str) -> dict[str, Any]:
