@@ -233,8 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-compile",
         action="store_true",
-        help="dry run: also the compiled kernel peers (FlexAttention, torch.compile) and the compiled training "
-        "step of the paper step (minutes of CPU compilation; the gpu-versions CI leg)",
+        help="dry run: also the compiled kernel peers (FlexAttention, torch.compile of the references; minutes of "
+        "CPU compilation, the gpu-versions CI leg, which runs the compiled training step on its own)",
     )
     parser.add_argument(
         "--ingest",

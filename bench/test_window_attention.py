@@ -89,6 +89,8 @@ def flex_peer(table: torch.Tensor, side: int, window: int, shift: int, backward:
     def run(qkv, table_, window_, shift_):
         b, h, w = qkv.shape[:3]
         q, k, v = _windows(qkv, window, shift)
+        if q.device.type == "cpu":  # torch 2.11's CPU lowering refuses q, k, v views of one buffer (dry runs only)
+            k, v = k.clone(), v.clone()
         bias = _bias(table_, window, h, w, shift).to(q.dtype) if fixed is None else fixed.to(q.dtype)
 
         def score_mod(score, batch, head, q_idx, kv_idx):

@@ -44,19 +44,23 @@ CPU dry run at a tiny size (seconds to a few minutes):
         --data-root ../shared/data/isic2017 --out /tmp/paper-dry --limit-images 16 \
         --set img_size=32 --set store_size=32 --set batch_size=2 --set max_val_steps=2 --threads 1
 
-``OUT/summary.json`` keys: ``epochs_done``, ``epochs_planned``, ``steps_done``, ``stopped_by_budget``,
-``budget_min``, ``wall_s`` (the whole command), ``train_s`` (training, validation excluded), ``setup_and_train_s``,
-``epoch_s`` (the last epoch's training wall time), ``first_epoch_s`` (compilation included), ``images_per_epoch``,
-``images_per_full_epoch`` (without ``--limit-images``), ``train_images_per_s`` (steady state, after the warm-up
-steps), ``train_images_per_s_incl_warmup``, ``warmup_s``, ``val_s`` (one validation), ``val_share`` (validation's
-share of the training time at ``val_every_epochs``), ``epochs_per_s``, ``projected_150_epochs_min`` (150 full
-epochs at the steady rate + the warm-up + the validations, this device), ``train_gflops_per_image`` (forward +
-backward), ``achieved_tflops``, ``tflops_needed_for_150_epochs_in_9_min``, ``layer_paths`` (which implementation
-each kind of layer takes, and the step: compiled or eager), ``selected`` ("best" or "last"), ``selected_epoch``,
-``metrics`` (headline validation metrics of the selected model: dsc, ji, global_dice, acc, sen, spe, auc_mean,
-auc_melanoma, auc_seborrheic_keratosis, loss, n_seg_images, n_cls_images), ``last_epoch_metrics``, ``eval``
-({name: {file, headline metrics} or {error}}), ``files``, ``run_dir``, ``device``, ``torch``, ``torch_threads``,
-``config``, ``command``, ``git_commit``, ``python``. Exit status 0 also when the budget stopped the run
+``OUT/summary.json`` (rewritten after every validation with ``status`` "running: epoch N validated", then "done")
+keys: ``status``, ``epochs_done``, ``epochs_planned``, ``epochs_done_of_paper`` ("N of 150", "+K steps" of an epoch
+the budget cut), ``schedule`` (``--schedule budget``: the planned steps, their share of the paper's, every
+(re)plan), ``final_lr``, ``partial_epoch``, ``rate_from``, ``val_cold_s``, ``compile_counters``, ``steps_done``,
+``stopped_by_budget``, ``budget_min``, ``wall_s`` (the whole command), ``train_s`` (training, validation
+excluded), ``setup_and_train_s``, ``epoch_s`` (the last epoch's training wall time), ``first_epoch_s``
+(compilation included), ``images_per_epoch``, ``images_per_full_epoch`` (without ``--limit-images``),
+``train_images_per_s`` (steady state, after the warm-up steps), ``train_images_per_s_incl_warmup``, ``warmup_s``,
+``val_s`` (one validation, warm: the first is timed twice), ``val_share`` (validation's share of the training time
+at ``val_every_epochs``), ``epochs_per_s``, ``projected_150_epochs_min`` (150 full epochs at the steady rate + the
+warm-up + the validations, this device), ``train_gflops_per_image`` (forward + backward), ``achieved_tflops``,
+``tflops_needed_for_150_epochs_in_9_min``, ``layer_paths`` (which implementation each kind of layer takes, and the
+step: compiled or eager), ``selected`` ("best" or "last"), ``selected_epoch``, ``metrics`` (headline validation
+metrics of the selected model: dsc, ji, global_dice, acc, sen, spe, auc_mean, auc_melanoma,
+auc_seborrheic_keratosis, loss, n_seg_images, n_cls_images), ``last_epoch_metrics``, ``eval`` ({name: {file,
+headline metrics} or {error}}), ``files``, ``run_dir``, ``device``, ``torch``, ``torch_threads``, ``config``,
+``command``, ``git_commit``, ``python``. Exit status 0 also when the budget stopped the run
 (``stopped_by_budget`` says so); bad input exits with a message.
 """
 
