@@ -89,8 +89,6 @@ def flex_peer(table: torch.Tensor, side: int, window: int, shift: int, backward:
     def run(qkv, table_, window_, shift_):
         b, h, w = qkv.shape[:3]
         q, k, v = _windows(qkv, window, shift)
-        if q.device.type == "cpu":  # torch 2.11's CPU lowering refuses q, k, v views of one buffer (dry runs only)
-            k, v = k.clone(), v.clone()
         bias = _bias(table_, window, h, w, shift).to(q.dtype) if fixed is None else fixed.to(q.dtype)
 
         def score_mod(score, batch, head, q_idx, kv_idx):
@@ -98,7 +96,28 @@ def flex_peer(table: torch.Tensor, side: int, window: int, shift: int, backward:
 
         return _tokens(flex_attention(q, k, v, score_mod=score_mod), b, h, w, window, shift)
 
+    if table.device.type == "cpu":  # dry runs only: see _flex_on_cpu
+        return _flex_on_cpu(fixed, window, shift)
     return torch.compile(run, fullgraph=True)
+
+
+def _flex_on_cpu(bias, window, shift):
+    """The dry run's FlexAttention (forward only: it has no CPU backward): the compiled ``flex_attention`` on q, k,
+    v copied apart in eager, since torch 2.11's CPU lowering refuses q, k, v that are views of one buffer (and
+    Inductor folds copies made inside the graph)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    compiled = torch.compile(flex_attention, fullgraph=True)
+
+    def score_mod(score, batch, head, q_idx, kv_idx):
+        return score + bias[head, q_idx, kv_idx]
+
+    def run(qkv, table_, window_, shift_):
+        b, h, w = qkv.shape[:3]
+        q, k, v = (t.clone() for t in _windows(qkv, window, shift))
+        return _tokens(compiled(q, k, v, score_mod=score_mod), b, h, w, window, shift)
+
+    return run
 
 
 def _xformers(qkv, table, window, shift):
