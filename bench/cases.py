@@ -11,6 +11,10 @@ A case is (mode, provider, img_size, batch). Providers of ``resformer_mtl``:
   kernels + bf16 + compile on GPU; fp32, and compile only with ``--bench-cpu-compile``, on CPU); training (GPU) =
   Triton kernels + channels_last + bf16 autocast + compile.
 
+Every provider but ``fastmtl`` (and every peer) is built with ``kernels="reference"`` (``bench.test_model.
+provider_kernels``), so that no baseline is timed with fastmtl's Triton kernels inside it; each row records its
+kernel backend (``extra_info["kernels"]``) and the fallbacks seen while it ran.
+
 Peers, eager fp32 on the same input: ``resformer_mtl_nodfe``, ``unet_resnet34_mtl`` and ``smp_unet_r34``
 (segmentation_models_pytorch ``Unet("resnet34", encoder_weights=None, classes=1, aux_params=dict(classes=3))``).
 

@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench import telemetry
+from bench import fallbacks, telemetry
 from bench.cases import env_flag
+from bench.record import record_benchmark, record_group
 from bench.report import add_speedups
 
 # Timed-round budget per case: (seconds of timed rounds, min rounds, max rounds, warm-up rounds).
@@ -136,26 +137,34 @@ def _first_call(fn: Callable[[], Any], what: str) -> float:
 
 
 @pytest.fixture
-def measure(benchmark, bench_device: torch.device, bench_quick: bool, pytestconfig: pytest.Config):
-    """``measure(fn, *, group, provider, items=None, flops=None, compiled=False, once=False, **extra)`` times ``fn``.
+def measure(benchmark, bench_device: torch.device, bench_quick: bool, pytestconfig: pytest.Config, request):
+    """``measure(fn, *, group, provider, items=None, flops=None, compiled=False, once=False, module=None, **extra)``
+    times ``fn``.
 
     ``items`` is the number of images per call (gives images/s), ``flops`` the FLOPs per call or a function that
     counts them, called only when timing is on (gives TFLOP/s);
     ``compiled`` adds an untimed call after the first so the round estimate excludes compilation;
     ``once`` times a single call with no untimed first call (long, stateful runs such as a training budget) and
-    returns its result.
+    returns its result; ``module`` is the timed model, whose kernel backend is recorded (``extra_info["kernels"]``,
+    else the ``kernels`` the caller passes) with the fallbacks seen while timing (:mod:`bench.fallbacks`). Each
+    finished case is also written to the ``bench.record`` file at once.
     """
 
-    def run(fn, *, group: str, provider: str, items=None, flops=None, compiled=False, once=False, **extra) -> Any:
+    def run(fn, *, group: str, provider: str, items=None, flops=None, compiled=False, once=False, module=None,
+            **extra) -> Any:  # fmt: skip
         benchmark.group = group
+        record_group(request.node, group)
         info = benchmark.extra_info
-        info.update(provider=provider, device=str(bench_device), **extra)
+        kernels = extra.pop("kernels", None) or fallbacks.kernel_backend_of(module, bench_device)
+        info.update(provider=provider, device=str(bench_device), kernels=kernels, **extra)
+        before = fallbacks.snapshot()
         timed = telemetry.synchronized(fn, bench_device)
         if once or benchmark.disabled:  # one plain call: a long run, or smoke mode (no statistics)
             box = {}
             start = time.perf_counter()
             benchmark.pedantic(lambda: box.setdefault("result", timed()), rounds=1, warmup_rounds=0, iterations=1)
             info["wall_s"] = time.perf_counter() - start
+            _finish(info, module, kernels, before)
             return box.get("result")
         what = f"{group} {provider}"
         info["first_call_s"] = round(_first_call(timed, what), 3)
@@ -181,6 +190,13 @@ def measure(benchmark, bench_device: torch.device, bench_quick: bool, pytestconf
         if peak is not None:
             info["peak_mem_mib"] = peak
         info.update({f"gpu_{k}": v for k, v in telemetry.gpu_snapshot().items()})
+        _finish(info, module, kernels, before)
         return None
+
+    def _finish(info: dict[str, Any], module, kernels: str, before: dict[str, int]) -> None:
+        after = fallbacks.kernel_backend_of(module, bench_device) if module is not None else kernels
+        info["fallbacks"] = fallbacks.since(before, kernels, after)
+        if benchmark.stats is not None:
+            record_benchmark(request.node, benchmark.stats.as_dict(include_data=False))
 
     return run

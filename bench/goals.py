@@ -45,6 +45,8 @@ GOALS = (
     Goal("training step >= 1.3x compiled", "model", ("train-224px",), "fastmtl", "compile-bf16", 1.3),
 )
 PAPER_TARGET_MIN = 9.0
+# Each kernel launch's lower bound on an H100 SXM (python -m fastmtl.kernels.aot --report, fastmtl.kernels.roofline)
+ROOFLINE = Path(__file__).resolve().parent / "results" / "roofline" / "h100-sxm.json"
 
 
 def load_benchmarks(path: Path) -> list[dict[str, Any]]:
@@ -72,15 +74,23 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def judge(goal: Goal, benchmarks: list[dict[str, Any]], why_missing: str, dry_run: bool = False) -> dict[str, Any]:
-    """{goal, target, status, worst, worst_group, geomean, groups} for one goal; a dry run's ratios are not judged."""
+def judge(
+    goal: Goal, benchmarks: list[dict[str, Any]], why_missing: str, dry_run: bool = False, planned: list[str] = ()
+) -> dict[str, Any]:
+    """{goal, target, status, cases, worst, worst_group, geomean, groups} for one goal; a dry run's ratios are not
+    judged. ``planned``: the benchmark groups the step collected; ``cases`` says how many of the goal's groups
+    have both providers measured ("k of n"), and a goal holds only when all n were."""
     found = ratios(benchmarks, goal)
-    row: dict[str, Any] = {"goal": goal.name, "target": goal.target, "groups": found}
+    wanted = {g for g in [*planned, *group_benchmarks(benchmarks)] if all(part in g for part in goal.groups)}
+    n = max(len(wanted), len(found))
+    row: dict[str, Any] = {"goal": goal.name, "target": goal.target, "groups": found, "cases": f"{len(found)} of {n}"}
     if not found:
         return {**row, "status": f"not measured: {why_missing}"}
     worst_group = min(found, key=found.get)
     below = sum(v < goal.target for v in found.values())
     status = "holds" if not below else f"misses ({below} of {len(found)} groups below)"
+    if not below and len(found) < n:
+        status = f"holds on the {len(found)} of {n} groups measured (not judged on the rest)"
     if dry_run:
         status = "not judged: a dry run (CPU, interpreter)"
     return {
@@ -96,6 +106,7 @@ def judge_paper(paper: dict[str, Any] | None, why_missing: str, dry_run: bool = 
     row: dict[str, Any] = {
         "goal": f"paper protocol (150 epochs) <= {PAPER_TARGET_MIN:g} min",
         "target": PAPER_TARGET_MIN,
+        "cases": "1 of 1" if (paper or {}).get("projected_150_epochs_min") is not None else "0 of 1",
     }
     projected = (paper or {}).get("projected_150_epochs_min")
     if projected is None:
@@ -109,6 +120,7 @@ def judge_paper(paper: dict[str, Any] | None, why_missing: str, dry_run: bool = 
         "projected_min": projected,
         "images_per_s": paper.get("train_images_per_s"),
         "epochs_done": paper.get("epochs_done"),
+        "rate_from": paper.get("rate_from"),
     }
 
 
@@ -121,7 +133,12 @@ def judge_all(out: Path, steps: dict[str, dict[str, Any]], dry_run: bool = False
             return f"step {step} did not run in this invocation"
         return f"step {step} {rec['status']}" + (f" ({rec['reason']})" if rec.get("reason") else "")
 
-    rows = [judge(g, load_benchmarks(out / f"{g.source}.json"), why(g.source), dry_run) for g in GOALS]
+    def planned(source: str) -> list[str]:
+        return steps.get(source, {}).get("groups_planned", [])
+
+    rows = [
+        judge(g, load_benchmarks(out / f"{g.source}.json"), why(g.source), dry_run, planned(g.source)) for g in GOALS
+    ]
     paper = None
     if (out / "paper.json").is_file():
         paper = json.loads((out / "paper.json").read_text())
@@ -139,7 +156,9 @@ def _cell(row: dict[str, Any]) -> str:
     return "-"
 
 
-def markdown(rows: list[dict[str, Any]], steps: dict[str, dict[str, Any]], env: dict[str, Any]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], steps: dict[str, dict[str, Any]], env: dict[str, Any], kernels: list | None = None
+) -> str:
     gpu = (env.get("gpu") or {}).get("name") or f"no GPU ({env.get('cpu_model', 'CPU')})"
     lines = [
         f"# GPU suite on {gpu}",
@@ -149,16 +168,50 @@ def markdown(rows: list[dict[str, Any]], steps: dict[str, dict[str, Any]], env: 
             " — **dry run** (CPU, tiny shapes: no number below says anything about a GPU)" if env.get("dry_run") else ""
         ),
         "",
-        "| goal | measured | status |",
-        "| --- | --- | --- |",
-        *(f"| {r['goal']} | {_cell(r)} | {r['status']} |" for r in rows),
+        "| goal | measured | cases | status |",
+        "| --- | --- | --- | --- |",
+        *(f"| {r['goal']} | {_cell(r)} | {r.get('cases', '-')} | {r['status']} |" for r in rows),
         "",
-        "| step | status | seconds | budget s | note |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| step | status | seconds | budget s | tests (passed / failed / skipped) | cases | fallbacks | note |",
+        "| --- | --- | ---: | ---: | --- | --- | --- | --- |",
         *(
-            f"| {n} | {s['status']} | {s['seconds']:.0f} | {s['budget_s']:.0f} | {s.get('reason', '')} |"
+            f"| {n} | {s['status']} | {s['seconds']:.0f} | {s['budget_s']:.0f} | {_counts(s)} | {s.get('cases', '-')} "
+            f"| {_fallbacks(s)} | {s.get('reason', '')} |"
             for n, s in steps.items()
         ),
         "",
+        *roofline_table(kernels or []),
     ]
     return "\n".join(lines)
+
+
+def roofline_table(benchmarks: list[dict[str, Any]], roofline: Path = ROOFLINE) -> list[str]:
+    """Markdown lines: each Triton kernel group's measured time as a percentage of its roofline lower bound (the
+    committed H100 SXM report of :mod:`fastmtl.kernels.roofline`); [] without the report or a matching row."""
+    try:
+        bounds = json.loads(roofline.read_text())["groups"]
+    except (OSError, ValueError, KeyError):
+        return []
+    rows = []
+    for group, found in sorted(group_benchmarks(benchmarks).items()):
+        fast = next((r for r in found if provider_of(r) == "triton"), None)
+        if fast is None or group not in bounds or not median_s(fast):
+            continue
+        measured_us, bound = median_s(fast) * 1e6, bounds[group]
+        rows.append(f"| {group} | {measured_us:.1f} | {bound:.1f} | {100 * bound / measured_us:.1f} % |")
+    if not rows:
+        return []
+    head = ["| kernel group (Triton) | measured us | H100 SXM bound us | % of bound |", "| --- | ---: | ---: | ---: |"]
+    return [f"Kernels against their roofline lower bound ({roofline.name}):", "", *head, *rows, ""]
+
+
+def _counts(step: dict[str, Any]) -> str:
+    c = step.get("counts")
+    return f"{c['tests']} ({c['passed']} / {c['failed']} / {c['skipped']})" if c else "-"
+
+
+def _fallbacks(step: dict[str, Any]) -> str:
+    found = step.get("fallbacks")
+    if found is None:
+        return "-"
+    return "; ".join(f"{k} (x{v})" for k, v in found.items()) or "none"

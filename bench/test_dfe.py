@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from bench.cases import CPU_COMPILE_REASON
+from bench.record import record_group
 from bench.shapes import DILATIONS, GPU_BATCHES, SUITE_BATCH, DFEShape, dfe_shapes
 from fastmtl.layers.dfe import DFE
 
@@ -70,7 +71,9 @@ def _skip_reason(device: torch.device, quick: bool, provider: str, cpu_compile: 
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_dfe(case: Case, provider: str, measure, bench_device, bench_quick, bench_cpu_compile, bench_compile_mode):
+def test_dfe(case: Case, provider: str, measure, bench_device, bench_quick, bench_cpu_compile, bench_compile_mode,
+             request):  # fmt: skip
+    record_group(request.node, f"dfe-{case.name}")
     reason = _skip_reason(bench_device, bench_quick, provider, bench_cpu_compile)
     if reason:
         pytest.skip(reason)
@@ -93,5 +96,6 @@ def test_dfe(case: Case, provider: str, measure, bench_device, bench_quick, benc
 
     extra = {"compile_mode": bench_compile_mode} if provider == "compiled" else {}
     measure(run, group=f"dfe-{case.name}", provider=provider, items=case.batch, flops=case.flops(),
-            compiled=provider == "compiled", mode="fwd+bwd" if case.backward else "fwd", batch=case.batch,
-            dtype=str(dtype).split(".")[-1], level=case.shape.level, img_size=case.shape.img_size, **extra)  # fmt: skip
+            compiled=provider == "compiled", module=module, mode="fwd+bwd" if case.backward else "fwd",
+            batch=case.batch, dtype=str(dtype).split(".")[-1], level=case.shape.level, img_size=case.shape.img_size,
+            **extra)  # fmt: skip

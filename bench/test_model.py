@@ -11,7 +11,6 @@ Run: ``pytest bench/test_model.py --benchmark-json=out.json`` then ``python -m b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +20,8 @@ from torch import nn
 import fastmtl
 from bench import telemetry
 from bench.cases import ModelCase, cases, cpu_skip_reason
-from fastmtl.backend import use_triton
+from bench.record import record_group
+from fastmtl.backend import kernel_backend, use_triton
 from fastmtl.losses import MTLLoss
 from fastmtl.output import MTLOutput
 
@@ -55,11 +55,22 @@ class SmpMTL(nn.Module):
         return MTLOutput(seg, cls)
 
 
-def _factory(case: ModelCase) -> Callable[[], nn.Module]:
+def provider_kernels(case: ModelCase, device: torch.device) -> str:
+    """The kernel backend ``case``'s model is built with. Only the ``fastmtl`` provider takes the Triton kernels
+    (on CUDA); every baseline (eager, autocast, compiled) and every peer is built with ``kernels="reference"``,
+    so that no baseline is timed with fastmtl's kernels inside it and each speedup measures the whole fast path."""
+    if case.provider == "fastmtl":
+        return "triton" if use_triton("auto", device.type == "cuda") else "reference"
+    return "reference"
+
+
+def build_model(case: ModelCase, device: torch.device) -> nn.Module:
+    """``case``'s model (on the CPU, not yet moved) with the backend of :func:`provider_kernels`."""
     if case.model == "smp_unet_r34":
         pytest.importorskip("segmentation_models_pytorch", reason="segmentation-models-pytorch is not installed")
-        return SmpMTL
-    return lambda: fastmtl.create_model(case.model, img_size=case.img_size)
+        return SmpMTL()
+    with kernel_backend(provider_kernels(case, device)):
+        return fastmtl.create_model(case.model, img_size=case.img_size)
 
 
 def _skip_unless_runs(case: ModelCase, device: torch.device, quick: bool, cpu_compile: bool) -> None:
@@ -81,9 +92,8 @@ def _inference_net(case: ModelCase, model: nn.Module, device: torch.device, cpu_
         on_gpu = device.type == "cuda"
         compile_mode = "default" if on_gpu or cpu_compile else False
         torch._dynamo.reset()
-        net = optimize_for_inference(model, compile=compile_mode, kernels="auto", amp="auto")
+        net = optimize_for_inference(model, compile=compile_mode, kernels=provider_kernels(case, device), amp="auto")
         facts = {
-            "kernels": "triton" if use_triton("auto", on_gpu) else "reference",
             "fast_path": "bn_fold+channels_last" + ("+bf16" if on_gpu else "") + ("+compile" if compile_mode else ""),
         }
         return net, facts
@@ -98,9 +108,8 @@ def _inference_net(case: ModelCase, model: nn.Module, device: torch.device, cpu_
 def setup_case(bench_device, bench_quick, bench_cpu_compile):
     def build(case: ModelCase) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
         _skip_unless_runs(case, bench_device, bench_quick, bench_cpu_compile)
-        factory = _factory(case)
         torch.manual_seed(0)
-        model = factory().to(bench_device)
+        model = build_model(case, bench_device).to(bench_device)
         x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=bench_device)  # (B, 3, H, W)
         facts = {
             "model": case.model,
@@ -116,7 +125,8 @@ def setup_case(bench_device, bench_quick, bench_cpu_compile):
     return build
 
 
-def test_infer(case: ModelCase, setup_case, measure, bench_device, bench_cpu_compile) -> None:
+def test_infer(case: ModelCase, setup_case, measure, bench_device, bench_cpu_compile, request) -> None:
+    record_group(request.node, case.group)
     model, x, facts = setup_case(case)
     net, more = _inference_net(case, model.eval(), bench_device, bench_cpu_compile)
     ctx = _autocast(case, bench_device)
@@ -130,13 +140,13 @@ def test_infer(case: ModelCase, setup_case, measure, bench_device, bench_cpu_com
 
     compiled = "compile_mode" in more or "compile" in more.get("fast_path", "")
     measure(forward, group=case.group, provider=case.provider, items=case.batch, compiled=compiled, mode="infer",
-            **facts, **more)  # fmt: skip
+            module=net, **facts, **more)  # fmt: skip
 
 
 def _train_parts(case: ModelCase, model: nn.Module, x: torch.Tensor, device: torch.device):
     """(module to call, input) for the training providers; fastmtl = Triton + channels_last + compile (GPU)."""
     if case.provider == "fastmtl":
-        fastmtl.set_kernel_backend(model, "triton" if use_triton("auto", device.type == "cuda") else "reference")
+        fastmtl.set_kernel_backend(model, provider_kernels(case, device))
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if case.compiled:
@@ -145,7 +155,8 @@ def _train_parts(case: ModelCase, model: nn.Module, x: torch.Tensor, device: tor
     return model, x
 
 
-def test_train(case: ModelCase, setup_case, measure, bench_device) -> None:
+def test_train(case: ModelCase, setup_case, measure, bench_device, request) -> None:
+    record_group(request.node, case.group)
     model, x, facts = setup_case(case)
     model.train()
     net, x = _train_parts(case, model, x, bench_device)
@@ -165,4 +176,4 @@ def test_train(case: ModelCase, setup_case, measure, bench_device) -> None:
         optimizer.step()
 
     measure(step, group=case.group, provider=case.provider, items=case.batch, compiled=case.compiled, mode="train",
-            **facts)  # fmt: skip
+            module=model, **facts)  # fmt: skip

@@ -5,7 +5,7 @@
     python experiments/run.py oct --model resformer_mtl --seed 1
     python experiments/run.py retouch-sample --model resformer_mtl --seed 1
     python experiments/run.py isic-paper --model resformer_mtl --seed 1234            # GPU, 9 min per command
-    python experiments/run.py isic-paper --model resformer_mtl --seed 1234 --budget-min 9 --out OUT  # one command
+    python experiments/run.py isic-paper --model resformer_mtl --seed 1234 --budget-min 8.5 --out OUT  # one command
     python experiments/run.py report                                    # rebuilds the tables in docs/RESULTS.md
 
 A run trains with :func:`fastmtl.engine.train.train` on its experiment's config (plus the variant's and
@@ -29,7 +29,7 @@ there and on every ``--eval DIR[:SPLIT]`` folder, prints the epochs/s it sustain
 
 GPU (the paper's protocol; the data copied into the checkout's git-ignored .gpu-data/, results in gpu-out/):
 
-    python experiments/run.py isic-paper --model resformer_mtl --seed 1234 --budget-min 9 \
+    python experiments/run.py isic-paper --model resformer_mtl --seed 1234 --budget-min 8.5 \
         --data-root .gpu-data/isic2017 --out gpu-out/paper \
         [--eval .gpu-data/isic2017:validation --eval .gpu-data/isic2017:test]
 
@@ -44,19 +44,23 @@ CPU dry run at a tiny size (seconds to a few minutes):
         --data-root ../shared/data/isic2017 --out /tmp/paper-dry --limit-images 16 \
         --set img_size=32 --set store_size=32 --set batch_size=2 --set max_val_steps=2 --threads 1
 
-``OUT/summary.json`` keys: ``epochs_done``, ``epochs_planned``, ``steps_done``, ``stopped_by_budget``,
-``budget_min``, ``wall_s`` (the whole command), ``train_s`` (training, validation excluded), ``setup_and_train_s``,
-``epoch_s`` (the last epoch's training wall time), ``first_epoch_s`` (compilation included), ``images_per_epoch``,
-``images_per_full_epoch`` (without ``--limit-images``), ``train_images_per_s`` (steady state, after the warm-up
-steps), ``train_images_per_s_incl_warmup``, ``warmup_s``, ``val_s`` (one validation), ``val_share`` (validation's
-share of the training time at ``val_every_epochs``), ``epochs_per_s``, ``projected_150_epochs_min`` (150 full
-epochs at the steady rate + the warm-up + the validations, this device), ``train_gflops_per_image`` (forward +
-backward), ``achieved_tflops``, ``tflops_needed_for_150_epochs_in_9_min``, ``layer_paths`` (which implementation
-each kind of layer takes, and the step: compiled or eager), ``selected`` ("best" or "last"), ``selected_epoch``,
-``metrics`` (headline validation metrics of the selected model: dsc, ji, global_dice, acc, sen, spe, auc_mean,
-auc_melanoma, auc_seborrheic_keratosis, loss, n_seg_images, n_cls_images), ``last_epoch_metrics``, ``eval``
-({name: {file, headline metrics} or {error}}), ``files``, ``run_dir``, ``device``, ``torch``, ``torch_threads``,
-``config``, ``command``, ``git_commit``, ``python``. Exit status 0 also when the budget stopped the run
+``OUT/summary.json`` (rewritten after every validation with ``status`` "running: epoch N validated", then "done")
+keys: ``status``, ``epochs_done``, ``epochs_planned``, ``epochs_done_of_paper`` ("N of 150", "+K steps" of an epoch
+the budget cut), ``schedule`` (``--schedule budget``: the planned steps, their share of the paper's, every
+(re)plan), ``final_lr``, ``partial_epoch``, ``rate_from``, ``val_cold_s``, ``compile_counters``, ``steps_done``,
+``stopped_by_budget``, ``budget_min``, ``wall_s`` (the whole command), ``train_s`` (training, validation
+excluded), ``setup_and_train_s``, ``epoch_s`` (the last epoch's training wall time), ``first_epoch_s``
+(compilation included), ``images_per_epoch``, ``images_per_full_epoch`` (without ``--limit-images``),
+``train_images_per_s`` (steady state, after the warm-up steps), ``train_images_per_s_incl_warmup``, ``warmup_s``,
+``val_s`` (one validation, warm: the first is timed twice), ``val_share`` (validation's share of the training time
+at ``val_every_epochs``), ``epochs_per_s``, ``projected_150_epochs_min`` (150 full epochs at the steady rate + the
+warm-up + the validations, this device), ``train_gflops_per_image`` (forward + backward), ``achieved_tflops``,
+``tflops_needed_for_150_epochs_in_9_min``, ``layer_paths`` (which implementation each kind of layer takes, and the
+step: compiled or eager), ``selected`` ("best" or "last"), ``selected_epoch``, ``metrics`` (headline validation
+metrics of the selected model: dsc, ji, global_dice, acc, sen, spe, auc_mean, auc_melanoma,
+auc_seborrheic_keratosis, loss, n_seg_images, n_cls_images), ``last_epoch_metrics``, ``eval`` ({name: {file,
+headline metrics} or {error}}), ``files``, ``run_dir``, ``device``, ``torch``, ``torch_threads``, ``config``,
+``command``, ``git_commit``, ``python``. Exit status 0 also when the budget stopped the run
 (``stopped_by_budget`` says so); bad input exits with a message.
 """
 
@@ -73,6 +77,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+STARTED = time.monotonic()  # --budget-min counts from here: torch's import and the data's decoding are inside it
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -173,7 +179,8 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
              "git_commit": _git("rev-parse", "HEAD"), "python": platform.python_version()}  # fmt: skip
     print(f"{stem}: training into {run_dir}, results into {out}", flush=True)
     return run_protocol(config, data_root, out, run_dir, budget_min=args.budget_min, reserve_s=args.reserve_s,
-                        evals=evals, limit_images=args.limit_images, extra=extra,
+                        evals=evals, limit_images=args.limit_images, extra=extra, schedule=args.schedule,
+                        started=STARTED if args.argv is None else None,  # a command: from its start
                         log=lambda line: print(line, flush=True))  # fmt: skip
 
 
@@ -517,6 +524,9 @@ def _paper_arguments(p: argparse.ArgumentParser) -> None:
         help="also evaluate the selected model on this folder's split (default split: test); repeatable",
     )
     g.add_argument("--val-every", type=int, default=5, metavar="K", help="validate every K epochs (and the last)")
+    g.add_argument("--schedule", choices=("budget", "epochs"), default="budget",
+                   help="budget (default): time the first steps, plan the steps that fit --budget-min and run the "
+                   "poly schedule to its end over them; epochs: plan --epochs (the budget may cut it)")  # fmt: skip
     g.add_argument("--reserve-s", type=float, default=45.0, help="seconds kept for the final evaluation")
     g.add_argument(
         "--kernels",

@@ -1,9 +1,11 @@
 """The ahead-of-time compilation report of every kernel configuration the model launches (no GPU needed).
 
 ``python -m fastmtl.kernels.aot --json OUT.json`` (from the repository root, which holds ``bench/shapes.py``)
-writes the report, autotuning candidates included. The compiler and the PTX counts live in
-:mod:`fastmtl.kernels.aot_compile` (re-exported here); each op's ``aot.py`` lists that op's launches. The
-dependency runs one way: this module -> ``<op>/aot.py`` -> ``aot_compile``.
+writes the report, autotuning candidates included; ``--report OUT.json`` writes the roofline report instead
+(:mod:`fastmtl.kernels.roofline`: each launch of the model at 224 / 512 px, batch 8 / 64, with its sm_90a
+resources, occupancy, FLOPs, bytes and lower bound on an H100 SXM) and its tables as OUT.md. The compiler and the
+PTX counts live in :mod:`fastmtl.kernels.aot_compile` (re-exported here); each op's ``aot.py`` lists that op's
+launches. The dependency runs one way: this module -> ``<op>/aot.py`` -> ``aot_compile``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,16 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16", "float32"])
     parser.add_argument("--capabilities", type=int, nargs="+", default=[90, 80])
     parser.add_argument("--launches", nargs="+", default=None, help="only these launches (default: all)")
+    parser.add_argument("--report", default=None, metavar="OUT.json",
+                        help="write the roofline report of the model launches (sm_90a, H100 SXM)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report:
+        from .roofline import write
+
+        result = write(Path(args.report), tuple(args.img_sizes))
+        print(f"{len(result['rows'])} launches, {result['distinct_compiles']} distinct compiles for sm_90a "
+              f"(triton {triton.__version__}) -> {args.report} and its .md", file=sys.stderr)  # fmt: skip
+        return 0
     dtypes = tuple(getattr(torch, d) for d in args.dtypes)
     result = report(tuple(args.img_sizes), dtypes, tuple(args.capabilities), args.kernels, launches=args.launches)
     text = json.dumps(result, indent=1)

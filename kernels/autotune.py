@@ -7,20 +7,24 @@ model makes compiles for sm_90a without register spills (``tests/kernels/test_*_
 ``early_config_prune`` keeps the launch's own candidates, so the first GPU call of each shape key times those few
 and later calls reuse the fastest (``TRITON_PRINT_AUTOTUNING=1`` prints the choice).
 
-Under the Triton interpreter (CPU tests) only the first candidate runs, launched directly: no timing, so the tests
-run each kernel once. Traced by ``torch.compile`` (``triton_op`` + ``wrap_triton``), the pruned candidates are
-handed to Inductor, which times them itself; :func:`chosen_configs` reports the eager ``triton.autotune`` choices
-(and the interpreter's fixed ones), not Inductor's.
+Under the Triton interpreter (CPU tests), and with ``FASTMTL_TRITON_FIXED_CONFIG=1`` (the GPU suite's sanitizer
+runs: one known configuration per launch, no timing runs under instrumentation), only the first candidate runs,
+launched directly: no timing, so each kernel runs once. Traced by ``torch.compile`` (``triton_op`` +
+``wrap_triton``), the pruned candidates are handed to Inductor, which times them itself; :func:`chosen_configs`
+reports the eager ``triton.autotune`` choices (and the interpreter's fixed ones), not Inductor's.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import triton
 from torch.library import wrap_triton
 
 from ._utils import INTERPRET
+
+FIXED_CONFIG_ENV = "FASTMTL_TRITON_FIXED_CONFIG"
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
@@ -81,7 +85,7 @@ class Tuned:
 
     def launch(self, grid, **args) -> None:
         """Launches over ``grid`` (a callable of the config, or a tuple); ``args`` exclude the tuned parameters."""
-        if INTERPRET:
+        if INTERPRET or os.environ.get(FIXED_CONFIG_ENV) == "1":
             params = self.candidates(args)[0]
             self._interpreted[_key_string(self.key, args)] = params
             const, options = split(params)

@@ -3,6 +3,7 @@ protocol runs on tiny CPU stand-ins, the projection."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -180,6 +181,7 @@ SUMMARY_KEYS = {
     "epochs_done", "epochs_planned", "steps_done", "stopped_by_budget", "budget_min", "wall_s", "train_s",
     "epoch_s", "first_epoch_s", "images_per_epoch", "images_per_full_epoch", "train_images_per_s", "warmup_s", "val_s",
     "val_share", "epochs_per_s", "projected_150_epochs_min", "train_gflops_per_image", "achieved_tflops",
+    "val_cold_s", "rate_from", "schedule", "final_lr", "partial_epoch", "epochs_done_of_paper", "status",
     "layer_paths", "selected", "selected_epoch", "metrics", "last_epoch_metrics", "eval", "files", "run_dir",
     "device", "torch", "config", "command", "git_commit",
 }  # fmt: skip
@@ -210,6 +212,12 @@ def test_paper_protocol_in_one_command_trains_evaluates_and_writes_a_small_folde
     assert evaluated["n_images"] == 5 and evaluated["split"] == "test" and "ji" in evaluated["metrics"]
     assert summary["eval"]["isic-test"]["ji"] == evaluated["metrics"]["ji"]
     assert json.loads((out / "metrics.json").read_text())["metrics"]["ji"] == summary["metrics"]["ji"]
+    # the first validation is timed twice; the projection costs a validation at its warm time
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    warm = float(rows[0]["validation_warm_s"])
+    assert summary["val_cold_s"] == pytest.approx(float(rows[0]["validation_s"]))
+    assert summary["val_s"] == pytest.approx((warm + float(rows[1]["validation_s"])) / 2)
+    assert summary["compile_counters"] == {"graph_breaks": 0, "cudagraph_skips": 0}
     assert (Path(summary["run_dir"]) / "best.safetensors").is_file()  # the weights stay in the scratch folder
     printed = capsys.readouterr().out
     assert "completed: 2/2 epochs" in printed and "epochs/s" in printed and "150 epochs would take" in printed
@@ -223,7 +231,53 @@ def test_paper_protocol_stops_at_the_budget_and_says_so(run, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["stopped_by_budget"] and summary["epochs_done"] == 0 and summary["steps_done"] == 1
     assert summary["selected"] == "last" and summary["epochs_planned"] == 150
+    assert summary["partial_epoch"]["steps"] == 1 and summary["epochs_done_of_paper"] == "0 of 150 (+1 steps)"
     assert "stopped at the budget: 0/150 epochs (1 steps)" in capsys.readouterr().out
+
+
+def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(run, tmp_path, capsys):
+    """--schedule budget (the default under --budget-min): the first steps are timed, the steps that fit are
+    planned, and the poly schedule runs to its end over them; the run is not cut by the budget."""
+    from fastmtl.engine.schedule import poly_lr
+    from tests.engine.conftest import write_isic_split
+
+    root = write_isic_split(tmp_path / "isic", "Training", n=14)
+    budget_min, reserve_s = 0.75, 10
+    run.main(_paper_argv(root, tmp_path, "--budget-min", str(budget_min), "--reserve-s", str(reserve_s),
+                         "--val-every", "2"))  # fmt: skip
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    plan = summary["schedule"]
+    assert plan["schedule"] == "budget" and plan["planned_steps"] == summary["steps_done"] > 0
+    assert not summary["stopped_by_budget"] and summary["epochs_done"] < summary["epochs_planned"] == 150
+    assert summary["epochs_done_of_paper"].endswith("of 150") and plan["paper_epochs"] == 150
+    # Tolerance: the plan comes from timed steps on a CPU other jobs share, so a step or a validation may run
+    # longer than measured; the run must still end within 25 % of its budget (the reserve is for what follows).
+    assert summary["wall_s"] <= 60 * budget_min * 1.25, summary["wall_s"]
+    config = summary["config"]
+    last_lr = poly_lr(config["lr"], plan["planned_steps"] - 1, plan["planned_steps"], config["poly_power"])
+    assert summary["final_lr"] == pytest.approx(last_lr) and last_lr < 0.2 * config["lr"]  # decayed to the end
+    assert summary["projected_150_epochs_min"] > 0 and "budget schedule:" in capsys.readouterr().out
+
+
+def test_paper_protocol_writes_its_results_after_every_validation(run, tmp_path, monkeypatch):
+    """A command killed after a validation still brings back summary.json, metrics.json and log.csv."""
+    import fastmtl.engine.protocol as protocol
+    from tests.engine.conftest import write_isic_split
+
+    seen = []
+    real = protocol.atomic_write_json
+
+    def spy(path, data):
+        real(path, data)
+        if Path(path).name == "summary.json":
+            seen.append((data["status"], sorted(p.name for p in Path(path).parent.iterdir())))
+
+    monkeypatch.setattr(protocol, "atomic_write_json", spy)
+    root = write_isic_split(tmp_path / "isic", "Training", n=10)
+    run.main(_paper_argv(root, tmp_path, "--epochs", "2", "--budget-min", "20", "--limit-images", "4",
+                         "--val-every", "1", "--schedule", "epochs"))  # fmt: skip
+    assert [status for status, _ in seen] == ["running: epoch 1 validated", "running: epoch 2 validated", "done"]
+    assert {"summary.json", "metrics.json", "log.csv"} <= set(seen[0][1])
 
 
 def test_paper_protocol_rejects_missing_folders(run, tmp_path):
@@ -240,6 +294,16 @@ def test_paper_protocol_rejects_missing_folders(run, tmp_path):
     ):
         run.main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{root}:validation"))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_projection_from_the_epoch_the_budget_cut():
+    """No epoch completed: the cut epoch's steady rate gives the projection instead of "not measured"."""
+    from fastmtl.engine.protocol import throughput
+
+    costs = throughput([], 8, 1800, 5, {"steps": 40, "time_s": 20.0, "steady_images_per_s": 100.0})
+    assert costs["rate_from"] == "the epoch the budget cut" and costs["train_images_per_s"] == 100.0
+    assert costs["projected_150_epochs_min"] == pytest.approx(150 * 1800 / 100.0 / 60)
+    assert throughput([], 8, 1800, 5, {})["projected_150_epochs_min"] is None
 
 
 def test_projection_and_eval_names():

@@ -11,8 +11,15 @@ folders, and writes a bring-back folder of a few small files:
     OUT/log.csv             one row per epoch (losses, validation metrics, throughput)
     OUT/curves.png          learning curves
 
+summary.json, metrics.json and log.csv are written after every validation too (``status`` "running: ..."), so
+that a command killed at its time limit still brings back what it reached. Under a budget the default schedule
+is "budget" (:class:`~fastmtl.engine.schedule.BudgetSchedule`): the first steps are timed, the number of steps
+that fit the budget (validations and the final evaluation's reserve included) is set, and the poly schedule runs
+to its end over them; ``schedule`` in summary.json records the plan against the paper's 150 epochs.
+
 The weights stay in the scratch run folder (``run_dir``), never in OUT. The projection of the full protocol's
-time comes from the measured steady-state images/s and the model's forward + backward FLOPs
+time comes from the measured steady-state images/s (or, when the budget cut the only epoch, that epoch's rate),
+the warm validation time (the first validation is timed twice) and the model's forward + backward FLOPs
 (:func:`train_flops_per_image`).
 """
 
@@ -36,7 +43,7 @@ from fastmtl.engine.device_step import evaluate_split, layer_paths, with_kernel_
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.loop import StepContext
 from fastmtl.engine.train_config import TrainConfig
-from fastmtl.files import atomic_write_json, json_safe
+from fastmtl.files import atomic_write_bytes, atomic_write_json, json_safe
 from fastmtl.runtime import amp_dtype
 
 __all__ = [
@@ -169,18 +176,31 @@ _HEADLINE = ("dsc", "ji", "global_dice", "acc", "sen", "spe", "auc_mean", "auc_m
              "loss", "n_seg_images", "n_cls_images")  # fmt: skip
 
 
-def throughput(history: list[dict[str, Any]], batch: int, full_images: int, val_every: int) -> dict[str, Any]:
-    """Per-epoch costs from the training log and the projection of the paper's 150 epochs from them."""
+def throughput(history: list[dict[str, Any]], batch: int, full_images: int, val_every: int,
+               partial: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Per-epoch costs from the training log and the projection of the paper's 150 epochs from them.
+
+    A validation is costed by its warm time (``validation_warm_s``: the first validation timed again, after the
+    autotuning and cuDNN's algorithm search of the first). When no epoch completed, the steady rate of the epoch
+    the budget cut (``partial``: its steps, seconds and ``steady_images_per_s``) stands in for it."""
     if not history:
-        return {"epoch_s": None, "train_images_per_s": None, "projected_150_epochs_min": None}
+        rate = (partial or {}).get("steady_images_per_s")
+        if not rate:
+            return {"epoch_s": None, "train_images_per_s": None, "projected_150_epochs_min": None}
+        full = (full_images // batch) * batch or partial["steps"] * batch
+        projected = project_minutes(full, rate, PAPER_EPOCHS)
+        return {"epoch_s": None, "partial_epoch_steps": partial["steps"], "partial_epoch_s": partial["time_s"],
+                "images_per_full_epoch": full, "train_images_per_s": rate, "rate_from": "the epoch the budget cut",
+                "epochs_per_s": rate / full, "projected_150_epochs_min": projected}  # fmt: skip
     first, last = history[0], history[-1]
     steps = [b["global_step"] - a["global_step"] for a, b in zip([{"global_step": 0}, *history], history)]
     images = steps[-1] * batch
     steady = last.get("steady_images_per_s") or last.get("images_per_s") or math.nan
     full = (full_images // batch) * batch or images  # a full epoch of the configured data (before any limit)
     warmup = max(first["time_s"] - steps[0] * batch / steady, 0.0) if steady > 0 else 0.0
-    vals = [r["validation_s"] for r in history if "validation_s" in r]
+    vals = [r.get("validation_warm_s", r["validation_s"]) for r in history if "validation_s" in r]
     val_s = sum(vals) / len(vals) if vals else 0.0
+    cold = next((r["validation_s"] for r in history if "validation_s" in r), None)
     projected = project_minutes(full, steady, PAPER_EPOCHS, warmup, val_s, val_every)
     return {
         "epoch_s": last["time_s"],
@@ -191,6 +211,8 @@ def throughput(history: list[dict[str, Any]], batch: int, full_images: int, val_
         "train_images_per_s_incl_warmup": sum(steps) * batch / max(sum(r["time_s"] for r in history), 1e-9),
         "warmup_s": warmup,
         "val_s": val_s,
+        "val_cold_s": cold,
+        "rate_from": "completed epochs",
         "val_share": val_s / val_every / (full / steady) if steady > 0 and full else None,
         "epochs_per_s": steady / full if full else None,
         "projected_150_epochs_min": projected,
@@ -209,6 +231,8 @@ def run_protocol(
     limit_images: int = 0,
     extra: dict[str, Any] | None = None,
     log=print,
+    schedule: str = "budget",
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Trains ``config`` into ``run_dir`` within ``budget_min`` minutes (0 = no budget) and writes OUT.
 
@@ -223,6 +247,11 @@ def run_protocol(
         limit_images: evaluate at most this many images of each further folder (0 = all); for dry runs.
         extra: facts to add to summary.json (the command line, the versions).
         log: where progress lines go.
+        schedule: "budget" (with a budget: the poly schedule fitted to the steps that fit it, see
+            :class:`~fastmtl.engine.schedule.BudgetSchedule`) or "epochs" (the configured epochs; the budget may
+            stop the run with the schedule barely decayed).
+        started: the ``time.monotonic()`` the budget counts from (default: now); a command passes its own start,
+            so that its imports are inside the budget.
 
     Returns:
         The summary written to ``OUT/summary.json``.
@@ -230,7 +259,9 @@ def run_protocol(
     from fastmtl.engine.checkpoint import read_checkpoint_info
     from fastmtl.engine.train import train
 
-    started = time.monotonic()
+    if schedule not in ("budget", "epochs"):
+        raise ValueError(f"schedule must be 'budget' or 'epochs', got {schedule!r}")
+    started = time.monotonic() if started is None else started
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + 60.0 * budget_min - reserve_s if budget_min else None
@@ -238,21 +269,26 @@ def run_protocol(
     pool = ThreadPoolExecutor(max_workers=1)  # decodes the evaluation splits while the device trains
     pending = {name: (t, pool.submit(decode_split, ds, "cpu", 2)) for name, (t, ds) in opened.items()}
     flops = train_flops_per_image(config)
-    result = train(config, data_root, run_dir, deadline=deadline)
+    budgeted = schedule == "budget" and deadline is not None
+    facts = {"config": config, "flops": flops, "budget_min": budget_min, "started": started, "run_dir": run_dir}
+
+    def progress(so_far: dict[str, Any]) -> None:  # after every epoch: what a kill of the command would lose
+        if so_far["history"] and "validation_s" in so_far["history"][-1]:
+            record = {"status": f"running: epoch {so_far['epochs_completed']} validated", **_record(so_far, facts)}
+            _write_metrics(out_dir, so_far, _read_json(run_dir / "split.json"), "best")
+            if (run_dir / "log.csv").is_file():
+                atomic_write_bytes(out_dir / "log.csv", (run_dir / "log.csv").read_bytes())
+            atomic_write_json(out_dir / "summary.json", json_safe({**record, **(extra or {})}))  # last: says how far
+
+    result = train(config, data_root, run_dir, deadline=deadline, budget_schedule=budgeted, warm_validation=True,
+                   on_epoch=progress)  # fmt: skip
     trained = time.monotonic()
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     model, which = _selected_model(run_dir, device)
     _, meta = read_checkpoint_info(run_dir / f"{which}.safetensors")
-    history = result["history"]
     split = _read_json(run_dir / "split.json")
-    stopped = bool(result["stopped_early"])
-    selected = next((r for r in history if r["epoch"] == result["best_epoch"]), None)
-    val = {k[4:]: v for k, v in selected.items() if k.startswith("val_")} if selected else {}
+    val = _write_metrics(out_dir, result, split, which)
     files = {"summary": "summary.json", "metrics": "metrics.json"}
-    atomic_write_json(out_dir / "metrics.json", json_safe({
-        "split": f"validation ({split.get('val_source', '?')})", "model": which, "epoch": result["best_epoch"],
-        "n_images": len(split.get("val_ids", [])), "metrics": val,
-    }))  # fmt: skip
     evaluated: dict[str, Any] = {}
     for name, (target, future) in pending.items():
         try:
@@ -273,24 +309,11 @@ def run_protocol(
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out_dir / name)
             files[name.split(".")[0]] = name
-    costs = throughput(history, config.batch_size, split.get("full_train_size", len(split.get("train_ids", []))),
-                       config.val_every_epochs)  # fmt: skip
-    steady = costs["train_images_per_s"] or math.nan
+    history = result["history"]
     summary = {
-        "epochs_done": result["epochs_completed"],
-        "epochs_planned": config.epochs,
-        "steps_done": result["global_step"],
-        "stopped_by_budget": stopped,
-        "budget_min": budget_min,
-        "wall_s": time.monotonic() - started,
-        "train_s": sum(r["time_s"] for r in history),
+        "status": "done",
+        **_record(result, facts),
         "setup_and_train_s": trained - started,
-        **costs,
-        "train_gflops_per_image": flops / 1e9,
-        "achieved_tflops": steady * flops / 1e12 if steady > 0 else None,
-        # what 150 full epochs in 9 minutes of training would need (the issue's target), for comparison
-        "tflops_needed_for_150_epochs_in_9_min": PAPER_EPOCHS * costs["images_per_full_epoch"] * flops / 540 / 1e12
-        if costs.get("images_per_full_epoch") else None,
         "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.amp, device)),
         "selected": which,
         "selected_epoch": result["best_epoch"],
@@ -299,16 +322,71 @@ def run_protocol(
                                and k in history[-1]},
         "eval": evaluated,
         "files": files,
-        "run_dir": str(run_dir),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "compile_counters": _compile_counters(),
         "config": config.to_dict(),
         **(extra or {}),
     }  # fmt: skip
+    summary["wall_s"] = time.monotonic() - started
     atomic_write_json(out_dir / "summary.json", json_safe(summary))
     _report(summary, log)
     return summary
+
+
+def _compile_counters() -> dict[str, int]:
+    """Graph breaks (parts of the compiled step run eagerly) and CUDA graphs Inductor skipped, in this process."""
+    from torch._dynamo.utils import counters
+
+    return {"graph_breaks": sum(counters["graph_break"].values()),
+            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}  # fmt: skip
+
+
+def _write_metrics(out_dir: Path, result: dict[str, Any], split: dict[str, Any], which: str) -> dict[str, Any]:
+    """OUT/metrics.json: the validation metrics of the selected epoch (best validation JI) so far; returns them."""
+    selected = next((r for r in result["history"] if r["epoch"] == result["best_epoch"]), None)
+    val = {k[4:]: v for k, v in selected.items() if k.startswith("val_")} if selected else {}
+    atomic_write_json(out_dir / "metrics.json", json_safe({
+        "split": f"validation ({split.get('val_source', '?')})", "model": which, "epoch": result["best_epoch"],
+        "n_images": len(split.get("val_ids", [])), "metrics": val,
+    }))  # fmt: skip
+    return val
+
+
+def _record(result: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+    """How far the run got, its throughput, schedule and projection: the part of summary.json known after any
+    epoch (written after every validation, then once more at the end)."""
+    config, flops, history = facts["config"], facts["flops"], result["history"]
+    split = _read_json(facts["run_dir"] / "split.json")
+    full_images = split.get("full_train_size", len(split.get("train_ids", [])))
+    costs = throughput(history, config.batch_size, full_images, config.val_every_epochs, result.get("partial_epoch"))
+    steady = costs["train_images_per_s"] or math.nan
+    schedule = result.get("schedule")
+    plan = {"schedule": "epochs", "planned_steps": None} if schedule is None else schedule.record(
+        PAPER_EPOCHS, costs.get("images_per_full_epoch") or 0, config.batch_size)  # fmt: skip
+    done = result["epochs_completed"]
+    return {
+        "epochs_done": done,
+        "epochs_planned": config.epochs,
+        "epochs_done_of_paper": f"{done} of {PAPER_EPOCHS}"
+        + (f" (+{result['partial_epoch']['steps']} steps)" if result.get("partial_epoch") else ""),
+        "steps_done": result["global_step"],
+        "stopped_by_budget": bool(result["stopped_early"]),
+        "budget_min": facts["budget_min"],
+        "wall_s": time.monotonic() - facts["started"],
+        "train_s": sum(r["time_s"] for r in history),
+        **costs,
+        "schedule": plan,
+        "final_lr": history[-1]["lr"] if history else None,
+        "partial_epoch": result.get("partial_epoch") or {},
+        "train_gflops_per_image": flops / 1e9,
+        "achieved_tflops": steady * flops / 1e12 if steady > 0 else None,
+        # what 150 full epochs in 9 minutes of training would need (the issue's target), for comparison
+        "tflops_needed_for_150_epochs_in_9_min": PAPER_EPOCHS * costs["images_per_full_epoch"] * flops / 540 / 1e12
+        if costs.get("images_per_full_epoch") else None,
+        "run_dir": str(facts["run_dir"]),
+    }  # fmt: skip
 
 
 def _read_json(path: Path) -> dict[str, Any]:

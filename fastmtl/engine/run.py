@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fastmtl.engine.distributed import all_gather_objects
 from fastmtl.engine.loaders import RunData
 from fastmtl.engine.loop import StepContext
 from fastmtl.engine.records import write_logs
+from fastmtl.engine.schedule import BudgetSchedule
 from fastmtl.engine.state import RunState, capture_rng
 from fastmtl.engine.train_config import TrainConfig
 
@@ -46,6 +48,10 @@ class Run:
     started: float = field(default_factory=time.monotonic)  # when this process started the run (time limit)
     step: DeviceStep | None = None  # the device step (device_step = true)
     deadline: float | None = None  # time.monotonic() at which to stop as with time_limit_min
+    schedule: BudgetSchedule | None = None  # the budget-aware schedule length (train(..., budget_schedule=True))
+    warm_validation: bool = False  # time the first validation a second time, warm
+    on_epoch: Callable[[Run], None] | None = None  # called after each epoch's record is written
+    partial: dict[str, Any] = field(default_factory=dict)  # an epoch the time limit cut: its steps and rate
 
     def read_losses(self) -> None:
         """Brings the device step's summed losses into ``state.running`` (a host sync); no-op otherwise."""
@@ -56,7 +62,14 @@ class Run:
 
     @property
     def total_steps(self) -> int:
+        """The poly schedule's length: the planned steps of a budget schedule, else the configured epochs'."""
+        if self.schedule is not None and self.schedule.total is not None:
+            return self.schedule.total
         return self.config.epochs * self.steps
+
+    def plan_done(self) -> bool:
+        """True once a budget schedule's planned steps are done."""
+        return self.schedule is not None and self.schedule.done(self.state.global_step)
 
 
 def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -110,12 +123,14 @@ def finish_epoch(run: Run, val: dict[str, Any] | None, lr: float, extra: dict[st
         if run.ctx.world.is_main:
             save_checkpoint(run.out_dir / "best", run.ctx.raw_model, meta=_meta(run, row))
     every = config.checkpoint_every_epochs
-    if state.epoch >= config.epochs or (every and state.epoch % every == 0):
+    if state.epoch >= config.epochs or run.plan_done() or (every and state.epoch % every == 0):
         save_last(run)
     if run.ctx.world.is_main:
         write_logs(state.history, run.out_dir)
         if config.progress:
             _print_epoch(run, row, key, improved)
+        if run.on_epoch is not None:
+            run.on_epoch(run)
 
 
 def _print_epoch(run: Run, row: dict[str, Any], key: str, improved: bool) -> None:
@@ -179,3 +194,9 @@ def run_summary(out_dir: Path, state: RunState, stopped: bool) -> dict[str, Any]
         "metrics": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
         "history": state.history,
     }
+
+
+def cut_epoch(run: Run, first_step: int, facts: dict[str, Any], seconds: float) -> None:
+    """Keeps what an epoch cut by the time limit measured (its steps and steady rate), for the run's summary."""
+    run.partial = {"epoch": run.state.epoch + 1, "steps": run.state.global_step - first_step, "time_s": seconds,
+                   **facts}  # fmt: skip

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,8 @@ from fastmtl.engine.loaders import (
 )
 from fastmtl.engine.loop import StepContext, _to_device, run_epoch, validate
 from fastmtl.engine.records import plot_curves, write_logs
-from fastmtl.engine.run import Run, after_step, finish_epoch, run_summary
-from fastmtl.engine.schedule import poly_lr
+from fastmtl.engine.run import Run, after_step, cut_epoch, finish_epoch, run_summary
+from fastmtl.engine.schedule import BudgetSchedule, poly_lr
 from fastmtl.engine.state import RunState, restore_rng
 from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, config_from_dict, save_config
 from fastmtl.engine.train_folder import check_out_dir, check_same_data, mark
@@ -167,6 +168,9 @@ def train(
     *,
     deadline: float | None = None,
     other_data: bool = False,
+    budget_schedule: bool = False,
+    warm_validation: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Trains a model; see the module docstring for the protocol and the files written.
 
@@ -178,11 +182,18 @@ def train(
             from the run's ``split.json`` (:mod:`fastmtl.engine.train_folder`) unless ``other_data``.
         deadline: a ``time.monotonic()`` value: stop there as ``time_limit_min`` does (saving ``last``); for a
             caller whose budget includes the data decoding and what follows the training.
+        budget_schedule: with ``deadline`` (device step only): fit the poly schedule to the deadline
+            (:class:`~fastmtl.engine.schedule.BudgetSchedule`): the run ends, validated and saved, after the
+            planned steps, with its learning rate decayed to the end.
+        warm_validation: time the first validation a second time (``validation_warm_s`` in its log row): the
+            first one includes autotuning and cuDNN's algorithm search.
+        on_epoch: called after each epoch's log row and checkpoints with the summary so far (main process).
 
     Returns:
         Summary: ``out_dir``, ``best_checkpoint``, ``last_checkpoint``, ``selection_metric``, ``best_value``,
         ``best_epoch``, ``epochs_completed``, ``global_step``, ``stopped_early``, ``metrics`` (last validation),
-        ``history`` and ``step`` (which training step ran, compiled or eager).
+        ``history``, ``step`` (which training step ran, compiled or eager), ``partial_epoch`` (steps and rate of
+        an epoch the time limit cut, else {}) and ``schedule`` (the budget schedule's plan, else None).
 
     Raises:
         ValueError: invalid config or data (including :class:`~fastmtl.engine.loop.NonFiniteLossError`).
@@ -195,7 +206,8 @@ def train(
             if world.is_main:
                 for stem in ("last", "best"):
                     clean_stale(Path(out_dir) / stem)
-            return _train(config, data_root, Path(out_dir), resume, world, deadline, other_data)
+            hooks = {"budget_schedule": budget_schedule, "warm_validation": warm_validation, "on_epoch": on_epoch}
+            return _train(config, data_root, Path(out_dir), resume, world, deadline, other_data, hooks)
     finally:
         cleanup(world)
 
@@ -252,8 +264,6 @@ def _epoch(run: Run) -> bool:
     """Trains, validates and records one epoch (or its rest after a resume); False when stopped early."""
     config, state = run.config, run.state
     started = time.perf_counter()
-    last_iteration = state.global_step + run.steps - state.step_in_epoch - 1
-    lr = poly_lr(config.lr, max(last_iteration, 0), run.total_steps, config.poly_power)
     extra: dict[str, Any] = {}
     if run.step is not None:
         completed, extra = _device_epoch(run)
@@ -264,14 +274,38 @@ def _epoch(run: Run) -> bool:
                               progress=config.progress and run.ctx.world.is_main)  # fmt: skip
     if completed:
         state.running["seconds"] = state.running.get("seconds", 0.0) + time.perf_counter() - started
-        last = state.epoch + 1 >= config.epochs
-        val = None
+        lr = poly_lr(config.lr, max(state.global_step - 1, 0), run.total_steps, config.poly_power)  # its last step's
+        last = state.epoch + 1 >= config.epochs or run.plan_done()
+        val, ended = None, time.monotonic()
         if last or (state.epoch + 1) % config.val_every_epochs == 0:
-            validation_started = time.perf_counter()
-            val = _validate(run)
-            extra["validation_s"] = time.perf_counter() - validation_started
+            val = _timed_validation(run, extra)
         finish_epoch(run, val, lr, extra)
+        if val is not None and run.schedule is not None:
+            _replan(run, ended, extra)
     return completed
+
+
+def _timed_validation(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
+    """Validates, recording ``validation_s`` (and ``validation_warm_s`` for the run's first validation when asked)."""
+    started = time.perf_counter()
+    val = _validate(run)
+    extra["validation_s"] = time.perf_counter() - started
+    if run.warm_validation and not any("validation_s" in r for r in run.state.history):
+        started = time.perf_counter()
+        _validate(run)
+        extra["validation_warm_s"] = time.perf_counter() - started
+    return val
+
+
+def _replan(run: Run, ended: float, extra: dict[str, Any]) -> None:
+    """A budget schedule re-plans after a validated epoch with what its end cost (a warm validation, the
+    checkpoint and the logs), measured from the epoch's last step to now."""
+    now = time.monotonic()
+    elapsed = now - ended
+    cost = elapsed - extra["validation_s"] if "validation_warm_s" in extra else elapsed  # warm, not cold + warm
+    if run.schedule is not None and not run.plan_done():
+        run.schedule.validated(now, run.state.global_step, cost, elapsed)
+        run.step.total = run.total_steps
 
 
 def _validate(run: Run) -> dict[str, Any]:
@@ -302,9 +336,10 @@ def _device_epoch(run: Run) -> tuple[bool, dict[str, Any]]:
     on_host = isinstance(loader, DataLoader)  # the DataLoader path's batches still have to reach the device
     run.ctx.model.train()
     step.marks.clear()
-    first = state.global_step
+    first, started = state.global_step, time.perf_counter()
     per_step = config.batch_size * run.ctx.world.world_size
     warm = min(10, max(run.steps // 4, 1))  # steps before the steady-state clock starts (compile, autotune)
+    schedule = run.schedule
     bar = tqdm(total=run.steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}",
                disable=not (config.progress and run.ctx.world.is_main), leave=False)  # fmt: skip
     try:
@@ -315,7 +350,16 @@ def _device_epoch(run: Run) -> tuple[bool, dict[str, Any]]:
             bar.update(1)
             if state.step_in_epoch % config.sync_every == 0 or state.step_in_epoch in (warm, run.steps):
                 run.read_losses()
+            if schedule is not None and schedule.needs_sync(state.global_step):
+                run.read_losses()  # waits for the device: the clock mark is the device's time
+                if schedule.observe(time.monotonic(), state.global_step) and run.ctx.world.is_main:
+                    tqdm.write(schedule.describe(config.epochs))
+                step.total = run.total_steps
+            if run.plan_done():
+                break  # the budget's last step: this (shortened) epoch validates and the run ends
             if after_step(run):
+                run.read_losses()
+                cut_epoch(run, first, _steady(step.marks, first + warm, per_step), time.perf_counter() - started)
                 return False, {}
     finally:
         bar.close()
@@ -334,21 +378,35 @@ def _steady(marks: list[tuple[float, int]], from_step: int, per_step: int) -> di
 
 
 def _train(config: TrainConfig, data_root, out_dir: Path, resume: bool, world: DistInfo, deadline,
-           other_data: bool) -> dict[str, Any]:  # fmt: skip
+           other_data: bool, hooks: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     run = _setup(config, data_root, out_dir, resume, world, other_data)
     run.deadline = deadline
+    run.warm_validation = hooks["warm_validation"]
+    if hooks["budget_schedule"]:
+        if deadline is None or run.step is None:
+            raise ValueError("the budget schedule needs a time budget and the device step (device_step = true)")
+        run.schedule = BudgetSchedule.fitting(deadline, run.steps, config, len(run.val_loader))
+    if hooks["on_epoch"] is not None and world.is_main:
+        run.on_epoch = lambda r: hooks["on_epoch"](_summary(r, False))
     stopped = False
-    while run.state.epoch < config.epochs and not stopped:
+    while run.state.epoch < config.epochs and not stopped and not run.plan_done():
         stopped = not _epoch(run)
     barrier(world)
     if world.is_main and run.state.history:
         write_logs(run.state.history, out_dir)  # again: a kill right after the last checkpoint left them behind
         plot_curves(run.state.history, out_dir / "curves.png")
-    summary = run_summary(out_dir, run.state, stopped)
+    return _summary(run, stopped)
+
+
+def _summary(run: Run, stopped: bool) -> dict[str, Any]:
+    config = run.config
+    summary = run_summary(run.out_dir, run.state, stopped)
     if run.step is not None:
         summary["step"] = f"device step: {run.step.compile_status}, fused AdamW, losses read every {config.sync_every}"
     else:
         summary["step"] = "classic step: " + (
             f"torch.compile(mode={config.compile_mode!r})" if config.compile else "eager"
         )
+    summary["partial_epoch"] = run.partial
+    summary["schedule"] = run.schedule
     return summary
