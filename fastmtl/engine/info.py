@@ -13,7 +13,7 @@ import torch
 from fastmtl import onnxrt
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.registry import create_model, list_models
-from fastmtl.runtime import cpu_info
+from fastmtl.runtime import CPU_ENV, cpu_info
 
 __all__ = ["format_info", "parameter_count", "system_info"]
 
@@ -52,7 +52,8 @@ def _devices() -> list[dict[str, Any]]:
 def _cpu_paths() -> dict[str, Any]:
     """What ``--precision`` can use on this CPU (:func:`fastmtl.runtime.cpu_info`, :func:`fastmtl.onnxrt.missing`)."""
     cpu = cpu_info()
-    return {"cpu": cpu.name, "isa": cpu.isa, "bf16": cpu.bf16, "int8_vnni": cpu.int8_vnni,
+    return {"cpu": cpu.name, "isa": cpu.isa, "kind": cpu.kind, "bf16": cpu.bf16, "int8_vnni": cpu.int8_vnni,
+            "amx": cpu.amx, "simulated": os.environ.get(CPU_ENV) or None,
             "onnxruntime_missing": onnxrt.missing()}  # fmt: skip
 
 
@@ -91,7 +92,8 @@ def format_info(info: dict[str, Any]) -> str:
     if info["cuda"] is None:
         lines.append("  (no CUDA device visible)")
     cpu = info["cpu_paths"]
-    lines += ["", f"CPU inference paths ({cpu['cpu']}, {cpu['isa']})"]
+    simulated = f"; simulated by {CPU_ENV}={cpu['simulated']}" if cpu["simulated"] else ""
+    lines += ["", f"CPU inference paths ({cpu['cpu']}, {cpu['kind']}{simulated})"]
     lines.append("  bf16         " + ("native (oneDNN)" if cpu["bf16"] else "not native: --precision bf16 runs fp32"))
     lines.append("  int8         " + ("VNNI: 8-bit weights" if cpu["int8_vnni"] else "no VNNI: 7-bit weights"))
     ort = cpu["onnxruntime_missing"]
