@@ -128,7 +128,7 @@ def test_info_lists_models_cpu_paths_and_the_cache(capsys, tmp_path, monkeypatch
     (tmp_path / "onnx" / "m.onnx").write_bytes(b"x" * 30_000_000)
     assert main(["info"]) == 0
     printed = capsys.readouterr().out
-    assert "torch" in printed and "cpu" in printed and "onnxruntime" in printed
+    assert "torch" in printed and "cpu" in printed and "onnxruntime" in printed and "  openvino     " in printed
     assert "resformer_mtl " in printed and "56,347,211" in printed  # SPEC section 7, parallel fusion + DFE at 224
     assert f"cache        {tmp_path} (ONNX files: 0.03 GB, at most 2 GB)" in printed
     assert f"CPU inference paths ({cpu_kind.name}, {cpu_kind.kind}; simulated by FASTMTL_CPU=" in printed

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fastmtl import onnxrt
+from fastmtl import onnxrt, openvino_rt
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.registry import create_model, list_models
 from fastmtl.runtime import CPU_ENV, cpu_info
@@ -18,7 +18,7 @@ from fastmtl.runtime import CPU_ENV, cpu_info
 __all__ = ["format_info", "parameter_count", "system_info"]
 
 _PACKAGES = ("fastmtl", "torch", "torchvision", "triton", "numpy", "safetensors", "scikit-learn", "matplotlib",
-             "onnxruntime", "torchao")  # fmt: skip
+             "onnxruntime", "openvino", "nncf", "torchao")  # fmt: skip
 
 
 def _version(package: str) -> str | None:
@@ -54,7 +54,7 @@ def _cpu_paths() -> dict[str, Any]:
     cpu = cpu_info()
     return {"cpu": cpu.name, "isa": cpu.isa, "kind": cpu.kind, "bf16": cpu.bf16, "int8_vnni": cpu.int8_vnni,
             "amx": cpu.amx, "simulated": os.environ.get(CPU_ENV) or None,
-            "onnxruntime_missing": onnxrt.missing()}  # fmt: skip
+            "onnxruntime_missing": onnxrt.missing(), "openvino_missing": openvino_rt.missing()}  # fmt: skip
 
 
 def _cache() -> dict[str, Any]:
@@ -98,6 +98,10 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append("  int8         " + ("VNNI: 8-bit weights" if cpu["int8_vnni"] else "no VNNI: 7-bit weights"))
     ort = cpu["onnxruntime_missing"]
     lines.append("  onnxruntime  " + (f"not usable: {ort}" if ort else "fp32 and int8 run on ONNX Runtime"))
+    ov = cpu["openvino_missing"]
+    lines.append(
+        "  openvino     " + (f"not usable: {ov}" if ov else "fp32, bf16 (where native) and int8 run on OpenVINO")
+    )
     cache, limit = info["cache"], info["cache"]["onnx_limit_bytes"]
     bound = f"at most {limit / 1e9:g} GB" if isinstance(limit, int) else limit
     lines += ["", f"cache        {cache['folder']} (ONNX files: {cache['onnx_bytes'] / 1e9:.2f} GB, {bound})"]
