@@ -300,6 +300,7 @@ def choose_precision(
     *,
     n_images: int,
     min_images: int = AUTO_MIN_IMAGES,
+    refresh: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, Decision]:
     """``--precision auto``: the fastest path within tolerance of fp32 (:mod:`fastmtl.agreement`), built and ready.
@@ -314,6 +315,8 @@ def choose_precision(
         sample: calibration batches of the job's batch size, from the user's own images.
         n_images: the job's size.
         min_images: smallest job that measures and compiles.
+        refresh: calibrate the int8 files anew on ``sample`` when measuring (False: reuse cached ones, as the bench
+            does with files built from the same images earlier in its run).
         log: where progress lines go.
     """
     device, cpu, example = next(model.parameters()).device, cpu_info(), sample[0]
@@ -338,7 +341,7 @@ def choose_precision(
         start = time.perf_counter()
         try:
             net = build_path(model, precision, example, compile=compiled, runtime=runtime, calibration=sample,
-                             refresh=True, log=log)  # fmt: skip
+                             refresh=refresh, log=log)  # fmt: skip
         except Exception as e:  # a path that fails to build here is not taken, and the reason is shown
             log(f"auto: {name} could not be built ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             continue
