@@ -83,6 +83,8 @@ class OpenVinoModel(nn.Module):
         graph = core.read_model(str(path))
         graph.reshape({graph.inputs[0].any_name: list(shape)})
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            precision = "f32"  # a simulated bf16 CPU ($FASTMTL_CPU) on hardware without it: what the CPU can do
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.path, self.shape = Path(path), tuple(shape)
