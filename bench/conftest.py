@@ -1,7 +1,8 @@
 """Shared fixtures and hooks of the benchmark suite (``pytest bench/``).
 
 - Options: ``--bench-quick`` (env ``FASTMTL_BENCH_QUICK=1``) shrinks the shapes to a smoke set (img 32/64, batch
-  1) for CI, usually with ``--benchmark-disable``; ``--bench-cpu-compile`` (``FASTMTL_BENCH_CPU_COMPILE=1``)
+  1) for CI, usually with ``--benchmark-disable``; ``--bench-full`` (``FASTMTL_BENCH_FULL=1``) runs the CPU
+  precision group's full sweep (bench/test_cpu_precision.py); ``--bench-cpu-compile`` (``FASTMTL_BENCH_CPU_COMPILE=1``)
   includes ``torch.compile`` providers on CPU; ``--bench-checkpoint`` / ``--bench-data`` / ``--bench-split``
   (``FASTMTL_BENCH_CHECKPOINT`` / ``_DATA`` / ``_SPLIT``) feed the accuracy group.
 - Options used by ``python -m bench.gpu_suite``: ``--bench-suite`` (``FASTMTL_BENCH_SUITE=1``) keeps only the cases
@@ -45,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fastmtl-bench", "fastmtl benchmark suite")
     group.addoption("--bench-quick", action="store_true", default=env_flag("FASTMTL_BENCH_QUICK"),
                     help="tiny smoke shapes (img 32/64, batch 1); env FASTMTL_BENCH_QUICK=1")  # fmt: skip
+    group.addoption("--bench-full", action="store_true", default=env_flag("FASTMTL_BENCH_FULL"),
+                    help="the full CPU precision sweep: batch 1 too, torch's compiled paths, 200 accuracy images "
+                         "(default: 224 px batch 8, the paths that compile nothing per process)")  # fmt: skip
     group.addoption("--bench-cpu-compile", action="store_true", default=env_flag("FASTMTL_BENCH_CPU_COMPILE"),
                     help="run torch.compile providers on CPU too (minutes each)")  # fmt: skip
     group.addoption("--bench-checkpoint", default=os.environ.get("FASTMTL_BENCH_CHECKPOINT"),

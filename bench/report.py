@@ -208,6 +208,8 @@ def precision_table(benches: list[dict[str, Any]]) -> str:
         if info.get("auto_choice"):
             notes.append(f"auto chose {info['auto_choice']}")
     notes = [f"Weights: {'; '.join(sorted(weights))}.", *notes] if weights else notes
+    kinds = {(b.get("extra_info") or {}).get("cpu_kind") for b in benches} - {None}
+    notes = [f"CPU kind: {'; '.join(sorted(kinds))}.", *notes] if kinds else notes
     return "\n\n".join([_table(["path", *(label for _, label in PRECISION)], rows), *notes])
 
 

@@ -1,23 +1,29 @@
 """CPU inference paths side by side: images/s, the ratio to eager fp32, and agreement with fp32 on real images.
 
-Group ``cpu-precision-<img>px-b<batch>`` (224 px, batches 1 and 8; ``--bench-quick``: 64 px, batch 2, uncompiled
-paths only). Providers, all of ``resformer_mtl`` (the weights of ``--bench-checkpoint`` when given, else seeded
-random ones, which the results say):
+Group ``cpu-precision-<img>px-b<batch>``: 224 px batch 8 by default; ``--bench-full`` (``FASTMTL_BENCH_FULL=1``)
+adds batch 1 and torch's own paths (``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``, ``int8`` on torchao,
+each compiled in every process); ``--bench-quick``: 64 px batch 2, uncompiled paths only. Providers, all of
+``resformer_mtl`` (the weights of ``--bench-checkpoint`` when given, else seeded random ones, which the results say):
 
 - ``eager-fp32``: the model as built (the baseline);
-- ``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``, ``int8`` (torchao), ``fp32+onnxruntime``,
-  ``int8+onnxruntime``: :func:`fastmtl.precision.build_path` (bf16 only where the CPU computes it natively; int8
-  on torch needs torchao, the ONNX Runtime paths the ``export`` extra; skipped with the reason otherwise);
+- fastmtl's paths, :func:`fastmtl.precision.build_path`: ``fp32+onnxruntime``, ``int8+onnxruntime`` (the
+  ``export`` extra), ``fp32+openvino``, ``bf16+openvino``, ``int8+openvino`` (the ``openvino`` extra) and, with
+  ``--bench-full``, torch's (bf16 only where the CPU computes it natively; skipped with the reason otherwise);
+- the peer, OpenVINO as a user runs it in a few lines on the same exported ONNX file (:func:`_openvino_peer`):
+  ``openvino-fp32``, ``openvino-default`` (its own default precision: bf16 on a CPU that has it) and
+  ``openvino-int8`` (NNCF post-training quantization, transformer preset, on the calibration images);
 - ``auto``: what ``fastmtl predict`` runs by default on a job large enough to measure
   (:func:`fastmtl.precision.choose_precision`, its cached decision removed first).
 
 int8 and ``auto`` calibrate on :data:`~fastmtl.precision.CALIBRATION_IMAGES` ISIC 2017 images from the end of the
-sorted list (random inputs without the data), as ``fastmtl predict`` calibrates on the user's own images; each case
-calibrates anew rather than reuse another case's cached ONNX Runtime file. Each batch-8 case also runs the first
-``FASTMTL_BENCH_ACCURACY_IMAGES`` (default 200) images and records its agreement with eager fp32 there (mask DSC
-and pixel agreement in %, mean/max class-probability difference) and, from the ground-truth masks, the change in
-mean DSC. ``extra_info`` carries ``speedup_vs_eager`` (against ``eager-fp32`` of the same group, measured earlier
-in the same session). ONNX Runtime's files are exported into a private cache folder for each session.
+sorted list (random inputs without the data), as ``fastmtl predict`` calibrates on the user's own images. Builds are
+shared within the run: the ONNX file is exported once into the session's private cache folder, and ``auto`` reuses
+the int8 files the cases before it calibrated on the same images (it times and compares them all the same). Each
+batch-8 case also runs the first ``FASTMTL_BENCH_ACCURACY_IMAGES`` (default 48, 200 with ``--bench-full``) images
+and records its agreement with eager fp32 there (mask DSC and pixel agreement in %, mean/max class-probability
+difference) and, from the ground-truth masks, the change in mean DSC. ``extra_info`` carries ``speedup_vs_eager``
+(against ``eager-fp32`` of the same group, measured earlier in the same session) and ``cpu_kind`` (AVX2, AVX-512 +
+VNNI + bf16, AMX, ...: :func:`fastmtl.runtime.cpu_info`).
 
 Run: ``pytest bench/test_cpu_precision.py --benchmark-json=out.json`` then ``python -m bench.report out.json``.
 """
@@ -38,25 +44,26 @@ from fastmtl import precision as P
 from fastmtl.output import MTLOutput
 
 ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
-PROVIDERS = ("eager-fp32", "fp32", "fp32+compile", "bf16", "bf16+compile", "int8", "fp32+onnxruntime",
-             "int8+onnxruntime", "auto")  # fmt: skip
-QUICK_PROVIDERS = ("eager-fp32", "fp32", "fp32+onnxruntime")
+PROVIDERS = ("eager-fp32", "fp32+onnxruntime", "int8+onnxruntime", "openvino-fp32", "openvino-default",
+             "openvino-int8", "fp32+openvino", "bf16+openvino", "int8+openvino", "auto")  # fmt: skip
+TORCH_PROVIDERS = ("fp32", "fp32+compile", "bf16", "bf16+compile", "int8")  # --bench-full: compiled in every process
+QUICK_PROVIDERS = ("eager-fp32", "fp32", "fp32+onnxruntime", "openvino-fp32")
 _EAGER: dict[str, float] = {}  # group -> eager images/s
 
 
-def _shapes(quick: bool) -> list[tuple[int, int]]:
-    return [(64, 2)] if quick else [(224, 1), (224, 8)]
+def _shapes(quick: bool, full: bool = False) -> list[tuple[int, int]]:
+    return [(64, 2)] if quick else [(224, 1), (224, 8)] if full else [(224, 8)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cpu_case" not in metafunc.fixturenames:
         return
-    quick = bool(metafunc.config.getoption("bench_quick"))
-    providers = QUICK_PROVIDERS if quick else PROVIDERS
+    quick, full = bool(metafunc.config.getoption("bench_quick")), bool(metafunc.config.getoption("bench_full"))
+    providers = QUICK_PROVIDERS if quick else PROVIDERS[:1] + TORCH_PROVIDERS * full + PROVIDERS[1:]
     # Every eager baseline first: at 224 px, batch 8, eager fp32 ran 1.15-1.35x slower in a process that held an
     # ONNX Runtime session (1.05x after it was deleted), which would inflate every ratio.
-    cases = [(img, batch, p) for p in providers[:1] for img, batch in _shapes(quick)]
-    cases += [(img, batch, p) for img, batch in _shapes(quick) for p in providers[1:]]
+    cases = [(img, batch, p) for p in providers[:1] for img, batch in _shapes(quick, full)]
+    cases += [(img, batch, p) for img, batch in _shapes(quick, full) for p in providers[1:]]
     params = [pytest.param(case, id="{}px-b{}-{}".format(*case)) for case in cases]
     metafunc.parametrize("cpu_case", params)
 
@@ -89,9 +96,10 @@ def _isic_files() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def isic_images(bench_quick: bool) -> list[tuple[Path, Path]]:
+def isic_images(bench_quick: bool, pytestconfig: pytest.Config) -> list[tuple[Path, Path]]:
     """(image, ground-truth mask) pairs of the shared ISIC 2017 training split, the first by id."""
-    n = 4 if bench_quick else int(os.environ.get("FASTMTL_BENCH_ACCURACY_IMAGES", 200))
+    default = 200 if pytestconfig.getoption("bench_full") else 48
+    n = 4 if bench_quick else int(os.environ.get("FASTMTL_BENCH_ACCURACY_IMAGES", default))
     masks = ISIC / "ISIC-2017_Training_Part1_GroundTruth"
     return [(p, masks / f"{p.stem}_segmentation.png") for p in _isic_files()[:n]]
 
@@ -123,18 +131,54 @@ def _model(checkpoint: Path, img_size: int) -> torch.nn.Module:
     return model.eval()
 
 
+class _Peer(torch.nn.Module):
+    """An OpenVINO compiled model called like a fastmtl model (for the accuracy comparison)."""
+
+    def __init__(self, compiled) -> None:
+        super().__init__()
+        self.request, self.names = compiled.create_infer_request(), [o.any_name for o in compiled.outputs]
+
+    def forward(self, x: torch.Tensor) -> MTLOutput:
+        results = self.request.infer([x.numpy()])
+        found = {name: torch.from_numpy(np.array(results[i])) for i, name in enumerate(self.names)}
+        return MTLOutput(found.get("seg_logits"), found.get("cls_logits"))
+
+
+def _openvino_peer(kind: str, model, example: torch.Tensor, calibration) -> torch.nn.Module:
+    """OpenVINO as a user runs it: the exported ONNX file (fastmtl's, so every path reads the same graph) read and
+    compiled for this batch shape with OpenVINO's defaults (``fp32``: f32 asked for; ``int8``: NNCF's
+    ``quantize`` with the transformer preset on the calibration images)."""
+    from fastmtl import onnxrt, openvino_rt
+
+    if openvino_rt.missing():
+        pytest.skip(f"openvino-{kind}: {openvino_rt.missing()}")
+    import openvino as ov
+
+    core = ov.Core()
+    graph = core.read_model(str(onnxrt.exported_fp32(model, example)))
+    graph.reshape({graph.inputs[0].any_name: list(example.shape)})
+    if kind == "int8":
+        import nncf
+
+        data = nncf.Dataset([b.numpy() for b in calibration if b.shape == example.shape])
+        graph = nncf.quantize(graph, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    return _Peer(core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"} if kind == "fp32" else {}))
+
+
 def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibration):
     """(module to time, auto's decision or None) for ``provider``."""
     if provider == "eager-fp32":
         return model, None
+    if provider.startswith("openvino-"):
+        return _openvino_peer(provider.removeprefix("openvino-"), model, example, calibration), None
     if provider == "auto":
         P.decision_file(checkpoint, example.shape, P.cpu_info()).unlink(missing_ok=True)
-        return P.choose_precision(model, checkpoint, calibration, n_images=10**6, min_images=0)
+        return P.choose_precision(model, checkpoint, calibration, n_images=10**6, min_images=0, refresh=False)
     precision, _, suffix = provider.partition("+")
-    runtime = "onnxruntime" if suffix == "onnxruntime" else "torch"
+    runtime = suffix if suffix in ("onnxruntime", "openvino") else "torch"
     try:
         return P.build_path(model, precision, example, compile=suffix == "compile", runtime=runtime,
-                            calibration=calibration, refresh=True), None  # fmt: skip
+                            calibration=calibration), None  # fmt: skip
     except P.PrecisionUnavailable as e:
         pytest.skip(f"{provider}: {e}")
 
@@ -185,7 +229,14 @@ def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic
     torch.manual_seed(1)
     example = torch.randn(batch, 3, img_size, img_size)
     net, decision = _build(provider, model, checkpoint, example, _calibration(example))
-    facts: dict[str, Any] = {"weights": what, "img_size": img_size, "batch": batch, "cpu": P.cpu_info().key}
+    cpu = P.cpu_info()
+    facts: dict[str, Any] = {
+        "weights": what,
+        "img_size": img_size,
+        "batch": batch,
+        "cpu": cpu.key,
+        "cpu_kind": cpu.kind,
+    }
     if decision is not None:
         facts.update(auto_choice=decision.describe())
 

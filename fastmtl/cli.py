@@ -2,7 +2,7 @@
 
     fastmtl train   --config FILE|quick|demo [--data-root DIR] [--out DIR] [--resume [--resume-other-data]] [--skip-bad] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
     fastmtl eval    --checkpoint FILE [--data-root DIR] [--split training|validation|test|train|val] --out DIR [--kind KIND] [--batch-size N] [--workers N] [--device DEVICE]
-    fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile] [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime] [--calibrate PATH ...]
+    fastmtl predict --checkpoint FILE --input PATH [PATH ...] --out DIR [--batch-size N] [--workers N] [--overlays] [--threshold P] [--img-size N] [--device DEVICE] [--no-optimize] [--compile] [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime|openvino] [--calibrate PATH ...]
     fastmtl export  --checkpoint FILE [--format aoti|onnx] --out FILE [--img-size N] [--batch-size N] [--static-batch] [--no-check] [--device DEVICE] [--precision fp32|int8] [--calibrate PATH ...]
     fastmtl info
     fastmtl check-data --data-root DIR [--split training|validation|test|train|val] [--kind KIND] [--out FILE]
@@ -99,8 +99,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
                    help="default auto: bf16 on CUDA; on a CPU the fastest path within tolerance of fp32, measured "
                         "for jobs of 1000+ images and cached, else fp32 (README: Precision)")  # fmt: skip
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="runs a CPU --precision (default auto: ONNX Runtime for int8)")  # fmt: skip
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                   help="runs a CPU --precision (default auto: OpenVINO, else ONNX Runtime, for int8)")  # fmt: skip
     p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate int8 / auto on (default: input)")
 
 

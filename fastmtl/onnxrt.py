@@ -56,6 +56,7 @@ __all__ = [
     "build",
     "cache_limit_bytes",
     "cached_file",
+    "exported_fp32",
     "missing",
     "quantize",
     "seal",
@@ -98,6 +99,20 @@ def weights_digest(model: nn.Module, shape: Sequence[int]) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def exported_fp32(
+    model: nn.Module, example: torch.Tensor, *, digest: str | None = None, log: Callable[[str], None] = print
+) -> Path:
+    """The cached fp32 ONNX file of ``model`` at ``example``'s image size, exported now when absent (what OpenVINO
+    reads too: :mod:`fastmtl.openvino_rt`)."""
+    fp32 = cached_file(model, example.shape, "fp32", digest=digest)
+    if not fp32.is_file():
+        start = time.perf_counter()
+        _export_fp32(model, example, fp32)
+        log(f"onnxruntime: exported to {fp32} in {time.perf_counter() - start:.0f} s (cached for later jobs)")
+        _bound_cache(fp32.parent, keep={fp32}, log=log)
+    return fp32
 
 
 def _export_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
@@ -281,12 +296,14 @@ def cache_limit_bytes() -> int:
     return int(gb * 1e9)
 
 
-def _bound_cache(folder: Path, keep: set[Path], log: Callable[[str], None]) -> None:
-    """Deletes the least recently used ``.onnx`` files of ``folder`` (use = load or write time, the files' mtime)
+def _bound_cache(
+    folder: Path, keep: set[Path], log: Callable[[str], None], pattern: str = "*.onnx", runtime: str = "onnxruntime"
+) -> None:
+    """Deletes the least recently used ``pattern`` files of ``folder`` (use = load or write time, the files' mtime)
     until it holds at most :func:`cache_limit_bytes`; ``keep`` (the running job's files) are never deleted."""
     limit = cache_limit_bytes()
     files = []
-    for path in folder.glob("*.onnx"):
+    for path in folder.glob(pattern):
         try:
             stat = path.stat()
         except FileNotFoundError:  # deleted by another job meanwhile
@@ -303,7 +320,7 @@ def _bound_cache(folder: Path, keep: set[Path], log: Callable[[str], None]) -> N
         total -= size
         removed.append(path.name)
     if removed:
-        log(f"onnxruntime: the cache {folder} holds at most {limit / 1e9:g} GB ($FASTMTL_ONNX_CACHE_GB); removed the "
+        log(f"{runtime}: the cache {folder} holds at most {limit / 1e9:g} GB ($FASTMTL_ONNX_CACHE_GB); removed the "
             f"least recently used {', '.join(removed)}")  # fmt: skip
 
 

@@ -11,12 +11,18 @@
           within :data:`fastmtl.agreement.TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
 ========  =========================================================================================================
 
-On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`fastmtl.onnxrt`): exported
-once and cached on disk, so later processes load it in under a second. Inductor's compiled CPU paths (freezing:
-weights folded in as constants, oneDNN-prepacked) are paid by every process: 53 s at 224 px batch 8 on 2 cores, and
-54 s again with Inductor's disk caches warm. So ``auto`` only measures for jobs of at least
-:data:`AUTO_MIN_IMAGES` images and caches its decision; a smaller job reuses an ONNX Runtime decision, or runs fp32
-(on ONNX Runtime where the export pays back or was done before; :func:`plan_auto`).
+On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`fastmtl.onnxrt`), and fp32, bf16
+(where native) and int8 (NNCF) on OpenVINO (``runtime="openvino"``, :mod:`fastmtl.openvino_rt`): exported once (one
+ONNX file serves both), quantized once and cached on disk, so later processes load them in seconds. Inductor's
+compiled CPU paths (freezing: weights folded in as constants, oneDNN-prepacked) are paid by every process: 53 s at
+224 px batch 8 on 2 cores, and 54 s again with Inductor's disk caches warm. So ``auto`` only measures for jobs of at
+least :data:`AUTO_MIN_IMAGES` images and caches its decision; a smaller job reuses an ONNX Runtime or OpenVINO
+decision, or runs fp32 (on ONNX Runtime where the export pays back or was done before; :func:`plan_auto`). With OpenVINO
+installed ``auto`` measures no compiled torch path: its bf16 and int8 were faster than torch's compiled ones (README,
+Performance), so no job pays Inductor's compile.
+
+What the choices depend on (bf16, VNNI, AMX) comes from :func:`fastmtl.runtime.cpu_info`, which ``$FASTMTL_CPU``
+can set to a simulated CPU kind (the tests run every kind that way).
 """
 
 from __future__ import annotations
@@ -29,19 +35,20 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmtl import onnxrt
+from fastmtl import onnxrt, openvino_rt
 from fastmtl.agreement import agreement, cat_outputs, describe, within_tolerance
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import atomic_write_json
 from fastmtl.inference import optimize_for_inference
 from fastmtl.output import MTLOutput
 from fastmtl.runtime import CpuInfo, cpu_info
+from fastmtl.torch_paths import FixedBatch, inductor_cpu, quantize_int8
 
 __all__ = [
     "AUTO_MIN_IMAGES",
@@ -60,7 +67,8 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+_FILE_RUNTIMES = ("onnxruntime", "openvino")  # cached on disk: a later process loads them without compiling
 CALIBRATION_IMAGES = 32  # what int8 calibrates on and auto compares on, whatever the batch size
 AUTO_MIN_IMAGES = 1000  # below this a first run does not earn back measuring and compiling (module docstring)
 # ONNX Runtime's fp32 export (~25 s on 2 cores, whatever the image size) pays back after about this many 224 px
@@ -75,50 +83,24 @@ class PrecisionUnavailable(ValueError):
 # ------------------------------------------------------------------------------------------------ the paths
 
 
-class FixedBatch(nn.Module):
-    """Runs a shape-specialised model on any batch up to ``batch``: a short batch is zero-padded and the padding's
-    outputs dropped, so the last batch of a job never recompiles."""
-
-    def __init__(self, module: nn.Module, batch: int, unpack: Callable[[object], MTLOutput]) -> None:
-        super().__init__()
-        self.module, self.batch, self.unpack = module, batch, unpack
-
-    def forward(self, x: torch.Tensor) -> MTLOutput:
-        n = x.shape[0]
-        if n > self.batch:
-            return MTLOutput(*(torch.cat(ts) if ts[0] is not None else None
-                               for ts in zip(*(self(c) for c in x.split(self.batch)))))  # fmt: skip
-        if n < self.batch:
-            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.batch - n))
-        out = self.unpack(self.module(x))
-        return MTLOutput(*(None if t is None else t[:n].float() for t in out))
-
-
-@contextlib.contextmanager
-def _inductor_cpu() -> Iterator[None]:
-    """Inductor's freezing on (it must be on when the graph compiles, i.e. at the first call)."""
-    import torch._inductor.config as inductor
-
-    with inductor.patch(freezing=True):
-        yield
-
-
 def resolve_runtime(runtime: str, precision: str, device: torch.device | str) -> str:
-    """``runtime="auto"``: ONNX Runtime for int8 on a CPU where it is installed (faster than torchao's int8 where
-    both were measured, and cached on disk), torch otherwise."""
+    """``runtime="auto"``: for int8 on a CPU, OpenVINO where it is installed, else ONNX Runtime where it is (both
+    faster than torchao's int8 where measured, and cached on disk); torch otherwise."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     if runtime != "auto":
         return runtime
-    cpu_int8 = precision == "int8" and torch.device(device).type == "cpu"
-    return "onnxruntime" if cpu_int8 and onnxrt.missing() is None else "torch"
+    if precision != "int8" or torch.device(device).type != "cpu":
+        return "torch"
+    return next((name for name, rt in (("openvino", openvino_rt), ("onnxruntime", onnxrt)) if rt.missing() is None),
+                "torch")  # fmt: skip
 
 
 def path_name(precision: str, compile: bool = False, runtime: str = "torch") -> str:
     """The name the bench, ``auto``'s log and ``fastmtl predict`` give a path: ``fp32``, ``fp32+compile``,
-    ``int8`` (torchao, always compiled), ``int8+onnxruntime``, ..."""
-    if runtime == "onnxruntime":
-        return f"{precision}+onnxruntime"
+    ``int8`` (torchao, always compiled), ``int8+onnxruntime``, ``int8+openvino``, ..."""
+    if runtime in _FILE_RUNTIMES:
+        return f"{precision}+{runtime}"
     return precision + ("+compile" if compile and precision != "int8" else "")
 
 
@@ -132,47 +114,21 @@ def _check(precision: str, device: torch.device, cpu: CpuInfo, runtime: str = "t
         if reason:
             raise PrecisionUnavailable(reason)
         return
+    if runtime == "openvino":
+        if device.type != "cpu" or precision not in ("fp32", "bf16", "int8"):
+            raise PrecisionUnavailable(f"OpenVINO runs fp32, bf16 and int8 on a CPU, not {precision} on {device}")
+        if openvino_rt.missing():
+            raise PrecisionUnavailable(openvino_rt.missing())
     if precision == "fp16" and device.type != "cuda":
         raise PrecisionUnavailable("fp16 runs on CUDA only; on a CPU use fp32, bf16 (where native) or int8")
     if precision == "int8" and device.type != "cpu":
         raise PrecisionUnavailable("int8 is a CPU path; on CUDA use bf16 or fp16")
-    if precision == "bf16" and device.type == "cpu" and not cpu.bf16:
+    if precision == "bf16" and device.type == "cpu" and not cpu.bf16:  # on torch and OpenVINO alike
         raise PrecisionUnavailable(f"this CPU ({cpu.name}, {cpu.isa}) has no native bf16 (avx512_bf16 or AMX): "
                                    "emulated bf16 is slower than fp32; use fp32 or int8")  # fmt: skip
-    if precision == "int8" and importlib.util.find_spec("torchao") is None:
+    if precision == "int8" and runtime == "torch" and importlib.util.find_spec("torchao") is None:
         raise PrecisionUnavailable("int8 on torch needs torchao: pip install 'fastmtl[int8]' (or 'fastmtl[export]' "
                                    "for ONNX Runtime's int8)")  # fmt: skip
-
-
-def _quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
-    """PT2E static int8 (x86 Inductor quantizer) of ``model`` exported at the calibration batch shape."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-
-    net = optimize_for_inference(model, fold_bn=False, channels_last=False, amp="off").module
-    _unshare_activations(net)
-    graph = torch.export.export(net, (calibration[0],)).module()
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(graph, quantizer)
-    with torch.no_grad():
-        for batch in calibration:
-            prepared(batch)
-    return convert_pt2e(prepared)
-
-
-class _ReLU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x)
-
-
-def _unshare_activations(model: nn.Module) -> None:
-    """Replaces each ``nn.ReLU`` by a plain module: a ResNet block calls its one ReLU twice, which the quantizer's
-    module-based pattern matching cannot annotate ("more than one output node"); convolutions stay quantized."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.ReLU):
-            setattr(model, name, _ReLU())
-        else:
-            _unshare_activations(child)
 
 
 def build_path(
@@ -194,30 +150,33 @@ def build_path(
         example: one input batch (B, C, H, W); compiled paths are built and warmed up at this shape.
         compile: ``torch.compile`` the fp32/bf16/fp16 paths (torch's int8 is always compiled); on a CPU with
             freezing. Not for ONNX Runtime, which optimizes its own graph.
-        runtime: ``torch``, ``onnxruntime`` (CPU fp32 / int8, :mod:`fastmtl.onnxrt`) or ``auto``
-            (:func:`resolve_runtime`).
+        runtime: ``torch``, ``onnxruntime`` (CPU fp32 / int8, :mod:`fastmtl.onnxrt`), ``openvino`` (CPU fp32 /
+            bf16 / int8, :mod:`fastmtl.openvino_rt`) or ``auto`` (:func:`resolve_runtime`).
         calibration: int8's calibration batches (default: ``[example]``).
-        refresh: ONNX Runtime int8: calibrate again even when a calibrated file is cached.
-        log: where ONNX Runtime's export and calibration lines go.
+        refresh: ONNX Runtime / OpenVINO int8: calibrate again even when a calibrated file is cached.
+        log: where ONNX Runtime's and OpenVINO's export and calibration lines go.
 
     Raises:
         PrecisionUnavailable: the precision cannot run on this device or CPU, or not on this runtime.
     """
     device = next(model.parameters()).device
     runtime = resolve_runtime(runtime, precision, device)
-    if runtime == "onnxruntime" and compile:
-        raise ValueError("compile applies to the torch runtime; ONNX Runtime optimizes its own graph")
+    if runtime in _FILE_RUNTIMES and compile:
+        raise ValueError(f"compile applies to the torch runtime; {runtime} optimizes its own graph")
     cpu = cpu_info()
     _check(precision, device, cpu, runtime)
     if runtime == "onnxruntime":
         return onnxrt.build(model, precision, example, calibration=calibration, refresh=refresh,
                             int8_vnni=cpu.int8_vnni, log=log)  # fmt: skip
+    if runtime == "openvino":
+        net = openvino_rt.build(model, precision, example, cpu, calibration=calibration, refresh=refresh, log=log)
+        return FixedBatch(net, example.shape[0], lambda out: out)
     cpu = device.type == "cpu"
     if precision == "int8":
         batches = [b.to(device) for b in (calibration or [example])]
         full = [b for b in batches if b.shape[0] == example.shape[0]]  # exported at one shape; padding would skew
         batches = full or [F.pad(batches[0], (0, 0, 0, 0, 0, 0, 0, example.shape[0] - batches[0].shape[0]))]
-        quantized = _quantize_int8(model, batches)
+        quantized = quantize_int8(model, batches)
         net = FixedBatch(torch.compile(quantized), example.shape[0], lambda out: MTLOutput(*out))
     else:
         amp = "off" if precision == "fp32" else precision
@@ -225,7 +184,7 @@ def build_path(
         if compile:
             net = FixedBatch(net, example.shape[0], lambda out: out)
     if precision == "int8" or compile:
-        with _inductor_cpu() if cpu else contextlib.nullcontext(), torch.inference_mode():
+        with inductor_cpu() if cpu else contextlib.nullcontext(), torch.inference_mode():
             net(example.to(device))  # compile now, inside the freezing patch, not at the first real batch
     return net
 
@@ -255,10 +214,10 @@ class Decision:
 
 def decision_file(checkpoint: str | os.PathLike, shape: Sequence[int], cpu: CpuInfo) -> Path:
     """Where ``auto`` caches its decision: keyed by checkpoint (path, size, mtime), input shape (B, C, H, W), CPU,
-    torch and whether ONNX Runtime is installed."""
+    torch and whether ONNX Runtime and OpenVINO are installed."""
     st = Path(checkpoint).stat()
     raw = json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns, list(shape), cpu.key,
-                      torch.__version__, onnxrt.missing() is None])  # fmt: skip
+                      torch.__version__, onnxrt.missing() is None, openvino_rt.missing() is None])  # fmt: skip
     return default_cache_dir() / "precision" / (hashlib.sha256(raw.encode()).hexdigest()[:24] + ".json")
 
 
@@ -274,13 +233,20 @@ def _speed(net: nn.Module, example: torch.Tensor, rounds: int = 3) -> float:
 
 
 def _candidates(device: torch.device, cpu: CpuInfo) -> list[tuple[str, bool, str]]:
-    """(precision, compile, runtime) of each CPU path ``auto`` measures. With ONNX Runtime installed, torch's
-    compiled fp32 and (without VNNI) torchao's int8 are left out: ONNX Runtime's paths gave the same outputs faster
-    on the CPU where both were measured, and cost no compile in later processes."""
-    ort = onnxrt.missing() is None
+    """(precision, compile, runtime) of each CPU path ``auto`` measures, from ``cpu``'s facts and the runtimes
+    installed. With OpenVINO: its fp32, bf16 (where native) and int8, beside ONNX Runtime's, and no compiled torch
+    path (OpenVINO's bf16 and int8 were faster than torch's compiled ones, and a compiled path costs every process
+    its compile). Else with ONNX Runtime, torch's compiled fp32 and (without VNNI) torchao's int8 are left out:
+    ONNX Runtime's paths gave the same outputs faster on the CPUs where both were measured."""
+    ort, ov = onnxrt.missing() is None, openvino_rt.missing() is None
     found = [("fp32", False, "torch")]
-    found += [("fp32", False, "onnxruntime"), ("int8", False, "onnxruntime")] if ort else [("fp32", True, "torch")]
-    for precision in ("bf16", "int8"):
+    found += [("fp32", False, "onnxruntime"), ("int8", False, "onnxruntime")] if ort else []
+    found += [] if ort or ov else [("fp32", True, "torch")]
+    for precision in ("fp32", "bf16", "int8") if ov else ():
+        with contextlib.suppress(PrecisionUnavailable):
+            _check(precision, device, cpu, "openvino")
+            found.append((precision, False, "openvino"))
+    for precision in () if ov else ("bf16", "int8"):
         with contextlib.suppress(PrecisionUnavailable):
             _check(precision, device, cpu)
             if precision == "bf16" or not ort or cpu.int8_vnni:
@@ -299,7 +265,8 @@ def plan_auto(
     """What ``auto`` runs without measuring, or None when it measures.
 
     bf16 on CUDA; a decision cached for this checkpoint, batch shape ``shape`` and CPU (for a job of fewer than
-    ``min_images`` images only when it compiles nothing: an ONNX Runtime path, whose files are cached too). Any
+    ``min_images`` images only when it compiles nothing: an ONNX Runtime or OpenVINO path, whose files are cached
+    too). Any
     other job of fewer than ``min_images`` images runs fp32: on ONNX Runtime when it is installed and either the
     job has :data:`ORT_EXPORT_PIXELS` pixels or more or ``model``'s file is already cached, else on torch.
     """
@@ -308,7 +275,7 @@ def plan_auto(
     cache = decision_file(checkpoint, shape, cpu_info())
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         cached = Decision(**{**json.loads(cache.read_text()), "cached": True})
-        if n_images >= min_images or cached.runtime == "onnxruntime":
+        if n_images >= min_images or cached.runtime in _FILE_RUNTIMES:
             return cached
     if n_images >= min_images:
         return None
@@ -333,6 +300,7 @@ def choose_precision(
     *,
     n_images: int,
     min_images: int = AUTO_MIN_IMAGES,
+    refresh: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, Decision]:
     """``--precision auto``: the fastest path within tolerance of fp32 (:mod:`fastmtl.agreement`), built and ready.
@@ -347,6 +315,8 @@ def choose_precision(
         sample: calibration batches of the job's batch size, from the user's own images.
         n_images: the job's size.
         min_images: smallest job that measures and compiles.
+        refresh: calibrate the int8 files anew on ``sample`` when measuring (False: reuse cached ones, as the bench
+            does with files built from the same images earlier in its run).
         log: where progress lines go.
     """
     device, cpu, example = next(model.parameters()).device, cpu_info(), sample[0]
@@ -371,7 +341,7 @@ def choose_precision(
         start = time.perf_counter()
         try:
             net = build_path(model, precision, example, compile=compiled, runtime=runtime, calibration=sample,
-                             refresh=True, log=log)  # fmt: skip
+                             refresh=refresh, log=log)  # fmt: skip
         except Exception as e:  # a path that fails to build here is not taken, and the reason is shown
             log(f"auto: {name} could not be built ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             continue

@@ -23,6 +23,7 @@ import platform
 import time
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ import torch
 
 __all__ = [
     "AMP_CHOICES",
+    "CPU_ENV",
+    "SIMULATED_CPUS",
     "Amp",
     "CpuInfo",
     "amp_dtype",
@@ -190,20 +193,58 @@ def fit_threads(workers: int, cpus: int | None = None, idle: float | None = None
 
 @dataclass(frozen=True)
 class CpuInfo:
-    """What the CPU computes natively: ``bf16`` as oneDNN reports it, ``int8_vnni`` from the ISA flags."""
+    """What the CPU computes natively: ``bf16`` as oneDNN reports it, ``int8_vnni`` and ``amx`` from the ISA flags."""
 
     name: str
     isa: str
     bf16: bool
     int8_vnni: bool
+    amx: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The CPU kind in words, as the bench results and ``fastmtl info`` name it: ``AVX2``, ``AVX-512 + VNNI +
+        bf16``, ``AMX``, ..."""
+        if self.amx:
+            return "AMX"
+        features = [self.isa.replace("AVX512", "AVX-512")]
+        features += ["VNNI"] * self.int8_vnni + ["bf16"] * self.bf16
+        return " + ".join(features)
 
     @property
     def key(self) -> str:
-        return f"{self.name}|{self.isa}|bf16={self.bf16}|vnni={self.int8_vnni}"
+        return f"{self.name}|{self.isa}|bf16={self.bf16}|vnni={self.int8_vnni}" + ("|amx" if self.amx else "")
+
+
+# The CPU kinds fastmtl's paths and recipes depend on, by the name $FASTMTL_CPU takes to simulate one (tests, and a
+# user who wants the recipe of another machine). A simulated kind changes the choices, not what the hardware does:
+# bf16 on a CPU without it runs emulated (slowly), 8-bit int8 weights without VNNI may saturate.
+SIMULATED_CPUS = {
+    "avx2": CpuInfo("simulated AVX2 CPU", "AVX2", bf16=False, int8_vnni=False),
+    "avx512-vnni-bf16": CpuInfo("simulated AVX-512 CPU", "AVX512", bf16=True, int8_vnni=True),
+    "amx": CpuInfo("simulated AMX CPU", "AVX512", bf16=True, int8_vnni=True, amx=True),
+}
+CPU_ENV = "FASTMTL_CPU"
 
 
 def cpu_info() -> CpuInfo:
-    """Detects the CPU's native bf16 and int8 dot-product support (not guessed from the vendor)."""
+    """Detects the CPU's native bf16, int8 dot-product (VNNI) and AMX support (not guessed from the vendor), or the
+    simulated kind that ``$FASTMTL_CPU`` names (:data:`SIMULATED_CPUS`; subprocesses inherit it).
+
+    Raises:
+        ValueError: ``$FASTMTL_CPU`` names no kind.
+    """
+    simulated = os.environ.get(CPU_ENV, "").strip()
+    if simulated:
+        if simulated not in SIMULATED_CPUS:
+            raise ValueError(f"{CPU_ENV}={simulated!r}: expected one of {', '.join(SIMULATED_CPUS)} (or unset: this "
+                             "CPU as detected)")  # fmt: skip
+        return SIMULATED_CPUS[simulated]
+    return _detected_cpu()
+
+
+@lru_cache(maxsize=1)
+def _detected_cpu() -> CpuInfo:
     name, flags = platform.processor() or platform.machine(), set()
     with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -215,4 +256,5 @@ def cpu_info() -> CpuInfo:
                 break
     bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    return CpuInfo(name, torch.backends.cpu.get_cpu_capability(), bf16, vnni)
+    amx = bool(flags & {"amx_int8", "amx_bf16"})
+    return CpuInfo(name, torch.backends.cpu.get_cpu_capability(), bf16, vnni, amx)

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fastmtl.runtime import CPU_ENV, SIMULATED_CPUS, CpuInfo
+
 # Triton kernels run on CPU through the interpreter; the variable must be set before any kernel module is imported,
 # and this file is imported before every test module.
 if not torch.cuda.is_available():
@@ -62,6 +64,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for folder in basetemp.iterdir():
             shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(params=list(SIMULATED_CPUS))
+def cpu_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> CpuInfo:
+    """Runs the test once per CPU kind fastmtl's choices depend on (AVX2 only; AVX-512 + VNNI + bf16; AMX), whatever
+    CPU runs it: ``$FASTMTL_CPU`` names the kind, so :func:`fastmtl.runtime.cpu_info` in this process and in its
+    subprocesses returns it. Returns the simulated :class:`~fastmtl.runtime.CpuInfo`."""
+    monkeypatch.setenv(CPU_ENV, request.param)
+    return SIMULATED_CPUS[request.param]
 
 
 @pytest.fixture

@@ -136,7 +136,8 @@ def test_update_readme_section(tmp_path):
 def test_cpu_precision_group_puts_speed_and_agreement_in_one_table():
     group, agree = "cpu-precision-224px-b8", {"vs_fp32_mask_dsc": 99.81, "vs_fp32_mask_agreement": 99.9}
     data = {"machine_info": {}, "benchmarks": [
-        _bench(group, "eager-fp32", 4.0, weights="random init", vs_fp32_mask_dsc=100.0, dsc_gt_delta=0.0),
+        _bench(group, "eager-fp32", 4.0, weights="random init", vs_fp32_mask_dsc=100.0, dsc_gt_delta=0.0,
+               cpu_kind="AVX-512 + VNNI + bf16"),
         _bench(group, "int8", 2.0, dsc_gt_delta=-0.25, vs_fp32_prob_max_abs=0.01, **agree),
         _bench(group, "auto", 2.0, auto_choice="precision int8: 2.00x eager", **agree),
     ]}  # fmt: skip
@@ -146,3 +147,4 @@ def test_cpu_precision_group_puts_speed_and_agreement_in_one_table():
     assert "| int8 | 4 | 2.00x | 99.81 | 99.9 | - | 0.01 | -0.25 |" in rows["int8"]
     assert rows["eager-fp32"].split(" | ")[2] == "1.00x"  # eager-fp32 is the group's baseline
     assert "auto chose precision int8: 2.00x eager" in text and "Weights: random init." in text
+    assert "CPU kind: AVX-512 + VNNI + bf16." in text  # every result names the CPU kind it ran on

@@ -128,16 +128,19 @@ def test_demo_then_eval_and_predict_on_its_checkpoint(tmp_path, capsys):
     assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 6
 
 
-def test_info_lists_models_cpu_paths_and_the_cache(capsys, tmp_path, monkeypatch):
+def test_info_lists_models_cpu_paths_and_the_cache(capsys, tmp_path, monkeypatch, cpu_kind):
     monkeypatch.setenv("FASTMTL_CACHE", str(tmp_path))
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "m.onnx").write_bytes(b"x" * 30_000_000)
     assert main(["info"]) == 0
     printed = capsys.readouterr().out
-    assert "torch" in printed and "cpu" in printed and "onnxruntime" in printed
+    assert "torch" in printed and "cpu" in printed and "onnxruntime" in printed and "  openvino     " in printed
     assert "resformer_mtl " in printed and "56,347,211" in printed  # SPEC section 7, parallel fusion + DFE at 224
     assert f"cache        {tmp_path} (ONNX files: 0.03 GB, at most 2 GB)" in printed
-    assert "  bf16         " in printed and "  int8         " in printed
+    assert f"CPU inference paths ({cpu_kind.name}, {cpu_kind.kind}; simulated by FASTMTL_CPU=" in printed
+    assert ("  bf16         native (oneDNN)" in printed) == cpu_kind.bf16
+    assert ("  int8         VNNI: 8-bit weights" in printed) == cpu_kind.int8_vnni
+    assert ("  int8         no VNNI: 7-bit weights" in printed) != cpu_kind.int8_vnni
     monkeypatch.setenv("FASTMTL_ONNX_CACHE_GB", "lots")
     assert main(["info"]) == 0  # a malformed bound is shown, not raised
     assert "FASTMTL_ONNX_CACHE_GB='lots': expected a size in gigabytes" in capsys.readouterr().out

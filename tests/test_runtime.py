@@ -113,3 +113,23 @@ def test_idle_cpus_sees_a_busy_core(tmp_path):
         spin.kill()
         spin.wait()
     assert 0.0 <= runtime.idle_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_the_simulated_cpu_kind_is_what_cpu_info_says(cpu_kind):
+    from fastmtl.runtime import cpu_info
+
+    assert cpu_info() == cpu_kind and cpu_kind.kind in ("AVX2", "AVX-512 + VNNI + bf16", "AMX")
+
+
+def test_a_subprocess_sees_the_simulated_kind_and_an_unknown_one_is_refused(monkeypatch):
+    from fastmtl.runtime import SIMULATED_CPUS, cpu_info
+
+    monkeypatch.setenv("FASTMTL_CPU", "amx")
+    code = "from fastmtl.runtime import cpu_info; print(cpu_info().key)"
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert printed.strip() == SIMULATED_CPUS["amx"].key
+    monkeypatch.setenv("FASTMTL_CPU", "avx9")
+    with pytest.raises(ValueError, match="FASTMTL_CPU='avx9': expected one of avx2, avx512-vnni-bf16, amx"):
+        cpu_info()
+    monkeypatch.delenv("FASTMTL_CPU")
+    assert cpu_info().name not in {kind.name for kind in SIMULATED_CPUS.values()}  # the CPU as detected

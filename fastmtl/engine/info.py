@@ -10,15 +10,15 @@ from typing import Any
 
 import torch
 
-from fastmtl import onnxrt
+from fastmtl import onnxrt, openvino_rt
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.registry import create_model, list_models
-from fastmtl.runtime import cpu_info
+from fastmtl.runtime import CPU_ENV, cpu_info
 
 __all__ = ["format_info", "parameter_count", "system_info"]
 
 _PACKAGES = ("fastmtl", "torch", "torchvision", "triton", "numpy", "safetensors", "scikit-learn", "matplotlib",
-             "onnxruntime", "torchao")  # fmt: skip
+             "onnxruntime", "openvino", "nncf", "torchao")  # fmt: skip
 
 
 def _version(package: str) -> str | None:
@@ -52,8 +52,9 @@ def _devices() -> list[dict[str, Any]]:
 def _cpu_paths() -> dict[str, Any]:
     """What ``--precision`` can use on this CPU (:func:`fastmtl.runtime.cpu_info`, :func:`fastmtl.onnxrt.missing`)."""
     cpu = cpu_info()
-    return {"cpu": cpu.name, "isa": cpu.isa, "bf16": cpu.bf16, "int8_vnni": cpu.int8_vnni,
-            "onnxruntime_missing": onnxrt.missing()}  # fmt: skip
+    return {"cpu": cpu.name, "isa": cpu.isa, "kind": cpu.kind, "bf16": cpu.bf16, "int8_vnni": cpu.int8_vnni,
+            "amx": cpu.amx, "simulated": os.environ.get(CPU_ENV) or None,
+            "onnxruntime_missing": onnxrt.missing(), "openvino_missing": openvino_rt.missing()}  # fmt: skip
 
 
 def _cache() -> dict[str, Any]:
@@ -91,11 +92,16 @@ def format_info(info: dict[str, Any]) -> str:
     if info["cuda"] is None:
         lines.append("  (no CUDA device visible)")
     cpu = info["cpu_paths"]
-    lines += ["", f"CPU inference paths ({cpu['cpu']}, {cpu['isa']})"]
+    simulated = f"; simulated by {CPU_ENV}={cpu['simulated']}" if cpu["simulated"] else ""
+    lines += ["", f"CPU inference paths ({cpu['cpu']}, {cpu['kind']}{simulated})"]
     lines.append("  bf16         " + ("native (oneDNN)" if cpu["bf16"] else "not native: --precision bf16 runs fp32"))
     lines.append("  int8         " + ("VNNI: 8-bit weights" if cpu["int8_vnni"] else "no VNNI: 7-bit weights"))
     ort = cpu["onnxruntime_missing"]
     lines.append("  onnxruntime  " + (f"not usable: {ort}" if ort else "fp32 and int8 run on ONNX Runtime"))
+    ov = cpu["openvino_missing"]
+    lines.append(
+        "  openvino     " + (f"not usable: {ov}" if ov else "fp32, bf16 (where native) and int8 run on OpenVINO")
+    )
     cache, limit = info["cache"], info["cache"]["onnx_limit_bytes"]
     bound = f"at most {limit / 1e9:g} GB" if isinstance(limit, int) else limit
     lines += ["", f"cache        {cache['folder']} (ONNX files: {cache['onnx_bytes'] / 1e9:.2f} GB, {bound})"]

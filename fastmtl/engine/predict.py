@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl import onnxrt
+from fastmtl import onnxrt, openvino_rt
 from fastmtl.data.images import ImagePaths, collate_predict
 from fastmtl.engine.checkpoint import load_model, model_config, read_checkpoint_info, stored_class_names
 from fastmtl.engine.ckpt_meta import warn_if_synthetic
@@ -144,10 +144,11 @@ def predict(
             for jobs of :data:`~fastmtl.precision.AUTO_MIN_IMAGES` images or more, then cached); the path taken is
             printed and stored in ``PredictSummary.precision``.
         calibrate: images to calibrate int8 / ``auto`` on (anything :func:`collect_inputs` takes); default the
-            first images of ``inputs``. ONNX Runtime's int8 is calibrated once per checkpoint and image size and
-            cached; giving ``calibrate`` calibrates it again.
-        runtime: ``auto``, ``torch`` or ``onnxruntime`` for an explicit ``precision`` (CPU fp32 / int8;
-            :func:`fastmtl.precision.resolve_runtime`); ``auto`` precision picks its own.
+            first images of ``inputs``. ONNX Runtime's and OpenVINO's int8 are calibrated once per checkpoint and
+            image size and cached; giving ``calibrate`` calibrates them again.
+        runtime: ``auto``, ``torch``, ``onnxruntime`` (CPU fp32 / int8) or ``openvino`` (CPU fp32 / bf16 / int8)
+            for an explicit ``precision`` (:func:`fastmtl.precision.resolve_runtime`); ``auto`` precision picks its
+            own.
 
     Raises:
         FileNotFoundError: no input matches.
@@ -157,7 +158,7 @@ def predict(
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
-    if not optimize and (precision not in ("auto", "fp32") or runtime == "onnxruntime"):
+    if not optimize and (precision not in ("auto", "fp32") or runtime in ("onnxruntime", "openvino")):
         raise ValueError(f"precision {precision!r} on runtime {runtime!r} needs the optimized model; drop "
                          "--no-optimize")  # fmt: skip
     if not 0.0 < threshold < 1.0:  # NaN fails too
@@ -242,6 +243,8 @@ def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, opt
             _log(
                 f"auto: {onnxrt.missing()} (its fp32 and int8 are the fastest CPU paths measured: README, Performance)"
             )
+        elif device.type == "cpu" and openvino_rt.missing():
+            _log(f"auto: {openvino_rt.missing()} (its int8 is the fastest CPU path measured: README, Performance)")
         plan = plan_auto(device, checkpoint, shaped[0].shape, len(dataset), model=model)
         if plan is not None:
             _log(f"auto: {plan.describe()}{'' if plan.cached else '; --precision chooses another'}")

@@ -15,6 +15,19 @@ import fastmtl
 from fastmtl.engine.checkpoint import save_checkpoint
 
 
+@pytest.fixture(scope="module")
+def _module_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fastmtl-cache")
+
+
+@pytest.fixture
+def module_cache(_module_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$FASTMTL_CACHE`` for the test: one folder shared by the tests of a module (after the suite's private
+    per-test folder is set), so a module's ONNX exports and OpenVINO files are built once."""
+    monkeypatch.setenv("FASTMTL_CACHE", str(_module_cache_dir))
+    return _module_cache_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Callable[..., Path]:
     """Factory: ``tiny_checkpoint(name="unet_resnet34_mtl", img_size=64, meta=None, **overrides)`` -> weights path.

@@ -8,12 +8,30 @@ from collections import Counter
 
 import pytest
 import torch
+from torch import nn
 
 import fastmtl
 from fastmtl import onnxrt
 from fastmtl import precision as P
+from fastmtl.config import ModelConfig
+from fastmtl.registry import register_model
+from tests.engine.test_train import TinyMTL
 
 pytestmark = pytest.mark.skipif(onnxrt.missing() is not None, reason=str(onnxrt.missing()))
+
+
+class TwoConvMTL(TinyMTL):
+    """The tiny test model with a convolution that reads neither the image nor feeds an output: int8 quantizes it."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.body.append(nn.Conv2d(8, 8, 3, padding=1))
+
+
+@register_model(("img_size", "in_chans", "seg_classes", "cls_classes"))
+def two_conv_mtl_test(**kwargs) -> TwoConvMTL:
+    """Test-only model: exports and quantizes in seconds."""
+    return TwoConvMTL(ModelConfig(name="two_conv_mtl_test", dfe="none", drop_path_rate=0.0, **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +40,7 @@ def model():
     return fastmtl.create_model("resformer_mtl", img_size=32).eval()
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        folder = tmp_path_factory.mktemp("fastmtl-cache")
-        mp.setenv("FASTMTL_CACHE", str(folder))
-        yield folder
-
-
-def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
+def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, module_cache):
     import onnx
 
     torch.manual_seed(1)
@@ -40,7 +50,8 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
         ref = model(x)
     built = []
     fp32 = P.build_path(model, "fp32", calibration[0], runtime="onnxruntime", log=built.append)
-    int8 = P.build_path(model, "int8", calibration[0], runtime="auto", calibration=calibration, log=built.append)
+    int8 = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration,
+                        log=built.append)  # fmt: skip
     assert [line.split(":")[0] for line in built] == ["onnxruntime", "onnxruntime"]  # exported, then calibrated
     assert "exported" in built[0] and "int8 calibrated on 6 image(s)" in built[1]
 
@@ -84,25 +95,8 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, cache):
     reused = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=again.append)
     assert again == [] and reused.path == int8.path  # nothing exported or calibrated: read from the cache
     assert int8.path.stat().st_mtime > 1e9  # marked as used: the cache bound removes the least recently used
-    name = int8.path.name
-    assert f"-{onnxrt._INT8}-" in name
-    vnni, base = f"{onnxrt._INT8}-vnni" in name, name.replace(f"{onnxrt._INT8}-vnni", onnxrt._INT8)  # this CPU's
-    older = [int8.path.with_name(base.replace(onnxrt._INT8, tag)) for tag in ("int8", "int8-vnni", "int8r1")]
-    other_cpu = int8.path.with_name(base if vnni else base.replace(onnxrt._INT8, f"{onnxrt._INT8}-vnni"))
-    for path in [*older, other_cpu]:
-        path.write_bytes(b"a file of an older recipe, or of a CPU with VNNI")
-    P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration[:1], refresh=True,
-                 log=again.append)  # fmt: skip
-    assert not any(p.exists() for p in older) and other_cpu.exists()  # older recipes' files pruned when calibrating
-    other_cpu.unlink()
-    assert len(again) == 1 and "int8 calibrated on 2 image(s)" in again[0]
-    int8.path.write_bytes(b"damaged on disk")
-    repaired = []
-    P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=repaired.append)
-    assert "is damaged (its bytes differ from the checksum" in repaired[0]
-    assert "int8 calibrated on 2 image(s)" in repaired[1]
 
-    checkpoint = cache / "model.safetensors"
+    checkpoint = module_cache / "model.safetensors"
     checkpoint.write_bytes(b"stands in for the checkpoint in auto's cache key")
     small = P.plan_auto("cpu", checkpoint, x.shape, n_images=5, model=model)  # exported already: worth it
     assert small.name == "fp32+onnxruntime" and "exported by an earlier job" in small.reason
@@ -122,7 +116,7 @@ def tiny_model():
 
 
 @pytest.mark.parametrize("damage", ["altered weights", "no checksum", "truncated"])
-def test_a_cached_file_altered_on_disk_is_never_used(tiny_model, cache, damage):
+def test_a_cached_file_altered_on_disk_is_never_used(tiny_model, module_cache, damage):
     """A cached file whose weights were altered still loads in ONNX Runtime, with outputs far from the model's: the
     checksum recorded when it was written catches it, and it is exported again with one line."""
     import onnx
@@ -147,6 +141,41 @@ def test_a_cached_file_altered_on_disk_is_never_used(tiny_model, cache, damage):
     assert "exported to" in lines[1] and onnxrt.verify_cached(path) is None
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt(x).seg_logits, tiny_model(x).seg_logits, atol=1e-4, rtol=1e-4)
+
+
+def _int8_tag(vnni: bool) -> str:
+    return f"{onnxrt._INT8}-vnni" if vnni else onnxrt._INT8
+
+
+def test_the_int8_recipe_and_file_follow_the_cpu_kind_and_older_recipes_are_pruned(module_cache, cpu_kind):
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(2)
+    model = two_conv_mtl_test(img_size=32, in_chans=3, seg_classes=1, cls_classes=2).eval()
+    calibration = [torch.randn(2, 3, 32, 32)]
+    lines = []
+    int8 = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration, refresh=True,
+                        log=lines.append)  # fmt: skip
+    assert f"-{_int8_tag(cpu_kind.int8_vnni)}-" in int8.path.name and "int8 calibrated on 2 image(s)" in lines[-1]
+    graph = onnx.load(str(int8.path)).graph
+    weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    widest = max(int(abs(w.astype(int)).max()) for w in weights if w.size > 1)
+    assert widest > 64 if cpu_kind.int8_vnni else widest <= 64, widest  # 8-bit weights with VNNI, 7-bit without
+
+    digest = int8.path.stem.rsplit("-", 1)[1]
+    older = [onnxrt.cached_file(model, calibration[0].shape, tag, digest=digest)
+             for tag in ("int8", "int8-vnni", "int8r1", "int8r1-vnni")]  # fmt: skip
+    other_cpu = onnxrt.cached_file(model, calibration[0].shape, _int8_tag(not cpu_kind.int8_vnni), digest=digest)
+    for path in [*older, other_cpu]:
+        path.write_bytes(b"a file of an older recipe, or of another CPU kind")
+    int8.path.write_bytes(b"damaged on disk")
+    repaired = []
+    again = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=repaired.append)
+    assert "is damaged" in repaired[0] and "int8 calibrated on 2 image(s)" in repaired[1], repaired
+    assert again.path == int8.path
+    assert not any(p.exists() for p in older) and other_cpu.exists()  # older recipes' files pruned when calibrating
+    other_cpu.unlink()
 
 
 def test_the_cache_folder_keeps_the_most_recently_used_files_within_its_bound(tmp_path, monkeypatch):
@@ -181,7 +210,8 @@ def test_onnxruntime_refuses_what_it_cannot_run(model):
         P.build_path(model, "fp32", torch.randn(2, 3, 32, 32), runtime="onnxruntime", compile=True)
     with pytest.raises(ValueError, match="runtime must be one of"):
         P.resolve_runtime("tensorrt", "fp32", "cpu")
-    assert P.resolve_runtime("auto", "int8", "cpu") == "onnxruntime"
+    int8 = "onnxruntime" if P.openvino_rt.missing() else "openvino"  # OpenVINO's int8 is faster where installed
+    assert P.resolve_runtime("auto", "int8", "cpu") == int8
     assert P.resolve_runtime("auto", "fp32", "cpu") == P.resolve_runtime("auto", "int8", "cuda") == "torch"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +14,12 @@ import torch
 from fastmtl import onnxrt
 from fastmtl import precision as P
 from fastmtl.engine.predict import predict
+from fastmtl.runtime import SIMULATED_CPUS
 from tests.engine.test_train import tiny_mtl_test
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
                                    reason="int8 needs torchao (pip install 'fastmtl[int8]')")  # fmt: skip
 needs_onnxruntime = pytest.mark.skipif(P.onnxrt.missing() is not None, reason=str(P.onnxrt.missing()))
-NO_BF16 = P.CpuInfo("test CPU", "AVX2", bf16=False, int8_vnni=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_int8_path_stays_close_to_fp32(tiny):
 def test_bf16_on_a_cpu_without_it_is_refused_by_the_path_and_falls_back_in_predict(
     tiny, tiny_checkpoint, image_files, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(P, "cpu_info", lambda: NO_BF16)
+    monkeypatch.setenv("FASTMTL_CPU", "avx2")  # an AVX2-only CPU, whatever CPU runs the test
     with pytest.raises(P.PrecisionUnavailable, match="no native bf16"):
         P.build_path(tiny, "bf16", torch.randn(2, 3, 32, 32))
     with pytest.raises(P.PrecisionUnavailable, match="CUDA only"):
@@ -75,12 +76,38 @@ def test_bf16_on_a_cpu_without_it_is_refused_by_the_path_and_falls_back_in_predi
     assert summary.n_images == len(image_files)
 
 
-@pytest.mark.skipif(not P.cpu_info().bf16, reason="this CPU has no native bf16 (oneDNN says so)")
-def test_bf16_path_on_a_cpu_with_native_bf16(tiny):
+def test_bf16_runs_where_the_cpu_kind_has_it(tiny, cpu_kind):
     x = torch.randn(4, 3, 32, 32)
-    with torch.inference_mode():
+    if not cpu_kind.bf16:
+        with pytest.raises(P.PrecisionUnavailable, match=f"this CPU \\({cpu_kind.name}, AVX2\\) has no native bf16"):
+            P.build_path(tiny, "bf16", x)
+        return
+    with torch.inference_mode():  # emulated where the real CPU lacks it: slower, the same numbers
         out = P.build_path(tiny, "bf16", x)(x)
     assert P.agreement(_reference(tiny, x), out)["mask_agreement"] > 97.0
+
+
+@pytest.mark.parametrize("installed", [(), ("onnxruntime",), ("onnxruntime", "openvino")],
+                         ids=["torch-only", "onnxruntime", "openvino"])  # fmt: skip
+def test_auto_candidates_follow_the_cpu_kind_and_the_runtimes_installed(cpu_kind, installed, monkeypatch):
+    monkeypatch.setattr(P.onnxrt, "missing", lambda: None if "onnxruntime" in installed else "no onnxruntime")
+    monkeypatch.setattr(P.openvino_rt, "missing", lambda: None if "openvino" in installed else "no openvino")
+    names = [P.path_name(*c) for c in P._candidates(torch.device("cpu"), P.cpu_info())]
+    assert names[0] == "fp32" and len(set(names)) == len(names)
+    assert ("bf16+compile" in names or "bf16+openvino" in names) == cpu_kind.bf16  # bf16 only where native
+    torchao = importlib.util.find_spec("torchao") is not None
+    if "openvino" in installed:  # its bf16 and int8 beat torch's compiled paths, which every process pays for
+        assert {"fp32+openvino", "int8+openvino", "int8+onnxruntime"} <= set(names)
+        assert not any("compile" in n for n in names) and "int8" not in names
+    elif "onnxruntime" in installed:  # torchao's int8 is measured only where VNNI makes it a contender
+        assert {"fp32+onnxruntime", "int8+onnxruntime"} <= set(names) and "fp32+compile" not in names
+        assert ("int8" in names) == (cpu_kind.int8_vnni and torchao)
+    else:
+        assert "fp32+compile" in names and ("int8" in names) == torchao
+    assert P.resolve_runtime("auto", "int8", "cpu") == (["torch", *installed])[-1]
+    checkpoint = Path(__file__)  # the decision is cached per CPU kind (and per runtimes installed)
+    keys = {P.decision_file(checkpoint, (8, 3, 224, 224), kind) for kind in SIMULATED_CPUS.values()}
+    assert len(keys) == len(SIMULATED_CPUS)
 
 
 def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
