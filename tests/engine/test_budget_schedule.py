@@ -52,3 +52,11 @@ def test_never_more_than_the_configured_epochs_and_always_one_more_step() -> Non
     assert late.total == 16
     record = s.record(150, 1800, 8)
     assert record["paper_steps"] == 150 * 225 and record["planned_steps"] == 40 and record["schedule"] == "budget"
+
+
+def test_a_plan_fills_only_its_share_of_the_time_left():
+    full, headroom = _schedule(), _schedule(fill=0.9)
+    for s in (full, headroom):
+        s.step_s, s.val_s = 0.1, 0.0
+        s.plan(0.0, 0)
+    assert full.total == 1000 and headroom.total == 900  # 100 s at 0.1 s a step, all of it or 90 % of it
