@@ -22,7 +22,6 @@ The calibration of a cached int8 file is that of the job that built it; ``refres
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
@@ -37,7 +36,7 @@ from torch import nn
 
 from fastmtl import onnxrt
 from fastmtl.data.cache import default_cache_dir
-from fastmtl.files import atomic_write_json
+from fastmtl.files import atomic_write_json, file_sha256
 from fastmtl.output import MTLOutput
 from fastmtl.runtime import CpuInfo
 
@@ -99,7 +98,7 @@ class OpenVinoModel(nn.Module):
 
 
 def _digests(xml: Path) -> dict[str, str]:
-    return {p.suffix: hashlib.sha256(p.read_bytes()).hexdigest() for p in (xml, xml.with_suffix(".bin"))}
+    return {p.suffix: file_sha256(p) for p in (xml, xml.with_suffix(".bin"))}  # streamed, not read whole
 
 
 def _verified(xml: Path) -> bool:
