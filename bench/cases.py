@@ -7,7 +7,7 @@ A case is (mode, provider, img_size, batch). Providers of ``resformer_mtl``:
 - ``compile``: ``torch.compile`` of the fp32 reference, default mode (the "vs compiled" baseline);
 - ``compile-bf16`` (GPU): the same under bf16 autocast, the like-for-like baseline of ``fastmtl`` on GPU;
 - ``compile-max-autotune`` (GPU, inference): ``torch.compile(mode="max-autotune")`` of the fp32 reference;
-- ``fastmtl``: inference = :func:`fastmtl.inference.optimize_for_inference` (BN folding, channels_last, Triton
+- ``fastmtl``: inference = :func:`fastmtl.inference.optimize.optimize_for_inference` (BN folding, channels_last, Triton
   kernels + bf16 + compile on GPU; fp32, and compile only with ``--bench-cpu-compile``, on CPU); training (GPU) =
   Triton kernels + channels_last + bf16 autocast + compile.
 

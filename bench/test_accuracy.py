@@ -1,8 +1,8 @@
 """Accuracy next to wall time: a checkpoint's paper metrics on a dataset, and a short fixed-budget training run.
 
-- ``test_evaluate_checkpoint``: :func:`fastmtl.engine.evaluate.evaluate` on ``--bench-checkpoint`` /
+- ``test_evaluate_checkpoint``: :func:`fastmtl.engine.evaluate.job.evaluate` on ``--bench-checkpoint`` /
   ``--bench-data`` / ``--bench-split`` (env ``FASTMTL_BENCH_CHECKPOINT`` / ``_DATA`` / ``_SPLIT``).
-- ``test_train_budget``: :func:`fastmtl.engine.train.train` of ``resformer_mtl`` on ``../shared/data/isic2017``
+- ``test_train_budget``: :func:`fastmtl.engine.train.job.train` of ``resformer_mtl`` on ``../shared/data/isic2017``
   (validation carved from the training split, no pretrained trunk) with a fixed step budget per device, reporting
   the validation DSC / JI / AUC next to the run's wall time. The budget on a 2-core CPU (a few steps at 64 px)
   only proves the pipeline; the GPU budget (2 epochs at 224 px) gives numbers worth comparing between commits.
@@ -37,7 +37,7 @@ def _budget(device: torch.device, quick: bool) -> dict[str, Any]:
 
 
 def test_train_budget(benchmark, measure, bench_device, bench_quick, tmp_path) -> None:
-    engine = pytest.importorskip("fastmtl.engine.train", reason="fastmtl.engine.train is not available")
+    engine = pytest.importorskip("fastmtl.engine.train.job", reason="fastmtl.engine.train.job is not available")
     if not ISIC_DATA.is_dir():
         pytest.skip(f"ISIC 2017 data not found at {ISIC_DATA} (the repository's ../shared/data/isic2017)")
     budget = {"num_workers": 0, **_budget(bench_device, bench_quick)}
@@ -70,7 +70,7 @@ def test_evaluate_checkpoint(benchmark, measure, pytestconfig, bench_device, tmp
         pytest.skip(f"checkpoint {checkpoint} does not exist")
     if not Path(data).exists():
         pytest.skip(f"dataset folder {data} does not exist")
-    engine = pytest.importorskip("fastmtl.engine.evaluate", reason="fastmtl.engine.evaluate is not available")
+    engine = pytest.importorskip("fastmtl.engine.evaluate.job", reason="fastmtl.engine.evaluate.job is not available")
     split = pytestconfig.getoption("bench_split")
 
     def run() -> dict[str, Any]:

@@ -6,16 +6,16 @@ each compiled in every process); ``--bench-quick``: 64 px batch 2, uncompiled pa
 ``resformer_mtl`` (the weights of ``--bench-checkpoint`` when given, else seeded random ones, which the results say):
 
 - ``eager-fp32``: the model as built (the baseline);
-- fastmtl's paths, :func:`fastmtl.precision.build_path`: ``fp32+onnxruntime``, ``int8+onnxruntime`` (the
+- fastmtl's paths, :func:`fastmtl.inference.precision.build_path`: ``fp32+onnxruntime``, ``int8+onnxruntime`` (the
   ``export`` extra), ``fp32+openvino``, ``bf16+openvino``, ``int8+openvino`` (the ``openvino`` extra) and, with
   ``--bench-full``, torch's (bf16 only where the CPU computes it natively; skipped with the reason otherwise);
 - the peer, OpenVINO as a user runs it in a few lines on the same exported ONNX file (:func:`_openvino_peer`):
   ``openvino-fp32``, ``openvino-default`` (its own default precision: bf16 on a CPU that has it) and
   ``openvino-int8`` (NNCF post-training quantization, transformer preset, on the calibration images);
 - ``auto``: what ``fastmtl predict`` runs by default on a job large enough to measure
-  (:func:`fastmtl.precision.choose_precision`, its cached decision removed first).
+  (:func:`fastmtl.inference.precision.choose_precision`, its cached decision removed first).
 
-int8 and ``auto`` calibrate on :data:`~fastmtl.precision.CALIBRATION_IMAGES` ISIC 2017 images from the end of the
+int8 and ``auto`` calibrate on :data:`~inference.precision.CALIBRATION_IMAGES` ISIC 2017 images from the end of the
 sorted list (random inputs without the data), as ``fastmtl predict`` calibrates on the user's own images. Builds are
 shared within the run: the ONNX file is exported once into the session's private cache folder, and ``auto`` reuses
 the int8 files the cases before it calibrated on the same images (it times and compares them all the same). Each
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import fastmtl
-from fastmtl import precision as P
+from fastmtl.inference import precision as P
 from fastmtl.output import MTLOutput
 
 ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
@@ -74,7 +74,7 @@ def weights(pytestconfig: pytest.Config, tmp_path_factory, bench_quick: bool) ->
     given = pytestconfig.getoption("bench_checkpoint")
     if given:
         return Path(given), f"checkpoint {given}"
-    from fastmtl.engine.checkpoint import save_checkpoint
+    from fastmtl.checkpoint.store import save_checkpoint
 
     torch.manual_seed(0)
     model = fastmtl.create_model("resformer_mtl", img_size=_shapes(bench_quick)[0][0])
@@ -105,7 +105,7 @@ def isic_images(bench_quick: bool, pytestconfig: pytest.Config) -> list[tuple[Pa
 
 
 def _calibration(example: torch.Tensor) -> list[torch.Tensor]:
-    """:data:`~fastmtl.precision.CALIBRATION_IMAGES` images in batches shaped like ``example``, from the last ISIC
+    """:data:`~inference.precision.CALIBRATION_IMAGES` images in batches shaped like ``example``, from the last ISIC
     images (disjoint from the accuracy images), or random ones without the data."""
     from fastmtl.data.images import ImagePaths
 
@@ -119,7 +119,7 @@ def _calibration(example: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _model(checkpoint: Path, img_size: int) -> torch.nn.Module:
-    from fastmtl.engine.checkpoint import load_model
+    from fastmtl.checkpoint.store import load_model
 
     model, _ = load_model(checkpoint, device="cpu")
     if model.config.img_size != img_size:
@@ -148,7 +148,7 @@ def _openvino_peer(kind: str, model, example: torch.Tensor, calibration) -> torc
     """OpenVINO as a user runs it: the exported ONNX file (fastmtl's, so every path reads the same graph) read and
     compiled for this batch shape with OpenVINO's defaults (``fp32``: f32 asked for; ``int8``: NNCF's
     ``quantize`` with the transformer preset on the calibration images)."""
-    from fastmtl import onnxrt, openvino_rt
+    from fastmtl.inference import onnxrt, openvino_rt
 
     if openvino_rt.missing():
         pytest.skip(f"openvino-{kind}: {openvino_rt.missing()}")

@@ -3,13 +3,13 @@
 Groups:
 
 - ``input-<img>px-b<batch>``: one epoch of training batches only (order, augmentation, normalisation), images/s.
-  Providers ``dataloader-w0`` / ``dataloader-w2`` (:func:`fastmtl.engine.loaders.make_train_loader`'s loader:
+  Providers ``dataloader-w0`` / ``dataloader-w2`` (:func:`fastmtl.engine.train.loaders.make_train_loader`'s loader:
   per-sample cache read, torchvision flip / rotate / resize, normalisation, collation; 0 or 2 worker processes)
-  and ``device`` (:class:`fastmtl.engine.device_loader.DeviceTrainLoader` over the split decoded once, stored at
+  and ``device`` (:class:`fastmtl.engine.train.device_loader.DeviceTrainLoader` over the split decoded once, stored at
   ``store`` px and warped to ``img`` px in one ``grid_sample`` per batch; the one-off decode is ``decode_s``).
 - ``step-<model>-<img>px-b<batch>``: a few full training steps, input included: ``dataloader+classic`` (the
-  DataLoader path and :func:`fastmtl.engine.loop.train_step`, which reads the loss every step) against
-  ``device+device-step`` (:class:`~fastmtl.engine.device_step.DeviceStep`: fused AdamW, device learning rate,
+  DataLoader path and :func:`fastmtl.engine.train.loop.train_step`, which reads the loss every step) against
+  ``device+device-step`` (:class:`~fastmtl.engine.train.device_step.DeviceStep`: fused AdamW, device learning rate,
   one loss read per call). ``extra_info`` adds the forward + backward FLOPs per image, the achieved TFLOP/s and
   ``projected_150_epochs_min``: the paper's 150 epochs of 1,800 images at 224 px on this device, from the
   achieved FLOP rate (measured at this case's size; on a GPU run it at 224 for the real figure).
@@ -32,14 +32,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.protocol import project_minutes, train_flops_per_image
 from fastmtl.data import build_dataset, subset
-from fastmtl.engine.device_loader import DeviceTrainLoader, decode_split
-from fastmtl.engine.device_step import DeviceStep
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.loaders import EpochSeeded, ResumableSampler
-from fastmtl.engine.loop import StepContext, train_step
-from fastmtl.engine.protocol import project_minutes, train_flops_per_image
-from fastmtl.engine.train_config import TrainConfig
+from fastmtl.engine.train.config import TrainConfig
+from fastmtl.engine.train.device_loader import DeviceTrainLoader, decode_split
+from fastmtl.engine.train.device_step import DeviceStep
+from fastmtl.engine.train.loaders import EpochSeeded, ResumableSampler
+from fastmtl.engine.train.loop import StepContext, train_step
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model
 from fastmtl.runtime import amp_dtype

@@ -87,7 +87,7 @@ def _autocast(case: ModelCase, device: torch.device) -> contextlib.AbstractConte
 def _inference_net(case: ModelCase, model: nn.Module, device: torch.device, cpu_compile: bool):
     """The module to time and facts about it for extra_info."""
     if case.provider == "fastmtl":
-        from fastmtl.inference import optimize_for_inference
+        from fastmtl.inference.optimize import optimize_for_inference
 
         on_gpu = device.type == "cuda"
         compile_mode = "default" if on_gpu or cpu_compile else False

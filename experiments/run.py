@@ -8,7 +8,7 @@
     python experiments/run.py isic-paper --model resformer_mtl --seed 1234 --budget-min 8.5 --out OUT  # one command
     python experiments/run.py report                                    # rebuilds the tables in docs/RESULTS.md
 
-A run trains with :func:`fastmtl.engine.train.train` on its experiment's config (plus the variant's and
+A run trains with :func:`fastmtl.engine.train.job.train` on its experiment's config (plus the variant's and
 ``--set`` overrides, recorded), keeps its run folder under ``--runs`` (default /tmp, never the repository) and
 writes ``experiments/results/<exp>/<model>[+<variant>]-s<seed>.json``: the validation metrics of the selected
 (best validation JI) epoch, wall time, training throughput, the command that regenerates it, the resolved config,
@@ -20,7 +20,7 @@ it completes. ``report`` reads only the result JSONs and rewrites the part of RE
 The paper's protocol in one command (``isic-paper`` with ``--budget-min`` or ``--out``): the whole protocol
 (150 epochs, 224 px, batch 8, AdamW + poly) trained and evaluated inside one wall-clock budget on the fast path
 (the training split decoded once onto the device and augmented there, the step without host round trips,
-bf16 + channels-last, ``torch.compile`` with CUDA graphs on CUDA; see :mod:`fastmtl.engine.protocol`). It stops
+bf16 + channels-last, ``torch.compile`` with CUDA graphs on CUDA; see :mod:`experiments.protocol`). It stops
 cleanly at the budget with what it reached and says so, evaluates the model selected on the validation split
 there and on every ``--eval DIR[:SPLIT]`` folder, prints the epochs/s it sustained and the projected time of
 150 epochs, and writes a bring-back folder (weights stay in the scratch run folder under ``--runs``):
@@ -73,6 +73,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -81,6 +82,8 @@ from typing import Any
 STARTED = time.monotonic()  # --budget-min counts from here: torch's import and the data's decoding are inside it
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python experiments/run.py` puts experiments/ first, not the checkout: experiments.*
+    sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 # name -> config file, default data folder, fixed overrides, default time limit per command (minutes, 0 = none),
 # and whether it is meant for a GPU (a warning without one)
@@ -151,8 +154,8 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from fastmtl.engine.protocol import parse_eval, run_protocol
-    from fastmtl.engine.train_config import load_config
+    from experiments.protocol import parse_eval, run_protocol
+    from fastmtl.engine.train.config import load_config
 
     exp = EXPERIMENTS[args.exp]
     data_root = Path(args.data_root or exp["data_root"])
@@ -206,10 +209,10 @@ def _figures(run_dir: Path, config: Any, data_root: Path, stem: str, figures: Pa
     import numpy as np
     from torch.utils.data import DataLoader
 
-    from fastmtl.engine.checkpoint import load_model
-    from fastmtl.engine.evaluate import predict_sample, run_evaluation
-    from fastmtl.engine.loaders import build_run_data
-    from fastmtl.engine.plots import plot_examples, plot_roc
+    from fastmtl.checkpoint.store import load_model
+    from fastmtl.engine.evaluate.job import predict_sample, run_evaluation
+    from fastmtl.engine.evaluate.plots import plot_examples, plot_roc
+    from fastmtl.engine.train.loaders import build_run_data
 
     model, _ = load_model(run_dir / "best.safetensors")
     data = build_run_data(config, data_root)
@@ -239,8 +242,8 @@ def run_experiment(args: argparse.Namespace) -> Path:
     """Trains one (experiment, model, seed) and writes its result JSON and figures; returns the JSON path."""
     import torch
 
-    from fastmtl.engine.train import train
-    from fastmtl.engine.train_config import load_config
+    from fastmtl.engine.train.config import load_config
+    from fastmtl.engine.train.job import train
     from fastmtl.files import atomic_write_json
 
     exp = EXPERIMENTS[args.exp]

@@ -22,7 +22,7 @@ _EXPORTS = {
     "list_models": "fastmtl.registry",
     "load_authors_checkpoint": "fastmtl.authors",
     "load_model": "fastmtl.loading",
-    "optimize_for_inference": "fastmtl.inference",
+    "optimize_for_inference": "fastmtl.inference.optimize",
     "register_model": "fastmtl.registry",
     "set_kernel_backend": "fastmtl.backend",
 }
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from fastmtl.authors import from_authors_state_dict, load_authors_checkpoint
     from fastmtl.backend import kernel_backend, set_kernel_backend
     from fastmtl.config import ModelConfig
-    from fastmtl.inference import optimize_for_inference
+    from fastmtl.inference.optimize import optimize_for_inference
     from fastmtl.loading import load_model
     from fastmtl.output import MTLOutput
     from fastmtl.registry import create_model, create_model_from_config, list_models, register_model

@@ -165,7 +165,7 @@ def _device(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastmtl.engine.train_config import load_config  # no PyTorch: a bad config is answered at once
+    from fastmtl.engine.train.config import load_config  # no PyTorch: a bad config is answered at once
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     overrides += ["skip_bad=true"] if args.skip_bad else []
@@ -174,7 +174,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from fastmtl.options import detect_kind
 
         detect_kind(args.data_root)  # a folder of no known layout is answered before PyTorch is imported
-    from fastmtl.engine.train import train
+    from fastmtl.engine.train.job import train
 
     _fit_threads(args, 0)  # the loader's workers mostly wait on the model
     result = train(config, args.data_root, args.out, resume=args.resume, other_data=args.resume_other_data)
@@ -216,7 +216,7 @@ def _fit_cpu(args: argparse.Namespace) -> tuple[str, int]:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from fastmtl.data import dataset_class
-    from fastmtl.engine.evaluate import evaluate
+    from fastmtl.engine.evaluate.job import evaluate
 
     split = dataset_class(args.kind or "auto", args.data_root).resolve_split(args.split)
     device, workers = _fit_cpu(args)
@@ -227,7 +227,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from fastmtl.engine.predict import predict
+    from fastmtl.engine.predict.job import predict
 
     device, workers = _fit_cpu(args)
     summary = predict(args.checkpoint, args.input, args.out, batch_size=args.batch_size, num_workers=workers,
@@ -238,7 +238,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from fastmtl.engine.export import export
+    from fastmtl.inference.export import export
 
     path = export(args.checkpoint, args.out, format=args.format, img_size=args.img_size,
                   batch_size=args.batch_size, dynamic_batch=not args.static_batch, check=not args.no_check,

@@ -7,7 +7,7 @@ import os
 import torch
 from torch import nn
 
-from fastmtl.engine.checkpoint import load_model as _load_checkpoint
+from fastmtl.checkpoint.store import load_model as _load_checkpoint
 
 __all__ = ["load_model"]
 

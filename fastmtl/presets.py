@@ -1,6 +1,6 @@
 """Named training presets, embedded so ``fastmtl train --config quick`` works from an installed wheel.
 
-Each preset is the dict form of a :class:`fastmtl.engine.train_config.TrainConfig` (only the keys that differ
+Each preset is the dict form of a :class:`fastmtl.engine.train.config.TrainConfig` (only the keys that differ
 from the defaults). ``quick`` mirrors ``configs/quick_cpu.toml`` in the repository (a test keeps them equal).
 """
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fastmtl.cli import main
-from fastmtl.engine.train_config import load_config
+from fastmtl.engine.train.config import load_config
 from fastmtl.presets import PRESETS
 from tests.engine.test_train import tiny_config  # registers tiny_mtl_test
 
@@ -21,7 +21,7 @@ TINY = ["--set", "model=tiny_mtl_test", "--set", "img_size=32", "--set", "num_wo
 
 
 def _tiny_toml(tmp_path: Path, **changes) -> Path:
-    from fastmtl.engine.train_config import to_toml
+    from fastmtl.engine.train.config import to_toml
 
     path = tmp_path / "tiny.toml"
     path.write_text(to_toml(tiny_config(max_steps_per_epoch=2, **changes)))
@@ -196,10 +196,12 @@ def _layout(root: Path, kind: str) -> Path | None:
     ],
 )
 def test_eval_split_aliases_resolve_for_every_kind(tmp_path, monkeypatch, kind, expected):
-    import fastmtl.engine.evaluate
+    import fastmtl.engine.evaluate.job
 
     seen = []  # the split each call hands to the engine (a stand-in evaluate: the CLI's resolution is under test)
-    monkeypatch.setattr(fastmtl.engine.evaluate, "evaluate", lambda c, r, split, o, **kw: seen.append(split) or {1: 1})
+    monkeypatch.setattr(
+        fastmtl.engine.evaluate.job, "evaluate", lambda c, r, split, o, **kw: seen.append(split) or {1: 1}
+    )
     root = _layout(tmp_path / "data", kind)
     checkpoint = tmp_path / "c.safetensors"
     checkpoint.write_bytes(b"")  # the CLI checks that the file exists; the stand-in never reads it

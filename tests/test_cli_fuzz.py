@@ -25,10 +25,10 @@ PARSER = build_parser()
 SUBCOMMANDS: dict[str, argparse.ArgumentParser] = dict(
     next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
 )
-HEAVY = ("fastmtl.engine.train.train", "fastmtl.engine.evaluate.evaluate", "fastmtl.engine.predict.predict",
-         "fastmtl.engine.export.export")  # fmt: skip
+HEAVY = ("fastmtl.engine.train.job.train", "fastmtl.engine.evaluate.job.evaluate", "fastmtl.engine.predict.job.predict",
+         "fastmtl.inference.export.export")  # fmt: skip
 # Options whose values only the command can judge, before any work: a config file or preset and its overrides
-# (fastmtl.engine.train_config.load_config) and a dataset kind (the dataset registry).
+# (fastmtl.engine.train.config.load_config) and a dataset kind (the dataset registry).
 CHECKED_BY_COMMAND = {"config", "overrides", "kind"}
 
 NUMBERS = ["-1", "0", str(10**12), "nan", "inf", "-inf", "1e309", "", "abc"]

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 import fastmtl
-from fastmtl.engine.checkpoint import save_checkpoint
-from fastmtl.engine.export import export
-from fastmtl.engine.predict import predict
+from fastmtl.checkpoint.store import save_checkpoint
+from fastmtl.engine.predict.job import predict
+from fastmtl.inference.export import export
 
 REPO = Path(__file__).resolve().parents[1]
 INCLUDE_DIRS = [Path("/usr/include"), Path("/usr/local/include"), Path("/usr/include/x86_64-linux-gnu"),

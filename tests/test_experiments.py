@@ -238,7 +238,7 @@ def test_paper_protocol_stops_at_the_budget_and_says_so(run, tmp_path, capsys):
 def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(run, tmp_path, capsys):
     """--schedule budget (the default under --budget-min): the first steps are timed, the steps that fit are
     planned, and the poly schedule runs to its end over them; the run is not cut by the budget."""
-    from fastmtl.engine.schedule import poly_lr
+    from fastmtl.engine.train.schedule import poly_lr
     from tests.engine.conftest import write_isic_split
 
     root = write_isic_split(tmp_path / "isic", "Training", n=14)
@@ -261,7 +261,7 @@ def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(r
 
 def test_paper_protocol_writes_its_results_after_every_validation(run, tmp_path, monkeypatch):
     """A command killed after a validation still brings back summary.json, metrics.json and log.csv."""
-    import fastmtl.engine.protocol as protocol
+    import experiments.protocol as protocol
     from tests.engine.conftest import write_isic_split
 
     seen = []
@@ -298,7 +298,7 @@ def test_paper_protocol_rejects_missing_folders(run, tmp_path):
 
 def test_projection_from_the_epoch_the_budget_cut():
     """No epoch completed: the cut epoch's steady rate gives the projection instead of "not measured"."""
-    from fastmtl.engine.protocol import throughput
+    from experiments.protocol import throughput
 
     costs = throughput([], 8, 1800, 5, {"steps": 40, "time_s": 20.0, "steady_images_per_s": 100.0})
     assert costs["rate_from"] == "the epoch the budget cut" and costs["train_images_per_s"] == 100.0
@@ -307,7 +307,7 @@ def test_projection_from_the_epoch_the_budget_cut():
 
 
 def test_projection_and_eval_names():
-    from fastmtl.engine.protocol import parse_eval, project_minutes, throughput
+    from experiments.protocol import parse_eval, project_minutes, throughput
 
     # 150 epochs of 1800 images at 600 images/s: 450 s, + 30 s warm-up + 30 validations of 2 s = 540 s = 9 min
     assert project_minutes(1800, 600.0, 150, warmup_s=30.0, val_s=2.0, val_every=5) == pytest.approx(9.0)

@@ -1,4 +1,4 @@
-"""fastmtl.engine.export: AOTInductor packages (parity with eager, metadata) and ONNX export (CPU)."""
+"""fastmtl.inference.export: AOTInductor packages (parity with eager, metadata) and ONNX export (CPU)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import fastmtl
+from fastmtl.checkpoint.store import load_model, save_checkpoint
 from fastmtl.cli import main
 from fastmtl.data.transforms import normalize_image
-from fastmtl.engine.checkpoint import load_model, save_checkpoint
-from fastmtl.engine.export import (
+from fastmtl.files import exclusive_folder
+from fastmtl.inference.export import (
     MAX_BATCH,
     ExportCheckError,
     _check,
@@ -25,7 +26,6 @@ from fastmtl.engine.export import (
     normalization_stats,
     output_lock,
 )
-from fastmtl.files import exclusive_folder
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
 
@@ -87,7 +87,7 @@ def test_the_no_cuda_runtime_warning_is_dropped_only_while_exporting_for_the_cpu
 
     from torch.utils import cpp_extension
 
-    from fastmtl.engine.export import _quiet_cpu_cuda_home
+    from fastmtl.inference.export import _quiet_cpu_cuda_home
 
     monkeypatch.setenv("CUDA_HOME", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import fastmtl
-from fastmtl.engine.checkpoint import model_config
-from fastmtl.inference import count_batchnorms, fold_batchnorms, fold_conv_bn, optimize_for_inference
+from fastmtl.checkpoint.store import model_config
+from fastmtl.inference.optimize import count_batchnorms, fold_batchnorms, fold_conv_bn, optimize_for_inference
 
 # BatchNorm2d left after folding: only the classification head's BN -> ReLU -> pool branches, which no conv feeds.
 BN_AFTER_FOLD = {"resformer_mtl": 2, "unet_resnet34_mtl": 1}

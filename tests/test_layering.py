@@ -13,7 +13,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Package name -> source folder (kernels/ is installed as fastmtl.kernels).
 ROOTS = {"fastmtl": REPO / "fastmtl", "fastmtl.kernels": REPO / "kernels"}
-ABOVE_KERNELS = ("fastmtl.layers", "fastmtl.models", "fastmtl.engine", "fastmtl.data")
+ABOVE_KERNELS = (
+    "fastmtl.layers",
+    "fastmtl.models",
+    "fastmtl.engine",
+    "fastmtl.data",
+    "fastmtl.inference",
+    "fastmtl.checkpoint",
+)
 
 
 def _modules() -> dict[str, Path]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastmtl
-from fastmtl.engine.checkpoint import CheckpointError, save_checkpoint
+from fastmtl.checkpoint.store import CheckpointError, save_checkpoint
 
 
 def test_load_model_rebuilds_architecture_weights_and_meta(tmp_path) -> None:

@@ -39,7 +39,7 @@ def test_values_outside_the_vocabulary_raise(amp):
 
 
 def test_the_training_config_accepts_the_same_words():
-    from fastmtl.engine.train_config import _CHOICES
+    from fastmtl.engine.train.config import _CHOICES
 
     assert _CHOICES["amp"] == AMP_CHOICES
 

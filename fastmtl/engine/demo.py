@@ -6,7 +6,7 @@ demo keeps only what a user needs: the resumable training state (``last.*``, wit
 once the demo has finished, so an interrupted demo still continues with ``resume=True``.
 
 A checkpoint trained on synthetic lesions is recognised from its metadata (``data_kind``, else the stored
-training config's ``data``; see :mod:`fastmtl.engine.ckpt_meta`), and ``predict`` and ``eval`` say so.
+training config's ``data``; see :mod:`fastmtl.checkpoint.meta`), and ``predict`` and ``eval`` say so.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastmtl.engine.ckpt_meta import IN_DEMO
+from fastmtl.checkpoint.meta import IN_DEMO
 from fastmtl.files import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from fastmtl.engine.train_config import TrainConfig
+    from fastmtl.engine.train.config import TrainConfig
 
 __all__ = ["demo_config", "disk_usage", "eval_command", "run_demo"]
 
@@ -51,7 +51,7 @@ def _banner(config: TrainConfig, data_root: str | Path | None, out: Path) -> Non
 
 def demo_config(data_root: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """The ``demo`` preset; with a data folder the kind is detected instead of using synthetic data."""
-    from fastmtl.engine.train_config import load_config
+    from fastmtl.engine.train.config import load_config
 
     config = load_config("demo", overrides)
     if data_root is not None and config.data == "synthetic":
@@ -65,7 +65,7 @@ def _write_inputs(config: TrainConfig, data_root: str | Path | None, folder: Pat
     from PIL import Image
 
     from fastmtl.data.transforms import denormalize
-    from fastmtl.engine.loaders import build_run_data
+    from fastmtl.engine.train.loaders import build_run_data
 
     data = build_run_data(config, data_root)
     paths = []
@@ -84,7 +84,7 @@ def _evaluate(checkpoint: Path, config: TrainConfig, data_root, out_dir: Path, d
     """Evaluates on the test split (a fresh synthetic one without data: its default 64 images); None when the data
     has no test split. The same images as ``fastmtl eval --checkpoint <best> [--data-root DIR] --out DIR``
     evaluates, so that command reproduces the demo's numbers (:func:`eval_command`)."""
-    from fastmtl.engine.evaluate import evaluate
+    from fastmtl.engine.evaluate.job import evaluate
 
     kind = "synthetic" if data_root is None and config.data in ("synthetic", "auto") else None
     opts = {} if kind == "synthetic" else {**config.data_options}
@@ -130,8 +130,8 @@ def run_demo(
         ``train``, ``eval``, ``predict`` (the three steps' results), ``paths``, ``synthetic`` (trained on
         synthetic lesions), ``disk_bytes`` (what ``out_dir`` holds at the end) and ``seconds`` (wall time).
     """
-    from fastmtl.engine.predict import predict
-    from fastmtl.engine.train import train
+    from fastmtl.engine.predict.job import predict
+    from fastmtl.engine.train.job import train
     from fastmtl.runtime import resolve_device
 
     start = time.perf_counter()

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from fastmtl import onnxrt, openvino_rt
 from fastmtl.data.cache import default_cache_dir
+from fastmtl.inference import onnxrt, openvino_rt
 from fastmtl.registry import create_model, list_models
 from fastmtl.runtime import CPU_ENV, cpu_info
 
@@ -50,7 +50,7 @@ def _devices() -> list[dict[str, Any]]:
 
 
 def _cpu_paths() -> dict[str, Any]:
-    """What ``--precision`` can use on this CPU (:func:`fastmtl.runtime.cpu_info`, :func:`fastmtl.onnxrt.missing`)."""
+    """What ``--precision`` can use on this CPU (:func:`fastmtl.runtime.cpu_info`, :func:`inference.onnxrt.missing`)."""
     cpu = cpu_info()
     return {"cpu": cpu.name, "isa": cpu.isa, "kind": cpu.kind, "bf16": cpu.bf16, "int8_vnni": cpu.int8_vnni,
             "amx": cpu.amx, "simulated": os.environ.get(CPU_ENV) or None,

@@ -1,7 +1,7 @@
 """Conv -> BatchNorm pairs and the one BN fold of the library.
 
 :func:`fold_bn` is the arithmetic (eval-mode BN as a per-channel affine map folded into the conv's weight and
-bias); :func:`fold_conv_bn` applies it in place (``fastmtl.inference``), and :meth:`ConvBN.folded` returns it
+bias); :func:`fold_conv_bn` applies it in place (``fastmtl.inference.optimize``), and :meth:`ConvBN.folded` returns it
 without touching the module (the DFE's Triton path, on every call, differentiably). Blocks that compute
 ``bn(conv(x))`` with nothing in between declare the pairs in a ``conv_bn_pairs()`` method (attribute names of the
 conv and its BN); consecutive Conv2d -> BatchNorm2d children of an ``nn.Sequential`` (``ConvBN``, ResNet
@@ -77,7 +77,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 class ConvBN(nn.Sequential):
     """Conv2d without bias followed by BatchNorm2d; ``padding = dilation * (k // 2)`` keeps the size.
 
-    After :func:`fastmtl.inference.fold_batchnorms` the BN is an ``nn.Identity`` and the conv carries the folded
+    After :func:`inference.optimize.fold_batchnorms` the BN is an ``nn.Identity`` and the conv carries the folded
     weight and bias; :meth:`folded` serves both states.
     """
 

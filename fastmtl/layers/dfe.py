@@ -5,7 +5,7 @@ concatenation, 1x1 shortcut, ReLU, spatial attention). :class:`DFE3` is the thre
 describes. Both keep the channel count. On the Triton backend both run the fused kernels of
 ``fastmtl.kernels.dfe``: the modules gather their weights, fold their BNs (:meth:`ConvBN.folded`, the library's one
 fold) and call the tensor ops. Eval: BN folded on the fly (nothing cached; the state_dict stays untouched; ConvBNs
-already folded by ``fastmtl.inference`` work the same). Training: raw conv kernels + the modules' own BatchNorms,
+already folded by ``inference.optimize`` work the same). Training: raw conv kernels + the modules' own BatchNorms,
 so running statistics follow PyTorch exactly. State_dicts are the same on every backend.
 """
 

@@ -21,7 +21,7 @@ from fastmtl.data import (
     dataset_class,
     detect_kind,
 )
-from fastmtl.engine.train_config import TrainConfig
+from fastmtl.engine.train.config import TrainConfig
 
 
 def test_detect_kind_from_layouts(isic_root, retouch_root, tmp_path):

@@ -15,7 +15,7 @@ from fastmtl.cli import main
 from fastmtl.data import ISIC2017
 from fastmtl.data.base import binarize_mask
 from fastmtl.data.io import read_mask
-from fastmtl.engine.train_config import TrainConfig
+from fastmtl.engine.train.config import TrainConfig
 from tests.engine.conftest import write_isic_split
 from tests.engine.test_train import tiny_config  # registers tiny_mtl_test
 from tests.test_cli import TINY, _error, _tiny_toml
@@ -112,7 +112,7 @@ def test_numeric_options_without_meaning_are_refused(change):
 
 
 def test_predict_refuses_a_threshold_outside_0_1(tmp_path):
-    from fastmtl.engine.predict import predict
+    from fastmtl.engine.predict.job import predict
 
     for threshold in (0.0, 1.0, 1.5, math.nan):
         with pytest.raises(ValueError, match="threshold must lie strictly between 0 and 1"):

@@ -10,7 +10,7 @@ import pytest
 from fastmtl.cli import main
 from fastmtl.data import ISIC2017
 from fastmtl.data.folder import read_label_table
-from fastmtl.engine.train_config import load_config
+from fastmtl.engine.train.config import load_config
 from fastmtl.files import read_text
 from tests.engine.conftest import write_isic_split
 

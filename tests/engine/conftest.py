@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import fastmtl
-from fastmtl.engine.checkpoint import save_checkpoint
+from fastmtl.checkpoint.store import save_checkpoint
 
 
 @pytest.fixture(scope="module")

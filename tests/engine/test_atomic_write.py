@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from fastmtl.checkpoint.store import _atomic_save_tensors
 from fastmtl.data.cache import ArrayCache
-from fastmtl.engine.checkpoint import _atomic_save_tensors
 from fastmtl.files import atomic_write_bytes, atomic_write_json, file_mode, json_safe
 
 

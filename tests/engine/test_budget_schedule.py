@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastmtl.engine.schedule import BudgetSchedule, poly_lr
+from fastmtl.engine.train.schedule import BudgetSchedule, poly_lr
 
 
 def _schedule(**kw) -> BudgetSchedule:

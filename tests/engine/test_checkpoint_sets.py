@@ -2,7 +2,7 @@
 resumes to the same weights as an uninterrupted run, or is refused with a clear message; never a silent difference.
 
 The kill is real: a forked training process ends itself with ``os._exit`` (no cleanup, no ``finally``) right after
-the n-th checkpoint file operation (``FASTMTL_TEST_CRASH_AT``, see :mod:`fastmtl.engine.ckpt_set`).
+the n-th checkpoint file operation (``FASTMTL_TEST_CRASH_AT``, see :mod:`fastmtl.checkpoint.sets`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastmtl.engine.checkpoint import CheckpointError, load_model
-from fastmtl.engine.ckpt_set import CRASH_ENV, verify
-from fastmtl.engine.train import train
+from fastmtl.checkpoint.sets import CRASH_ENV, verify
+from fastmtl.checkpoint.store import CheckpointError, load_model
+from fastmtl.engine.train.job import train
 from fastmtl.files import FolderBusyError, exclusive_folder
 from tests.engine.test_resume import _assert_same_tensors, _losses
 from tests.engine.test_train import tiny_config

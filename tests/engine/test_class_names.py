@@ -7,11 +7,11 @@ import csv
 import torch
 
 import fastmtl
+from fastmtl.checkpoint.store import read_checkpoint_info, save_checkpoint, stored_class_names
 from fastmtl.data import SyntheticLesions
-from fastmtl.engine.checkpoint import read_checkpoint_info, save_checkpoint, stored_class_names
-from fastmtl.engine.export import export_metadata
-from fastmtl.engine.predict import predict
-from fastmtl.engine.train import train
+from fastmtl.engine.predict.job import predict
+from fastmtl.engine.train.job import train
+from fastmtl.inference.export import export_metadata
 from tests.engine.test_train import tiny_config
 
 

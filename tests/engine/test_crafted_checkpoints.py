@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import fastmtl.engine.checkpoint as checkpoint_module
+import fastmtl.checkpoint.store as checkpoint_module
+from fastmtl.checkpoint.store import CheckpointError, load_model
 from fastmtl.cli import main
-from fastmtl.engine.checkpoint import CheckpointError, load_model
 from tests.test_cli import _error
 
 

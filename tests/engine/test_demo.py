@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fastmtl.checkpoint.meta import SYNTHETIC_WARNING, trained_on_synthetic, warn_if_synthetic
 from fastmtl.cli import main
-from fastmtl.engine.ckpt_meta import SYNTHETIC_WARNING, trained_on_synthetic, warn_if_synthetic
 from fastmtl.engine.demo import disk_usage
 from tests.engine.test_train import tiny_config  # noqa: F401  (registers tiny_mtl_test)
 

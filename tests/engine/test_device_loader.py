@@ -12,10 +12,16 @@ from torchvision.transforms.v2 import functional as TF
 
 from fastmtl.data import build_dataset, subset
 from fastmtl.data.transforms import denormalize
-from fastmtl.engine.device_loader import DeviceTrainLoader, augment_batch, decode_split, eval_batches, warp_matrices
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.loaders import EpochSeeded, ResumableSampler
-from fastmtl.engine.train_config import TrainConfig
+from fastmtl.engine.train.config import TrainConfig
+from fastmtl.engine.train.device_loader import (
+    DeviceTrainLoader,
+    augment_batch,
+    decode_split,
+    eval_batches,
+    warp_matrices,
+)
+from fastmtl.engine.train.loaders import EpochSeeded, ResumableSampler
 
 
 def _blob(size: int) -> tuple[torch.Tensor, torch.Tensor]:

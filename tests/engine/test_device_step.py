@@ -13,12 +13,12 @@ from torch import nn
 
 import fastmtl
 from fastmtl.config import ModelConfig
-from fastmtl.engine.device_loader import decode_split
-from fastmtl.engine.device_step import evaluate_split, layer_paths
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.loaders import build_run_data, make_val_loader
-from fastmtl.engine.loop import NonFiniteLossError, StepContext, validate
-from fastmtl.engine.train import train
+from fastmtl.engine.train.device_loader import decode_split
+from fastmtl.engine.train.device_step import evaluate_split, layer_paths
+from fastmtl.engine.train.job import train
+from fastmtl.engine.train.loaders import build_run_data, make_val_loader
+from fastmtl.engine.train.loop import NonFiniteLossError, StepContext, validate
 from fastmtl.losses import MTLLoss
 from fastmtl.output import MTLOutput
 from fastmtl.registry import register_model

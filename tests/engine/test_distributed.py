@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from fastmtl.engine.train import train
+from fastmtl.engine.train.job import train
 from tests.engine.test_train import tiny_config
 
 WORLD = 2
@@ -38,7 +38,7 @@ def test_two_process_gloo_run_writes_one_checkpoint_and_log(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
-        ".fastmtl-train",  # the marker of a training folder (fastmtl.engine.train_folder)
+        ".fastmtl-train",  # the marker of a training folder (fastmtl.engine.train.folder)
         "best.safetensors",
         "config.json",
         "config.toml",

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 import fastmtl
-from fastmtl.engine import eval_loop, evaluate, loop
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.eval_loop import EvalState, run_evaluation
-from fastmtl.engine.evaluate import evaluate_model
-from fastmtl.engine.loaders import build_run_data, make_val_loader
-from fastmtl.engine.loop import StepContext, validate
+from fastmtl.engine.evaluate import job as evaluate
+from fastmtl.engine.evaluate import loop as eval_loop
+from fastmtl.engine.evaluate.job import evaluate_model
+from fastmtl.engine.evaluate.loop import EvalState, run_evaluation
+from fastmtl.engine.train import loop
+from fastmtl.engine.train.loaders import build_run_data, make_val_loader
+from fastmtl.engine.train.loop import StepContext, validate
 from fastmtl.losses import MTLLoss
 from tests.engine.test_train import tiny_config
 

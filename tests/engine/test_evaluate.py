@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fastmtl.checkpoint.store import load_model
 from fastmtl.cli import main
 from fastmtl.data import build_dataset
-from fastmtl.engine.checkpoint import load_model
-from fastmtl.engine.evaluate import EvalState, evaluate, evaluate_model, run_evaluation, sync_state
+from fastmtl.engine.evaluate.job import EvalState, evaluate, evaluate_model, run_evaluation, sync_state
+from fastmtl.engine.evaluate.plots import plot_confusion, plot_examples, plot_history, plot_roc
 from fastmtl.engine.overlay import GT_COLOR, draw_overlay, mask_boundary
-from fastmtl.engine.plots import plot_confusion, plot_examples, plot_history, plot_roc
 from fastmtl.files import LOCK_NAME, exclusive_folder
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter
 

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 from safetensors import SafetensorError
 
-import fastmtl.engine.checkpoint as checkpoint_module
-import fastmtl.engine.predict_writer as writer_module
+import fastmtl.checkpoint.store as checkpoint_module
+import fastmtl.engine.predict.writer as writer_module
+from fastmtl.checkpoint.sets import verify
 from fastmtl.cli import main
-from fastmtl.engine.ckpt_set import verify
 from fastmtl.files import DiskFullError, atomic_write_json
 from tests.test_cli import TINY, _error, _tiny_toml
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime paths (fastmtl.onnxrt): resformer_mtl exported once and cached, int8 quantized with the stem and
+"""ONNX Runtime paths (inference.onnxrt): resformer_mtl exported once and cached, int8 quantized with the stem and
 the output operators kept fp32, both close to eager, and reused from the cache by a later build."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import fastmtl
-from fastmtl import onnxrt
-from fastmtl import precision as P
 from fastmtl.config import ModelConfig
+from fastmtl.inference import onnxrt
+from fastmtl.inference import precision as P
 from fastmtl.registry import register_model
 from tests.engine.test_train import TinyMTL
 

@@ -1,4 +1,4 @@
-"""OpenVINO paths (fastmtl.openvino_rt): fp32 as eager, bf16 only where the CPU kind has it, int8 quantized by NNCF
+"""OpenVINO paths (inference.openvino_rt): fp32 as eager, bf16 only where the CPU kind has it, int8 quantized by NNCF
 with the CPU kind's recipe, cached per weights, size, recipe and CPU kind, checked against its checksum when read,
 and what ``auto`` and ``predict --runtime openvino`` do with them."""
 
@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from fastmtl import openvino_rt
-from fastmtl import precision as P
-from fastmtl.engine.predict import predict
+from fastmtl.engine.predict.job import predict
+from fastmtl.inference import openvino_rt
+from fastmtl.inference import precision as P
 from fastmtl.runtime import SIMULATED_CPUS
 from tests.engine.test_onnxrt import two_conv_mtl_test
 

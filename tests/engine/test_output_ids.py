@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastmtl.engine.inputs import image_ids
-from fastmtl.engine.predict import predict
+from fastmtl.data.inputs import image_ids
+from fastmtl.engine.predict.job import predict
 
 # "a jpg.png" is id a_jpg, the suffix the clash of a.jpg and a.png once gave a.jpg as well: one mask for two images
 _NAMES = ["a jpg.png", "a.jpg", "a.png", "a b.png", "a_b.png", "a-b.png", "a_b_png.png", "a?b.png", "A_B.png"]
@@ -73,7 +73,7 @@ def test_predict_keeps_a_file_name_that_is_not_utf8(tmp_path, tiny_checkpoint):
 
 
 def test_eval_writes_one_worst_case_panel_per_image_whose_ids_sanitize_alike(tmp_path, tiny_checkpoint):
-    from fastmtl.engine.evaluate import evaluate
+    from fastmtl.engine.evaluate.job import evaluate
 
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)

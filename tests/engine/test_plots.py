@@ -8,8 +8,8 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
+from fastmtl.engine.evaluate.plots import ROC_STYLES, plot_roc, roc_figure
 from fastmtl.engine.overlay import GT_COLOR, PRED_PALETTE, case_panel, prediction_overlay, save_png, upscale
-from fastmtl.engine.plots import ROC_STYLES, plot_roc, roc_figure
 
 
 def _disc(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Precision paths (fastmtl.precision) and ``predict --precision``: each path against fp32 on a tiny model, the
+"""Precision paths (inference.precision) and ``predict --precision``: each path against fp32 on a tiny model, the
 ``auto`` decision measured, cached and reused, and a CPU without native bf16 falling back with a message."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastmtl import onnxrt
-from fastmtl import precision as P
-from fastmtl.engine.predict import predict
+from fastmtl.engine.predict.job import predict
+from fastmtl.inference import onnxrt
+from fastmtl.inference import precision as P
 from fastmtl.runtime import SIMULATED_CPUS
 from tests.engine.test_train import tiny_mtl_test
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastmtl.engine import predict_writer as writer_module
-from fastmtl.engine.predict import collect_inputs, image_ids, predict
+from fastmtl.engine.predict import writer as writer_module
+from fastmtl.engine.predict.job import collect_inputs, image_ids, predict
 from fastmtl.models.baselines import UNetResNet34
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -145,7 +145,7 @@ def test_writer_error_propagates(tmp_path, tiny_checkpoint, image_files, monkeyp
 _SHARD_SCRIPT = """
 import os, sys, torch
 torch.set_num_threads(1)
-from fastmtl.engine.predict import predict
+from fastmtl.engine.predict.job import predict
 s = predict(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=2, num_workers=0)
 with open(os.path.join(sys.argv[4], f"rank{os.environ['RANK']}.txt"), "w") as f:  # stdout of two ranks interleaves
     f.write(f"{s.world_size} {s.n_images} {s.n_failed}")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastmtl.engine.predict import predict
-from fastmtl.engine.predict_writer import MARKER
+from fastmtl.engine.predict.job import predict
+from fastmtl.engine.predict.writer import MARKER
 from fastmtl.files import FolderBusyError, exclusive_folder
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastmtl.engine.train import train
+from fastmtl.engine.train.job import train
 from tests.engine.test_train import tiny_config
 
 

@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
+from fastmtl.checkpoint.sets import set_files
 from fastmtl.cli import main
-from fastmtl.engine.ckpt_set import set_files
 from tests.engine.conftest import write_isic_split
 from tests.test_cli import TINY, _error, _tiny_toml
 

@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from fastmtl.cli import main
-from fastmtl.engine.predict import predict
+from fastmtl.engine.predict.job import predict
 from tests.engine.conftest import write_isic_split
 from tests.test_cli import TINY, _error, _tiny_toml
 

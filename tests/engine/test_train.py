@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from fastmtl.checkpoint.store import CheckpointError, load_model
 from fastmtl.config import ModelConfig
 from fastmtl.data import SyntheticLesions
-from fastmtl.engine.checkpoint import CheckpointError, load_model
-from fastmtl.engine.loop import NonFiniteLossError
-from fastmtl.engine.schedule import poly_lr
-from fastmtl.engine.train import train
-from fastmtl.engine.train_config import TrainConfig, load_config
+from fastmtl.engine.train.config import TrainConfig, load_config
+from fastmtl.engine.train.job import train
+from fastmtl.engine.train.loop import NonFiniteLossError
+from fastmtl.engine.train.schedule import poly_lr
 from fastmtl.output import MTLOutput
 from fastmtl.registry import register_model
 
@@ -116,7 +116,7 @@ def test_class_weights_come_from_the_training_labels(tmp_path):
 
 
 def test_carved_validation_split_is_held_out_of_training(tmp_path):
-    from fastmtl.engine.loaders import build_run_data
+    from fastmtl.engine.train.loaders import build_run_data
 
     config = tiny_config(val_source="carve", val_fraction=0.25)
     data = build_run_data(config, None)
@@ -127,7 +127,7 @@ def test_carved_validation_split_is_held_out_of_training(tmp_path):
 
 
 def test_split_seed_fixes_the_carved_split_across_run_seeds(tmp_path):
-    from fastmtl.engine.loaders import build_run_data
+    from fastmtl.engine.train.loaders import build_run_data
 
     def val_ids(**changes):
         return build_run_data(tiny_config(val_source="carve", val_fraction=0.25, **changes), None).val.ids

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fastmtl.data import DATASET_KINDS
-from fastmtl.engine.train_config import TrainConfig, apply_overrides, config_from_dict, load_config, to_toml
+from fastmtl.engine.train.config import TrainConfig, apply_overrides, config_from_dict, load_config, to_toml
 
 
 def test_overrides_are_typed_by_the_field():
@@ -74,13 +74,13 @@ def test_replace_validates_like_overrides():
 def test_data_kinds_come_from_the_dataset_table_and_import_loads_no_torch():
     for kind in ("auto", *DATASET_KINDS):
         assert TrainConfig(data=kind).data == kind
-    code = "import sys, fastmtl.engine.train_config; print('torch' in sys.modules)"
+    code = "import sys, fastmtl.engine.train.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # the kind table is asked when a config is built, not when the module loads
 
 
 def test_fastmtl_set_environment_overrides_come_first(monkeypatch):
-    from fastmtl.engine.train_config import load_config
+    from fastmtl.engine.train.config import load_config
 
     monkeypatch.setenv("FASTMTL_SET", "epochs=1  batch_size=2")
     config = load_config("quick", ["batch_size=3"])

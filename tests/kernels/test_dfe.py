@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fastmtl.inference import fold_batchnorms
+from fastmtl.inference.optimize import fold_batchnorms
 from fastmtl.kernels import dfe as K
 from fastmtl.kernels._utils import interpreted
 from fastmtl.kernels.dfe.ref import spatial_attention_ref

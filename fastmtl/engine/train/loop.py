@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.eval_loop import run_evaluation, sync_state
-from fastmtl.engine.loaders import set_epoch
-from fastmtl.engine.schedule import poly_lr, set_lr
-from fastmtl.engine.state import RunState
+from fastmtl.engine.evaluate.loop import run_evaluation, sync_state
+from fastmtl.engine.train.loaders import set_epoch
+from fastmtl.engine.train.schedule import poly_lr, set_lr
+from fastmtl.engine.train.state import RunState
 from fastmtl.losses import MTLLoss
 from fastmtl.runtime import autocast, batch_to_device
 
@@ -151,13 +151,13 @@ def validate(
     max_steps: int = 0,
     seg_class_names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """Validation loss and metrics, reduced over ranks: :func:`fastmtl.engine.eval_loop.run_evaluation` (the loop
+    """Validation loss and metrics, reduced over ranks: :func:`fastmtl.engine.evaluate.loop.run_evaluation` (the loop
     ``fastmtl eval`` runs) with the run's loss, precision and memory format.
 
     Runs the plain model (not the DDP wrapper: ranks may see different numbers of batches).
 
     Returns:
-        Flat dict as :meth:`~fastmtl.engine.eval_loop.EvalState.metrics`: ``loss``, ``n_images`` and the meters'
+        Flat dict as :meth:`~fastmtl.engine.evaluate.loop.EvalState.metrics`: ``loss``, ``n_images`` and the meters'
         metrics (``ji``, ``dsc``, ``auc_mean``, ``acc`` ...).
     """
     state = run_evaluation(

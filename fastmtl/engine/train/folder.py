@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastmtl.engine.checkpoint import CheckpointError
-from fastmtl.engine.ckpt_set import set_files
-from fastmtl.engine.loaders import split_changes
+from fastmtl.checkpoint.sets import set_files
+from fastmtl.checkpoint.store import CheckpointError
+from fastmtl.engine.train.loaders import split_changes
 from fastmtl.files import LOCK_NAME, atomic_write_bytes
 
 __all__ = ["MARKER", "check_out_dir", "check_same_data", "mark"]
@@ -43,7 +43,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
 
 def check_same_data(out_dir: Path, current: dict[str, Any], other_data: bool) -> None:
     """Refuses to resume the run in ``out_dir`` on data other than its ``split.json`` records (``current``: the
-    record of the data found now, :func:`fastmtl.engine.loaders.split_record`), unless ``other_data``."""
+    record of the data found now, :func:`fastmtl.engine.train.loaders.split_record`), unless ``other_data``."""
     path = out_dir / "split.json"
     try:
         saved = json.loads(path.read_text())

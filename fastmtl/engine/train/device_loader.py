@@ -8,9 +8,9 @@ flips, rotates and resizes ``S -> img_size`` in a single resampling, then the no
 multiply-add. No host work per sample, no host round trip per step: the epoch's order and augmentation
 parameters go to the device once per epoch.
 
-Same semantics as the DataLoader path (:mod:`fastmtl.engine.loaders`):
+Same semantics as the DataLoader path (:mod:`fastmtl.engine.train.loaders`):
 
-- the order of epoch ``e`` is :class:`~fastmtl.engine.loaders.ResumableSampler`'s (seed + epoch permutation,
+- the order of epoch ``e`` is :class:`~fastmtl.engine.train.loaders.ResumableSampler`'s (seed + epoch permutation,
   per-rank shard) and batches drop the last incomplete one under the same rule;
 - sample ``i`` of epoch ``e`` draws its flip / rotation from ``sample_seed(seed, e, i)`` exactly as the
   DataLoader path does (three uniforms: flip, rotate, angle), so both paths apply the same augmentation
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from fastmtl.data.transforms import _stats
-from fastmtl.engine.loaders import ResumableSampler, sample_seed
+from fastmtl.engine.train.loaders import ResumableSampler, sample_seed
 
 __all__ = ["DeviceSplit", "DeviceTrainLoader", "augment_batch", "decode_split", "eval_batches", "warp_matrices"]
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from fastmtl.backend import set_kernel_backend
 from fastmtl.files import replacing
-from fastmtl.inference import fold_batchnorms
+from fastmtl.inference.optimize import fold_batchnorms
 from fastmtl.options import require
 
 __all__ = ["MAX_BATCH", "batch_dim", "deployable", "flat", "output_names", "require", "write_onnx"]

@@ -7,7 +7,7 @@ function, the summed loss. Under ``torch.distributed`` each rank evaluates its s
 gathers the states so every rank gets the single-process result (the sampler must not pad or repeat images).
 :meth:`EvalState.metrics` turns a state into the flat metric dict that training logs and ``metrics.json`` hold.
 
-The device-resident validation (:func:`fastmtl.engine.device_step.evaluate_split`) fills the same
+The device-resident validation (:func:`fastmtl.engine.train.device_step.evaluate_split`) fills the same
 :class:`EvalState` and ends through the same :func:`sync_state` and :meth:`EvalState.metrics`.
 """
 

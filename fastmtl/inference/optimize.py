@@ -97,7 +97,7 @@ class InferenceModel(nn.Module):
 
     Args:
         module: the (folded, possibly compiled) model; named ``module`` so that
-            :func:`fastmtl.engine.checkpoint.model_config` finds the config through it.
+            :func:`fastmtl.checkpoint.store.model_config` finds the config through it.
         channels_last: convert the input to channels_last.
         amp_dtype: autocast dtype, or None for none.
         cuda_graphs: the compiled module replays CUDA graphs (outputs are copied out of the graph's pool).

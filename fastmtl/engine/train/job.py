@@ -7,16 +7,16 @@ checkpoint selection by validation JI (AUC for classification-only models).
 Outputs in ``out_dir``: ``config.json`` / ``config.toml`` (the resolved config), ``last.*`` (every epoch and every
 ``checkpoint_every_steps`` steps, with optimizer and RNG state for ``resume=True``), ``best.safetensors``,
 ``log.jsonl`` / ``log.csv`` (one row per epoch) and ``curves.png``. Under torchrun only rank 0 writes. What
-happens between steps and after epochs (checkpoints, logs, the time limit) is in :mod:`fastmtl.engine.run`;
-validation runs the evaluation loop of :mod:`fastmtl.engine.eval_loop`.
+happens between steps and after epochs (checkpoints, logs, the time limit) is in :mod:`fastmtl.engine.train.run`;
+validation runs the evaluation loop of :mod:`fastmtl.engine.evaluate.loop`.
 
 Fast path (``input_pipeline = "device"``, ``device_step = true``): the training and validation splits are decoded
 once into uint8 tensors on the training device and augmented there in batches
-(:mod:`fastmtl.engine.device_loader`), and the step never waits for the device
-(:mod:`fastmtl.engine.device_step`); the epoch order, augmentation draws and resume are the same as above.
+(:mod:`fastmtl.engine.train.device_loader`), and the step never waits for the device
+(:mod:`fastmtl.engine.train.device_step`); the epoch order, augmentation draws and resume are the same as above.
 
 Exact resume: the checkpoint holds the weights, the optimizer, the step counters and every RNG state (per
-rank); the data order and augmentation are functions of (seed, epoch, index) (see :mod:`fastmtl.engine.loaders`),
+rank); the data order and augmentation are functions of (seed, epoch, index) (see :mod:`fastmtl.engine.train.loaders`),
 so a run killed at any point and resumed from ``last`` ends with the same weights as an uninterrupted run.
 """
 
@@ -37,12 +37,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl.engine.checkpoint import load_training_state, load_weights
-from fastmtl.engine.ckpt_set import clean_stale, resumable, set_files
-from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader, decode_split
-from fastmtl.engine.device_step import DeviceStep, evaluate_split, with_kernel_fallback
+from fastmtl.checkpoint.sets import clean_stale, resumable, set_files
+from fastmtl.checkpoint.store import load_training_state, load_weights
 from fastmtl.engine.distributed import DistInfo, barrier, cleanup, init_distributed
-from fastmtl.engine.loaders import (
+from fastmtl.engine.train.config import RUNTIME_FIELDS, TrainConfig, config_from_dict, save_config
+from fastmtl.engine.train.device_loader import DeviceSplit, DeviceTrainLoader, decode_split
+from fastmtl.engine.train.device_step import DeviceStep, evaluate_split, with_kernel_fallback
+from fastmtl.engine.train.folder import check_out_dir, check_same_data, mark
+from fastmtl.engine.train.loaders import (
     RunData,
     build_run_data,
     class_weights_for,
@@ -52,13 +54,11 @@ from fastmtl.engine.loaders import (
     split_record,
     steps_per_epoch,
 )
-from fastmtl.engine.loop import StepContext, _to_device, run_epoch, validate
-from fastmtl.engine.records import plot_curves, write_logs
-from fastmtl.engine.run import Run, after_step, cut_epoch, finish_epoch, run_summary
-from fastmtl.engine.schedule import BudgetSchedule, poly_lr
-from fastmtl.engine.state import RunState, restore_rng
-from fastmtl.engine.train_config import RUNTIME_FIELDS, TrainConfig, config_from_dict, save_config
-from fastmtl.engine.train_folder import check_out_dir, check_same_data, mark
+from fastmtl.engine.train.loop import StepContext, _to_device, run_epoch, validate
+from fastmtl.engine.train.records import plot_curves, write_logs
+from fastmtl.engine.train.run import Run, after_step, cut_epoch, finish_epoch, run_summary
+from fastmtl.engine.train.schedule import BudgetSchedule, poly_lr
+from fastmtl.engine.train.state import RunState, restore_rng
 from fastmtl.files import atomic_write_json, exclusive_folder
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model, model_options
@@ -179,11 +179,11 @@ def train(
         data_root: dataset folder (None: synthetic data, or ``config.data`` must not need one).
         out_dir: output folder (created); must not hold a run unless ``resume``.
         resume: continue the run saved in ``out_dir/last`` exactly where it stopped; refused when the data differs
-            from the run's ``split.json`` (:mod:`fastmtl.engine.train_folder`) unless ``other_data``.
+            from the run's ``split.json`` (:mod:`fastmtl.engine.train.folder`) unless ``other_data``.
         deadline: a ``time.monotonic()`` value: stop there as ``time_limit_min`` does (saving ``last``); for a
             caller whose budget includes the data decoding and what follows the training.
         budget_schedule: with ``deadline`` (device step only): fit the poly schedule to the deadline
-            (:class:`~fastmtl.engine.schedule.BudgetSchedule`): the run ends, validated and saved, after the
+            (:class:`~fastmtl.engine.train.schedule.BudgetSchedule`): the run ends, validated and saved, after the
             planned steps, with its learning rate decayed to the end.
         warm_validation: time the first validation a second time (``validation_warm_s`` in its log row): the
             first one includes autotuning and cuDNN's algorithm search.
@@ -196,7 +196,7 @@ def train(
         an epoch the time limit cut, else {}) and ``schedule`` (the budget schedule's plan, else None).
 
     Raises:
-        ValueError: invalid config or data (including :class:`~fastmtl.engine.loop.NonFiniteLossError`).
+        ValueError: invalid config or data (including :class:`~fastmtl.engine.train.loop.NonFiniteLossError`).
         FileNotFoundError: missing data.
         CheckpointError: ``resume`` without a checkpoint.
     """

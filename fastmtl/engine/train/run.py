@@ -19,16 +19,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl.engine.checkpoint import save_checkpoint
-from fastmtl.engine.device_loader import DeviceSplit, DeviceTrainLoader
-from fastmtl.engine.device_step import DeviceStep
+from fastmtl.checkpoint.store import save_checkpoint
 from fastmtl.engine.distributed import all_gather_objects
-from fastmtl.engine.loaders import RunData
-from fastmtl.engine.loop import StepContext
-from fastmtl.engine.records import write_logs
-from fastmtl.engine.schedule import BudgetSchedule
-from fastmtl.engine.state import RunState, capture_rng
-from fastmtl.engine.train_config import TrainConfig
+from fastmtl.engine.train.config import TrainConfig
+from fastmtl.engine.train.device_loader import DeviceSplit, DeviceTrainLoader
+from fastmtl.engine.train.device_step import DeviceStep
+from fastmtl.engine.train.loaders import RunData
+from fastmtl.engine.train.loop import StepContext
+from fastmtl.engine.train.records import write_logs
+from fastmtl.engine.train.schedule import BudgetSchedule
+from fastmtl.engine.train.state import RunState, capture_rng
 
 __all__ = ["Run", "after_step", "finish_epoch", "run_summary", "save_last"]
 

@@ -1,17 +1,17 @@
 """Batch prediction: masks at each image's original size, a probabilities CSV, optional overlays.
 
-Pipeline: the inputs (:mod:`fastmtl.engine.inputs`) are decoded, resized to the model's ``img_size`` and
+Pipeline: the inputs (:mod:`fastmtl.data.inputs`) are decoded, resized to the model's ``img_size`` and
 normalised in DataLoader workers (:class:`fastmtl.data.images.ImagePaths`: an unreadable file becomes a failure
 marker, so one corrupt image never stops a batch); the model runs under ``inference_mode`` (bf16 autocast on CUDA)
-on pinned, non-blocking copies (:class:`fastmtl.engine.predict_runner.ChunkedRunner`: the logits of each image
+on pinned, non-blocking copies (:class:`fastmtl.engine.predict.runner.ChunkedRunner`: the logits of each image
 are upsampled bilinearly to its original size and thresholded (one channel: 0/255) or arg-maxed (class indices);
 a CUDA out-of-memory error splits the batch in halves without losing or repeating an image); a background thread
 writes the PNGs while the next batch runs and ``probabilities.csv`` is written atomically at the end
-(:mod:`fastmtl.engine.predict_writer`).
+(:mod:`fastmtl.engine.predict.writer`).
 
 The output folder is locked for the run (:func:`fastmtl.files.exclusive_folder`: a second job into it is refused
 with the holder's name), and a rerun into a folder an earlier prediction used starts clean
-(:func:`~fastmtl.engine.predict_writer.start_clean`), so the masks, ``probabilities.csv`` and ``failures.csv``
+(:func:`~fastmtl.engine.predict.writer.start_clean`), so the masks, ``probabilities.csv`` and ``failures.csv``
 always describe exactly one run, also after a killed one.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) or an initialised process group (:mod:`fastmtl.engine.distributed`), rank
@@ -32,17 +32,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from fastmtl import onnxrt, openvino_rt
+from fastmtl.checkpoint.meta import warn_if_synthetic
+from fastmtl.checkpoint.store import load_model, model_config, read_checkpoint_info, stored_class_names
 from fastmtl.data.images import ImagePaths, collate_predict
-from fastmtl.engine.checkpoint import load_model, model_config, read_checkpoint_info, stored_class_names
-from fastmtl.engine.ckpt_meta import warn_if_synthetic
+from fastmtl.data.inputs import collect_inputs, image_ids, sample_batches
 from fastmtl.engine.distributed import barrier, cleanup, init_distributed
-from fastmtl.engine.inputs import collect_inputs, image_ids, sample_batches
-from fastmtl.engine.predict_runner import ChunkedRunner
-from fastmtl.engine.predict_writer import PredictionWriter, start_clean, write_tables
+from fastmtl.engine.predict.runner import ChunkedRunner
+from fastmtl.engine.predict.writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder, shown_path
-from fastmtl.options import check_input_side
-from fastmtl.precision import (
+from fastmtl.inference import onnxrt, openvino_rt
+from fastmtl.inference.precision import (
     CALIBRATION_IMAGES,
     PRECISIONS,
     RUNTIMES,
@@ -53,6 +52,7 @@ from fastmtl.precision import (
     plan_auto,
     resolve_runtime,
 )
+from fastmtl.options import check_input_side
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
 
@@ -63,7 +63,7 @@ class PredictSummary:
 
     ``images_per_s`` is images predicted / ``seconds``, the wall time from the first batch request to the last
     file written (decoding, inference and writing included; the slowest rank in a sharded run). ``rows`` are
-    this process's CSV rows (rank 0: all of them); ``precision`` the numeric path that ran (:mod:`fastmtl.precision`).
+    this process's CSV rows (rank 0: all of them); ``precision`` the numeric path that ran (:mod:`inference.precision`).
     """
 
     n_images: int
@@ -135,19 +135,19 @@ def predict(
         threshold: probability above which a pixel is lesion (one seg channel) and a class is predicted.
         img_size: inference side; default the checkpoint's ``img_size``. It must be one the checkpoint's model
             takes (:func:`fastmtl.options.check_input_side`), checked before any work.
-        optimize: run the model through :func:`fastmtl.inference.optimize_for_inference` (BN folded into the
+        optimize: run the model through :func:`fastmtl.inference.optimize.optimize_for_inference` (BN folded into the
             convolutions, channels_last, the Triton kernels and bf16 autocast on CUDA); same outputs within the
             tolerance table. False runs the checkpoint's model as it is.
         compile: also ``torch.compile`` the optimized model (worth it for large inputs; compiling takes minutes).
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (:mod:`fastmtl.precision`): ``auto`` is bf16
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (:mod:`inference.precision`): ``auto`` is bf16
             on CUDA and, on a CPU, the fastest path within tolerance of fp32 on a sample of the inputs (measured
-            for jobs of :data:`~fastmtl.precision.AUTO_MIN_IMAGES` images or more, then cached); the path taken is
+            for jobs of :data:`~inference.precision.AUTO_MIN_IMAGES` images or more, then cached); the path taken is
             printed and stored in ``PredictSummary.precision``.
         calibrate: images to calibrate int8 / ``auto`` on (anything :func:`collect_inputs` takes); default the
             first images of ``inputs``. ONNX Runtime's and OpenVINO's int8 are calibrated once per checkpoint and
             image size and cached; giving ``calibrate`` calibrates them again.
         runtime: ``auto``, ``torch``, ``onnxruntime`` (CPU fp32 / int8) or ``openvino`` (CPU fp32 / bf16 / int8)
-            for an explicit ``precision`` (:func:`fastmtl.precision.resolve_runtime`); ``auto`` precision picks its
+            for an explicit ``precision`` (:func:`inference.precision.resolve_runtime`); ``auto`` precision picks its
             own.
 
     Raises:

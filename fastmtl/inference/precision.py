@@ -1,18 +1,18 @@
 """Numeric paths for inference, and a measured choice between them (``fastmtl predict --precision``).
 
 ========  =========================================================================================================
-``fp32``  :func:`~fastmtl.inference.optimize_for_inference` in fp32 (BN folded, channels_last), optionally compiled
+``fp32``  :func:`~inference.optimize.optimize_for_inference` in fp32 (BN folded, channels_last), optionally compiled
 ``bf16``  the same under bf16 autocast: CUDA, or a CPU that computes bf16 natively (avx512_bf16 / AMX, as oneDNN
           reports it; emulated bf16 is slower than fp32, so fastmtl refuses it rather than guess)
 ``fp16``  CUDA only
 ``int8``  CPU: PT2E static quantization with torchao's x86 Inductor quantizer, calibrated on the user's images;
           convolutions and linears in int8, softmax, norms and the attention arithmetic in fp32; always compiled
 ``auto``  CUDA: bf16. CPU: the fastest of the paths above whose outputs agree with fp32 on a calibration sample
-          within :data:`fastmtl.agreement.TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
+          within :data:`.agreement.TOLERANCE`, measured once and cached per checkpoint, image size, batch and CPU
 ========  =========================================================================================================
 
-On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`fastmtl.onnxrt`), and fp32, bf16
-(where native) and int8 (NNCF) on OpenVINO (``runtime="openvino"``, :mod:`fastmtl.openvino_rt`): exported once (one
+On a CPU, fp32 and int8 also run on ONNX Runtime (``runtime="onnxruntime"``, :mod:`inference.onnxrt`), and fp32, bf16
+(where native) and int8 (NNCF) on OpenVINO (``runtime="openvino"``, :mod:`inference.openvino_rt`): exported once (one
 ONNX file serves both), quantized once and cached on disk, so later processes load them in seconds. Inductor's
 compiled CPU paths (freezing: weights folded in as constants, oneDNN-prepacked) are paid by every process: 53 s at
 224 px batch 8 on 2 cores, and 54 s again with Inductor's disk caches warm. So ``auto`` only measures for jobs of at
@@ -41,14 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmtl import onnxrt, openvino_rt
-from fastmtl.agreement import agreement, cat_outputs, describe, within_tolerance
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import atomic_write_json
-from fastmtl.inference import optimize_for_inference
+from fastmtl.inference import onnxrt, openvino_rt
+from fastmtl.inference.agreement import agreement, cat_outputs, describe, within_tolerance
+from fastmtl.inference.optimize import optimize_for_inference
+from fastmtl.inference.torch_paths import FixedBatch, inductor_cpu, quantize_int8
 from fastmtl.output import MTLOutput
 from fastmtl.runtime import CpuInfo, cpu_info
-from fastmtl.torch_paths import FixedBatch, inductor_cpu, quantize_int8
 
 __all__ = [
     "AUTO_MIN_IMAGES",
@@ -150,8 +150,8 @@ def build_path(
         example: one input batch (B, C, H, W); compiled paths are built and warmed up at this shape.
         compile: ``torch.compile`` the fp32/bf16/fp16 paths (torch's int8 is always compiled); on a CPU with
             freezing. Not for ONNX Runtime, which optimizes its own graph.
-        runtime: ``torch``, ``onnxruntime`` (CPU fp32 / int8, :mod:`fastmtl.onnxrt`), ``openvino`` (CPU fp32 /
-            bf16 / int8, :mod:`fastmtl.openvino_rt`) or ``auto`` (:func:`resolve_runtime`).
+        runtime: ``torch``, ``onnxruntime`` (CPU fp32 / int8, :mod:`fastmtl.inference.onnxrt`), ``openvino`` (CPU fp32 /
+            bf16 / int8, :mod:`fastmtl.inference.openvino_rt`) or ``auto`` (:func:`resolve_runtime`).
         calibration: int8's calibration batches (default: ``[example]``).
         refresh: ONNX Runtime / OpenVINO int8: calibrate again even when a calibrated file is cached.
         log: where ONNX Runtime's and OpenVINO's export and calibration lines go.
@@ -303,7 +303,7 @@ def choose_precision(
     refresh: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, Decision]:
-    """``--precision auto``: the fastest path within tolerance of fp32 (:mod:`fastmtl.agreement`), built and ready.
+    """``--precision auto``: the fastest path within tolerance of fp32 (:mod:`inference.agreement`), built and ready.
 
     What :func:`plan_auto` decides without measuring is built as it says. Otherwise every path this CPU can run
     is built, timed on ``sample[0]`` and compared with fp32 on the whole sample (:func:`agreement` of all its

@@ -45,14 +45,14 @@ import torch
 from torch import nn
 
 import fastmtl
-from fastmtl import onnxrt
-from fastmtl.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
+from fastmtl.checkpoint.store import load_model, model_config, read_checkpoint_info, stored_class_names
 from fastmtl.data.images import ImagePaths
+from fastmtl.data.inputs import collect_inputs, sample_batches
 from fastmtl.data.transforms import _stats  # the exact float32 statistics normalize_image uses
-from fastmtl.engine.checkpoint import load_model, model_config, read_checkpoint_info, stored_class_names
-from fastmtl.engine.inputs import collect_inputs, sample_batches
-from fastmtl.engine.traced import MAX_BATCH, batch_dim, deployable, flat, output_names, write_onnx
 from fastmtl.files import exclusive_folder, reporting_full_disk
+from fastmtl.inference import onnxrt
+from fastmtl.inference.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
+from fastmtl.inference.traced import MAX_BATCH, batch_dim, deployable, flat, output_names, write_onnx
 from fastmtl.options import check_input_side
 
 __all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
@@ -176,11 +176,11 @@ def export(
             batch) and raise :class:`ExportCheckError` when they differ. For ONNX the check needs onnxruntime
             and is skipped, with a message, when it is not installed.
         device: where to compile and check (an AOTInductor package runs on the device it was compiled for).
-        precision: ``fp32``, or ``int8`` for ONNX: ONNX Runtime's static quantization (:mod:`fastmtl.onnxrt`;
+        precision: ``fp32``, or ``int8`` for ONNX: ONNX Runtime's static quantization (:mod:`fastmtl.inference.onnxrt`;
             7-bit weights, accurate on CPUs with and without VNNI), calibrated on up to 32 images of
             ``calibrate``; the check then compares it with the eager model on those images against
-            :data:`fastmtl.agreement.TOLERANCE` and prints the agreement. Packages are fp32.
-        calibrate: int8's calibration images (anything :func:`~fastmtl.engine.inputs.collect_inputs` takes).
+            :data:`fastmtl.inference.agreement.TOLERANCE` and prints the agreement. Packages are fp32.
+        calibrate: int8's calibration images (anything :func:`~fastmtl.data.inputs.collect_inputs` takes).
 
     Returns:
         The written path.

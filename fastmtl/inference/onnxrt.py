@@ -4,7 +4,7 @@ The model is exported once per weights and input size (``torch.onnx.export(dynam
 with reference layers, batch dynamic), quantized once for int8, and both files are cached under
 ``$FASTMTL_CACHE/onnx``, named by a hash of the weights, the model config, the input size and the library
 versions. A later process loads the cached file into an ONNX Runtime session in under a second, which is what
-Inductor's frozen graphs cannot do (:mod:`fastmtl.precision`): this is the compile-once path. Each file's SHA-256
+Inductor's frozen graphs cannot do (:mod:`inference.precision`): this is the compile-once path. Each file's SHA-256
 is recorded beside it when written (``<name>.onnx.sha256``) and checked whenever it is loaded: a file truncated
 or altered on disk (which may still load, with other weights) is built again with one printed line.
 
@@ -79,7 +79,7 @@ def cached_file(model: nn.Module, shape: Sequence[int], precision: str, *, diges
     """Where the ONNX file of ``model`` for inputs of ``shape`` (B, C, H, W; any B) in ``precision`` is cached:
     named by the config, the image size, the precision and :func:`weights_digest` (pass ``digest`` when known:
     hashing 225 MB of weights takes about a second)."""
-    from fastmtl.engine.checkpoint import model_config
+    from fastmtl.checkpoint.store import model_config
 
     size = f"{shape[-2]}x{shape[-1]}"
     return default_cache_dir() / "onnx" / \
@@ -90,7 +90,7 @@ def weights_digest(model: nn.Module, shape: Sequence[int]) -> str:
     """A hash of the weights, the config, the input's channels and size and the torch / ONNX Runtime versions."""
     import onnxruntime
 
-    from fastmtl.engine.checkpoint import model_config
+    from fastmtl.checkpoint.store import model_config
 
     digest = hashlib.blake2b(digest_size=12)
     config = {k: v for k, v in model_config(model).to_dict().items() if k != "kernels"}
@@ -105,7 +105,7 @@ def exported_fp32(
     model: nn.Module, example: torch.Tensor, *, digest: str | None = None, log: Callable[[str], None] = print
 ) -> Path:
     """The cached fp32 ONNX file of ``model`` at ``example``'s image size, exported now when absent (what OpenVINO
-    reads too: :mod:`fastmtl.openvino_rt`)."""
+    reads too: :mod:`fastmtl.inference.openvino_rt`)."""
     fp32 = cached_file(model, example.shape, "fp32", digest=digest)
     if not fp32.is_file():
         start = time.perf_counter()
@@ -116,7 +116,7 @@ def exported_fp32(
 
 
 def _export_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
-    from fastmtl.engine.traced import batch_dim, deployable, output_names, write_onnx
+    from fastmtl.inference.traced import batch_dim, deployable, output_names, write_onnx
 
     names = output_names(model, example)
     trace = example if example.shape[0] >= 2 else example.expand(2, *example.shape[1:])

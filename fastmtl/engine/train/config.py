@@ -115,10 +115,10 @@ class TrainConfig:
         progress: show a tqdm progress bar.
         input_pipeline: "loader" (DataLoader workers, per-sample augmentation) or "device" (the training split
             decoded once into uint8 tensors on the training device and augmented there in batches, see
-            :mod:`fastmtl.engine.device_loader`; validation is decoded and evaluated on the device too).
+            :mod:`fastmtl.engine.train.device_loader`; validation is decoded and evaluated on the device too).
         store_size: side of the stored training images on the device path (0 = ``img_size``); larger than
             ``img_size``, the augmentation's single resampling also resizes (e.g. 256 -> 224).
-        device_step: the step without host round trips (:mod:`fastmtl.engine.device_step`): fused AdamW on CUDA,
+        device_step: the step without host round trips (:mod:`fastmtl.engine.train.device_step`): fused AdamW on CUDA,
             the poly learning rate computed on the device, losses summed there and read every ``sync_every``
             steps.
         sync_every: with ``device_step``, read the summed losses (and check them for NaN / inf) every this many

@@ -1,6 +1,6 @@
 """The training step without host round trips (``device_step = true``) and evaluation on the device.
 
-The classic step (:func:`fastmtl.engine.loop.train_step`) reads every step's loss on the host to check it,
+The classic step (:func:`fastmtl.engine.train.loop.train_step`) reads every step's loss on the host to check it,
 which waits for the device each step. :class:`DeviceStep` never waits:
 
 - the poly learning rate is computed on the device from a device step counter and written into the
@@ -10,12 +10,12 @@ which waits for the device each step. :class:`DeviceStep` never waits:
 - optionally the forward and loss run under ``torch.compile`` (``compile_mode = "reduce-overhead"`` adds CUDA
   graphs); a compile failure prints one line and the step carries on eagerly.
 
-:func:`evaluate_split` runs a model over a :class:`~fastmtl.engine.device_loader.DeviceSplit` keeping every
+:func:`evaluate_split` runs a model over a :class:`~fastmtl.engine.train.device_loader.DeviceSplit` keeping every
 per-image count on the device and reads them once at the end. It is not
-:func:`fastmtl.engine.eval_loop.run_evaluation` because that loop reads each batch on the host (per-image records,
+:func:`fastmtl.engine.evaluate.loop.run_evaluation` because that loop reads each batch on the host (per-image records,
 ``has_mask.any()``, the loss as a float), which would make the host wait for the device every batch; instead it
-fills the same :class:`~fastmtl.engine.eval_loop.EvalState` meters and ends through the same
-:func:`~fastmtl.engine.eval_loop.sync_state` and ``EvalState.metrics``, so both give the same metric dict (tested
+fills the same :class:`~fastmtl.engine.evaluate.loop.EvalState` meters and ends through the same
+:func:`~fastmtl.engine.evaluate.loop.sync_state` and ``EvalState.metrics``, so both give the same metric dict (tested
 against the DataLoader validation).
 """
 
@@ -31,10 +31,10 @@ import torch.distributed as dist
 from torch import nn
 
 from fastmtl.backend import set_kernel_backend, use_triton
-from fastmtl.engine.device_loader import DeviceSplit, eval_batches
-from fastmtl.engine.eval_loop import EvalState, sync_state
-from fastmtl.engine.loop import NonFiniteLossError, StepContext
-from fastmtl.engine.state import RunState
+from fastmtl.engine.evaluate.loop import EvalState, sync_state
+from fastmtl.engine.train.device_loader import DeviceSplit, eval_batches
+from fastmtl.engine.train.loop import NonFiniteLossError, StepContext
+from fastmtl.engine.train.state import RunState
 from fastmtl.layers.swin import WindowAttention
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter
 
@@ -212,7 +212,7 @@ def evaluate_split(
     rows ``rank::world_size``); one host read at the end.
 
     Returns:
-        Flat dict as :func:`fastmtl.engine.loop.validate`: ``loss``, ``n_images`` and the meters' metrics.
+        Flat dict as :func:`fastmtl.engine.train.loop.validate`: ``loss``, ``n_images`` and the meters' metrics.
     """
     seg_meter = SegmentationMeter(seg_classes, seg_class_names)
     was_training = model.training

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fastmtl.data import build_dataset, dataset_class, detect_kind, split_indices, subset
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.train_config import TrainConfig
+from fastmtl.engine.train.config import TrainConfig
 
 __all__ = [
     "EpochSeeded",

@@ -1,8 +1,8 @@
 """Evaluation of a checkpoint on a dataset split: the SPEC section 6 metrics, plots and worst-case overlays.
 
 :func:`evaluate` loads a checkpoint, evaluates one split at the model's ``img_size`` with the loop that also
-validates during training (:func:`fastmtl.engine.eval_loop.run_evaluation`, re-exported here with
-:class:`~fastmtl.engine.eval_loop.EvalState` and :func:`~fastmtl.engine.eval_loop.sync_state`), prints the table
+validates during training (:func:`fastmtl.engine.evaluate.loop.run_evaluation`, re-exported here with
+:class:`~fastmtl.engine.evaluate.loop.EvalState` and :func:`~fastmtl.engine.evaluate.loop.sync_state`), prints the table
 and writes ``metrics.json``, ``roc.png``, ``confusion.png`` and ``worst/<id>.png`` into ``out_dir``, which it
 holds locked meanwhile (:func:`fastmtl.files.exclusive_folder`, as train and predict do: a second job into the
 same folder is refused with a message naming the holder).
@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fastmtl.engine.checkpoint import load_model, model_config
-from fastmtl.engine.ckpt_meta import warn_if_synthetic
-from fastmtl.engine.eval_loop import EvalState, run_evaluation, sync_state
+from fastmtl.checkpoint.meta import warn_if_synthetic
+from fastmtl.checkpoint.store import load_model, model_config
+from fastmtl.engine.evaluate.loop import EvalState, run_evaluation, sync_state
+from fastmtl.engine.evaluate.plots import plot_confusion, plot_roc
 from fastmtl.engine.overlay import case_panel, save_png
-from fastmtl.engine.plots import plot_confusion, plot_roc
 from fastmtl.files import atomic_write_json, exclusive_folder, safe_name
 from fastmtl.metrics import format_table
 from fastmtl.output import seg_to_classes

@@ -1,6 +1,6 @@
 """A training protocol in one command under a wall-clock budget, evaluated on the device, with a compact record.
 
-:func:`run_protocol` trains with :func:`fastmtl.engine.train.train` on the fast path (device-resident input,
+:func:`run_protocol` trains with :func:`fastmtl.engine.train.job.train` on the fast path (device-resident input,
 the device step, ``torch.compile`` + CUDA graphs on CUDA), stops cleanly when the budget (minus a reserve for
 the evaluation) is spent, evaluates the selected model on the validation split and on any further data
 folders, and writes a bring-back folder of a few small files:
@@ -13,7 +13,7 @@ folders, and writes a bring-back folder of a few small files:
 
 summary.json, metrics.json and log.csv are written after every validation too (``status`` "running: ..."), so
 that a command killed at its time limit still brings back what it reached. Under a budget the default schedule
-is "budget" (:class:`~fastmtl.engine.schedule.BudgetSchedule`): the first steps are timed, the number of steps
+is "budget" (:class:`~fastmtl.engine.train.schedule.BudgetSchedule`): the first steps are timed, the number of steps
 that fit the budget (validations and the final evaluation's reserve included) is set, and the poly schedule runs
 to its end over them; ``schedule`` in summary.json records the plan against the paper's 150 epochs.
 
@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from fastmtl.engine.checkpoint import load_model
-from fastmtl.engine.device_loader import DeviceSplit, decode_split
-from fastmtl.engine.device_step import evaluate_split, layer_paths, with_kernel_fallback
+from fastmtl.checkpoint.store import load_model
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.loop import StepContext
-from fastmtl.engine.train_config import TrainConfig
+from fastmtl.engine.train.config import TrainConfig
+from fastmtl.engine.train.device_loader import DeviceSplit, decode_split
+from fastmtl.engine.train.device_step import evaluate_split, layer_paths, with_kernel_fallback
+from fastmtl.engine.train.loop import StepContext
 from fastmtl.files import atomic_write_bytes, atomic_write_json, json_safe
 from fastmtl.runtime import amp_dtype
 
@@ -248,7 +248,7 @@ def run_protocol(
         extra: facts to add to summary.json (the command line, the versions).
         log: where progress lines go.
         schedule: "budget" (with a budget: the poly schedule fitted to the steps that fit it, see
-            :class:`~fastmtl.engine.schedule.BudgetSchedule`) or "epochs" (the configured epochs; the budget may
+            :class:`~fastmtl.engine.train.schedule.BudgetSchedule`) or "epochs" (the configured epochs; the budget may
             stop the run with the schedule barely decayed).
         started: the ``time.monotonic()`` the budget counts from (default: now); a command passes its own start,
             so that its imports are inside the budget.
@@ -256,8 +256,8 @@ def run_protocol(
     Returns:
         The summary written to ``OUT/summary.json``.
     """
-    from fastmtl.engine.checkpoint import read_checkpoint_info
-    from fastmtl.engine.train import train
+    from fastmtl.checkpoint.store import read_checkpoint_info
+    from fastmtl.engine.train.job import train
 
     if schedule not in ("budget", "epochs"):
         raise ValueError(f"schedule must be 'budget' or 'epochs', got {schedule!r}")

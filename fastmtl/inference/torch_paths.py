@@ -1,4 +1,4 @@
-"""torch's own inference paths' pieces (:mod:`fastmtl.precision` builds the paths): a fixed-batch wrapper for
+"""torch's own inference paths' pieces (:mod:`fastmtl.inference.precision` builds the paths): a fixed-batch wrapper for
 shape-specialised models (compiled graphs, OpenVINO), Inductor's freezing, and PT2E static int8 with torchao's x86
 Inductor quantizer."""
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmtl.inference import optimize_for_inference
+from fastmtl.inference.optimize import optimize_for_inference
 from fastmtl.output import MTLOutput
 
 __all__ = ["FixedBatch", "inductor_cpu", "quantize_int8"]

@@ -7,7 +7,7 @@ Layout for a stem ``run/last``:
     run/last.json               optimizer/scheduler hyper-parameters, epoch, step, metrics, RNG states, config.
 
 With an optimizer the three files form one *set*, either wholly old or wholly new for ``--resume``
-(:mod:`fastmtl.engine.ckpt_set`): each file carries the set's token, the sidecar (replaced last) the content
+(:mod:`fastmtl.checkpoint.sets`): each file carries the set's token, the sidecar (replaced last) the content
 hashes, and the previous set stays as ``run/last.prev.*`` until the new one is complete, so a run killed between
 any two file operations resumes from a consistent set. Loading never unpickles; non-finite weights and malformed
 metadata are refused with a :class:`CheckpointError` naming the tensor or field.
@@ -25,9 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from fastmtl.checkpoint.meta import check_finite, checked_config, checked_meta
+from fastmtl.checkpoint.sets import TOKEN_KEY, CheckpointError, save_set, verify
 from fastmtl.config import ModelConfig
-from fastmtl.engine.ckpt_meta import check_finite, checked_config, checked_meta
-from fastmtl.engine.ckpt_set import TOKEN_KEY, CheckpointError, save_set, verify
 from fastmtl.files import json_dumps, not_regular, replacing
 from fastmtl.metrics import default_class_names, default_seg_class_names
 from fastmtl.registry import create_model_from_config
@@ -230,7 +230,7 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restores the optimizer saved with ``stem`` and returns the JSON sidecar (step, epoch, RNG, ...).
 
-    The set's consistency (:func:`fastmtl.engine.ckpt_set.verify`) is checked first unless ``verified``.
+    The set's consistency (:func:`fastmtl.checkpoint.sets.verify`) is checked first unless ``verified``.
     """
     stem = Path(stem)
     sidecar_path = stem.with_name(stem.name + ".json")

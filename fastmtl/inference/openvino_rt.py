@@ -1,18 +1,18 @@
 """OpenVINO paths for CPU inference: fp32, bf16 (where the CPU computes it natively) and int8 quantized by NNCF.
 
-OpenVINO reads the fp32 ONNX file that :mod:`fastmtl.onnxrt` exports and caches (one export serves both runtimes)
+OpenVINO reads the fp32 ONNX file that :mod:`inference.onnxrt` exports and caches (one export serves both runtimes)
 and compiles it for the CPU at the job's batch shape in seconds. fp32 and bf16 are that file compiled with
 OpenVINO's inference precision set to f32 or bf16; bf16 only on a CPU with native bf16 (avx512_bf16 / AMX), as
-torch's bf16 (:mod:`fastmtl.precision`).
+torch's bf16 (:mod:`fastmtl.inference.precision`).
 
 int8 is NNCF's post-training quantization of that model (the transformer preset: convolutions and matmuls in int8,
 softmax, LayerNorm and GELU left to OpenVINO in the inference precision), calibrated on the job's images, and saved
 as OpenVINO IR (``.xml`` + ``.bin``) under ``$FASTMTL_CACHE/openvino``. The file is named by the model config, the
-image size, the recipe, the CPU kind and :func:`fastmtl.onnxrt.weights_digest`, and a ``.json`` beside it holds the
+image size, the recipe, the CPU kind and :func:`inference.onnxrt.weights_digest`, and a ``.json`` beside it holds the
 SHA-256 of both files: a file that does not match (damaged, or written half by a crashed job) is built again. The
 recipe follows the CPU (:func:`fastmtl.runtime.cpu_info`, which ``$FASTMTL_CPU`` can simulate): without VNNI the
 weights use 7 bits everywhere (NNCF's overflow fix: AVX2's ``vpmaddubsw`` saturates with 8, see
-:mod:`fastmtl.onnxrt`), with VNNI 8; the operators that stay float run in bf16 where the CPU has it, else fp32.
+:mod:`inference.onnxrt`), with VNNI 8; the operators that stay float run in bf16 where the CPU has it, else fp32.
 
 The calibration of a cached int8 file is that of the job that built it; ``refresh=True`` (``fastmtl predict
 --calibrate``) builds it again from the given images. The folder is bounded as the ONNX one is
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastmtl import onnxrt
 from fastmtl.data.cache import default_cache_dir
 from fastmtl.files import atomic_write_json, file_sha256
+from fastmtl.inference import onnxrt
 from fastmtl.output import MTLOutput
 from fastmtl.runtime import CpuInfo
 
@@ -65,7 +65,7 @@ def cached_int8(model: nn.Module, shape: Sequence[int], cpu: CpuInfo, *, digest:
 
 class OpenVinoModel(nn.Module):
     """An ONNX or IR file compiled by OpenVINO for the CPU at one batch shape, called like a fastmtl model:
-    ``(batch, C, H, W) -> MTLOutput`` (:class:`fastmtl.precision.FixedBatch` pads a short batch).
+    ``(batch, C, H, W) -> MTLOutput`` (:class:`fastmtl.inference.precision.FixedBatch` pads a short batch).
 
     Args:
         path: the ``.onnx`` or ``.xml`` file; its outputs are named ``seg_logits`` and / or ``cls_logits``.
