@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.protocol import project_minutes, train_flops_per_image
+from experiments.projection import project_minutes, train_flops_per_image
 from fastmtl.data import build_dataset, subset
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.train.config import TrainConfig

@@ -17,206 +17,31 @@ is "budget" (:class:`~fastmtl.engine.train.schedule.BudgetSchedule`): the first 
 that fit the budget (validations and the final evaluation's reserve included) is set, and the poly schedule runs
 to its end over them; ``schedule`` in summary.json records the plan against the paper's 150 epochs.
 
-The weights stay in the scratch run folder (``run_dir``), never in OUT. The projection of the full protocol's
-time comes from the measured steady-state images/s (or, when the budget cut the only epoch, that epoch's rate),
-the warm validation time (the first validation is timed twice) and the model's forward + backward FLOPs
-(:func:`train_flops_per_image`).
+The weights stay in the scratch run folder (``run_dir``), never in OUT. The evaluation targets live in
+:mod:`experiments.evaluation`, the throughput and projection helpers in :mod:`experiments.projection`.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastmtl.checkpoint.store import load_model
-from fastmtl.engine.distributed import DistInfo
+from experiments.evaluation import HEADLINE, EvalTarget, evaluate, open_eval, selected_model
+from experiments.projection import PAPER_EPOCHS, throughput, train_flops_per_image
 from fastmtl.engine.train.config import TrainConfig
-from fastmtl.engine.train.device_loader import DeviceSplit, decode_split
-from fastmtl.engine.train.device_step import evaluate_split, layer_paths, with_kernel_fallback
-from fastmtl.engine.train.loop import StepContext
+from fastmtl.engine.train.device_loader import decode_split
+from fastmtl.engine.train.device_step import layer_paths
 from fastmtl.files import atomic_write_bytes, atomic_write_json, json_safe
 from fastmtl.runtime import amp_dtype
 
-__all__ = [
-    "EvalTarget",
-    "open_eval",
-    "parse_eval",
-    "project_minutes",
-    "run_protocol",
-    "throughput",
-    "train_flops_per_image",
-]
-
-PAPER_EPOCHS = 150
-
-
-@dataclass(frozen=True)
-class EvalTarget:
-    """A further data folder to evaluate the final model on: ``root`` and its ``split``, written as ``name``."""
-
-    root: Path
-    split: str
-    name: str
-
-
-def parse_eval(spec: str, taken: set[str] | None = None) -> EvalTarget:
-    """``DIR:SPLIT`` (or ``DIR``, split "test") -> :class:`EvalTarget` with a file-safe unique name.
-
-    Raises:
-        FileNotFoundError: the folder does not exist.
-    """
-    root, sep, split = spec.rpartition(":")
-    if not sep or not root or "/" in split:
-        root, split = spec, "test"
-    path = Path(root)
-    if not path.exists():
-        raise FileNotFoundError(f"--eval {spec!r}: data folder {path} not found")
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{path.name}-{split}").strip("_") or "eval"
-    name, k = base, 2
-    while taken is not None and name in taken:
-        name, k = f"{base}-{k}", k + 1
-    if taken is not None:
-        taken.add(name)
-    return EvalTarget(path, split, name)
-
-
-def train_flops_per_image(config: TrainConfig, seg_classes: int = 1, cls_classes: int = 3) -> float:
-    """FLOPs of one image's forward and backward pass at ``config.img_size`` (convolutions and matrix products,
-    one multiply-add = 2 FLOPs, as SPEC section 7), counted on the meta device: nothing is computed."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from fastmtl.registry import create_model, model_options
-
-    opts = {k: v for k, v in config.model_options.items() if k != "kernels"}
-    accepted = model_options(config.model)
-    wanted = {"img_size": config.img_size, "seg_classes": seg_classes, "cls_classes": cls_classes}
-    opts.update({k: v for k, v in wanted.items() if k in accepted and k not in opts and v > 0})
-    if "kernels" in accepted:
-        opts["kernels"] = "reference"  # the Triton ops carry no FLOP formula; the arithmetic is the same
-    with torch.device("meta"):
-        model = create_model(config.model, **opts)
-    image = torch.empty(1, model.config.in_chans, config.img_size, config.img_size, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        out = model(image)
-        total = sum(t.float().sum() for t in (out.seg_logits, out.cls_logits) if t is not None)
-        total.backward()
-    return float(counter.get_total_flops())
-
-
-def project_minutes(
-    images_per_epoch: int, steady_images_per_s: float, epochs: int = PAPER_EPOCHS, warmup_s: float = 0.0,
-    val_s: float = 0.0, val_every: int = 1,
-) -> float:  # fmt: skip
-    """Minutes for ``epochs`` epochs at the measured steady rate, plus the one-off warm-up and the validations."""
-    if not steady_images_per_s > 0:
-        return math.nan
-    validations = math.ceil(epochs / max(val_every, 1))
-    return (epochs * images_per_epoch / steady_images_per_s + warmup_s + validations * val_s) / 60.0
-
-
-def open_eval(config: TrainConfig, target: EvalTarget, limit: int = 0) -> Any:
-    """The evaluation split's dataset (at most ``limit`` images), opened now so that a wrong folder or split fails
-    before the training, not after it.
-
-    Raises:
-        FileNotFoundError / ValueError: naming the folder, split or file.
-    """
-    from fastmtl.data import build_dataset, subset
-
-    cache = False if config.cache_dir == "off" else (config.cache_dir or None)
-    try:
-        ds = build_dataset("auto", target.root, target.split, img_size=config.img_size, train=False,
-                           cache_dir=cache, normalize=config.normalize)  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:
-        raise type(e)(f"--eval {target.root}:{target.split}: {e}") from e
-    return subset(ds, range(limit)) if limit and limit < len(ds) else ds
-
-
-def _selected_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, str]:
-    """The model to evaluate: ``best`` (selected on validation) when a validation ran, else ``last``."""
-    for stem in ("best", "last"):
-        path = run_dir / f"{stem}.safetensors"
-        if path.is_file():
-            model, _ = load_model(path)
-            return model.to(device), stem
-    raise FileNotFoundError(f"{run_dir} holds neither best.safetensors nor last.safetensors: nothing was trained")
-
-
-def _evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.device, meta: dict) -> dict[str, Any]:
-    """The SPEC section 6 metrics (and the loss, with the run's class weights) of ``model`` on ``split``."""
-    from fastmtl.losses import MTLLoss
-
-    weights = meta.get("class_weights")
-    loss_fn = MTLLoss(model.config.seg_classes, config.alpha, None if weights is None else torch.tensor(weights))
-    ctx = StepContext(model, model, None, None, loss_fn.to(device), DistInfo(device=device),
-                      amp_dtype(config.amp, device), config.channels_last)  # fmt: skip
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    split = split.to(device)
-
-    def run() -> dict[str, Any]:
-        names = {"class_names": tuple(meta["class_names"]), "seg_class_names": tuple(meta["seg_class_names"])}
-        return evaluate_split(model, split, ctx=ctx, img_size=(config.img_size,) * 2, normalize=config.normalize,
-                              batch_size=config.resolved_eval_batch_size, seg_classes=int(meta["seg_classes"]),
-                              **names)  # fmt: skip
-
-    return with_kernel_fallback(model, device, run, print, "evaluation")
-
-
-_HEADLINE = ("dsc", "ji", "global_dice", "acc", "sen", "spe", "auc_mean", "auc_melanoma", "auc_seborrheic_keratosis",
-             "loss", "n_seg_images", "n_cls_images")  # fmt: skip
-
-
-def throughput(history: list[dict[str, Any]], batch: int, full_images: int, val_every: int,
-               partial: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Per-epoch costs from the training log and the projection of the paper's 150 epochs from them.
-
-    A validation is costed by its warm time (``validation_warm_s``: the first validation timed again, after the
-    autotuning and cuDNN's algorithm search of the first). When no epoch completed, the steady rate of the epoch
-    the budget cut (``partial``: its steps, seconds and ``steady_images_per_s``) stands in for it."""
-    if not history:
-        rate = (partial or {}).get("steady_images_per_s")
-        if not rate:
-            return {"epoch_s": None, "train_images_per_s": None, "projected_150_epochs_min": None}
-        full = (full_images // batch) * batch or partial["steps"] * batch
-        projected = project_minutes(full, rate, PAPER_EPOCHS)
-        return {"epoch_s": None, "partial_epoch_steps": partial["steps"], "partial_epoch_s": partial["time_s"],
-                "images_per_full_epoch": full, "train_images_per_s": rate, "rate_from": "the epoch the budget cut",
-                "epochs_per_s": rate / full, "projected_150_epochs_min": projected}  # fmt: skip
-    first, last = history[0], history[-1]
-    steps = [b["global_step"] - a["global_step"] for a, b in zip([{"global_step": 0}, *history], history)]
-    images = steps[-1] * batch
-    steady = last.get("steady_images_per_s") or last.get("images_per_s") or math.nan
-    full = (full_images // batch) * batch or images  # a full epoch of the configured data (before any limit)
-    warmup = max(first["time_s"] - steps[0] * batch / steady, 0.0) if steady > 0 else 0.0
-    vals = [r.get("validation_warm_s", r["validation_s"]) for r in history if "validation_s" in r]
-    val_s = sum(vals) / len(vals) if vals else 0.0
-    cold = next((r["validation_s"] for r in history if "validation_s" in r), None)
-    projected = project_minutes(full, steady, PAPER_EPOCHS, warmup, val_s, val_every)
-    return {
-        "epoch_s": last["time_s"],
-        "first_epoch_s": first["time_s"],
-        "images_per_epoch": images,
-        "images_per_full_epoch": full,
-        "train_images_per_s": steady,
-        "train_images_per_s_incl_warmup": sum(steps) * batch / max(sum(r["time_s"] for r in history), 1e-9),
-        "warmup_s": warmup,
-        "val_s": val_s,
-        "val_cold_s": cold,
-        "rate_from": "completed epochs",
-        "val_share": val_s / val_every / (full / steady) if steady > 0 and full else None,
-        "epochs_per_s": steady / full if full else None,
-        "projected_150_epochs_min": projected,
-    }
+__all__ = ["run_protocol"]
 
 
 def run_protocol(
@@ -284,7 +109,7 @@ def run_protocol(
                    on_epoch=progress)  # fmt: skip
     trained = time.monotonic()
     device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
-    model, which = _selected_model(run_dir, device)
+    model, which = selected_model(run_dir, device)
     _, meta = read_checkpoint_info(run_dir / f"{which}.safetensors")
     split = _read_json(run_dir / "split.json")
     val = _write_metrics(out_dir, result, split, which)
@@ -293,7 +118,7 @@ def run_protocol(
     for name, (target, future) in pending.items():
         try:
             eval_split = future.result()
-            metrics = _evaluate(model, eval_split, config, device, meta)
+            metrics = evaluate(model, eval_split, config, device, meta)
         except Exception as e:  # noqa: BLE001 - one bad folder must not lose the run's other results
             log(f"evaluation of {target.root}:{target.split} failed: {type(e).__name__}: {e}")
             evaluated[name] = {"error": f"{type(e).__name__}: {e}"}
@@ -302,7 +127,7 @@ def run_protocol(
             "split": target.split, "data_root": str(target.root), "model": which, "epoch": result["best_epoch"],
             "n_images": len(eval_split), "metrics": metrics,
         }))  # fmt: skip
-        evaluated[name] = {"file": f"eval-{name}.json", **{k: metrics.get(k) for k in _HEADLINE if k in metrics}}
+        evaluated[name] = {"file": f"eval-{name}.json", **{k: metrics.get(k) for k in HEADLINE if k in metrics}}
         files[f"eval-{name}"] = f"eval-{name}.json"
     pool.shutdown()
     for name in ("log.csv", "curves.png"):
@@ -317,8 +142,8 @@ def run_protocol(
         "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.amp, device)),
         "selected": which,
         "selected_epoch": result["best_epoch"],
-        "metrics": {k: val.get(k) for k in _HEADLINE if k in val},
-        "last_epoch_metrics": {k[4:]: history[-1].get(k) for k in (f"val_{h}" for h in _HEADLINE) if history
+        "metrics": {k: val.get(k) for k in HEADLINE if k in val},
+        "last_epoch_metrics": {k[4:]: history[-1].get(k) for k in (f"val_{h}" for h in HEADLINE) if history
                                and k in history[-1]},
         "eval": evaluated,
         "files": files,

@@ -154,7 +154,8 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from experiments.protocol import parse_eval, run_protocol
+    from experiments.evaluation import parse_eval
+    from experiments.protocol import run_protocol
     from fastmtl.engine.train.config import load_config
 
     exp = EXPERIMENTS[args.exp]

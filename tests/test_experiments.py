@@ -298,7 +298,7 @@ def test_paper_protocol_rejects_missing_folders(run, tmp_path):
 
 def test_projection_from_the_epoch_the_budget_cut():
     """No epoch completed: the cut epoch's steady rate gives the projection instead of "not measured"."""
-    from experiments.protocol import throughput
+    from experiments.projection import throughput
 
     costs = throughput([], 8, 1800, 5, {"steps": 40, "time_s": 20.0, "steady_images_per_s": 100.0})
     assert costs["rate_from"] == "the epoch the budget cut" and costs["train_images_per_s"] == 100.0
@@ -307,7 +307,8 @@ def test_projection_from_the_epoch_the_budget_cut():
 
 
 def test_projection_and_eval_names():
-    from experiments.protocol import parse_eval, project_minutes, throughput
+    from experiments.evaluation import parse_eval
+    from experiments.projection import project_minutes, throughput
 
     # 150 epochs of 1800 images at 600 images/s: 450 s, + 30 s warm-up + 30 validations of 2 s = 540 s = 9 min
     assert project_minutes(1800, 600.0, 150, warmup_s=30.0, val_s=2.0, val_every=5) == pytest.approx(9.0)
