@@ -3,23 +3,21 @@ protocol runs on tiny CPU stand-ins, the projection."""
 
 from __future__ import annotations
 
+import argparse
 import csv
-import importlib.util
 import json
 import math
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-RUN_PY = Path(__file__).resolve().parent.parent / "experiments" / "run.py"
-
-
-@pytest.fixture(scope="module")
-def run():
-    spec = importlib.util.spec_from_file_location("experiments_run", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiments import report
+from experiments.cli import build_parser, main
+from experiments.row import canonical_command
+from experiments.table import REPO
 
 
 def _result(model: str, seed: int, **metrics) -> dict:
@@ -53,10 +51,10 @@ def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "results"
 
 
-def test_table_rows(run, results_dir):
-    results = run.load_results(results_dir)
+def test_table_rows(results_dir):
+    results = report.load_results(results_dir)
     assert [r["model"] for r in results["isic"]] == ["resformer_mtl", "resnet34_cls"]
-    lines = run.build_table("isic", results["isic"]).splitlines()
+    lines = report.build_table("isic", results["isic"]).splitlines()
     assert lines[0] == (
         "| model | seed | DSC | JI | global Dice | Acc | Sen | Spe | MEL AUC | SK AUC | best ep. | train img | img/s "
         "| wall (min) |"
@@ -68,34 +66,34 @@ def test_table_rows(run, results_dir):
     assert len(lines) == 4
 
 
-def test_write_report_replaces_only_the_generated_block(run, results_dir, tmp_path):
+def test_write_report_replaces_only_the_generated_block(results_dir, tmp_path):
     markdown = tmp_path / "RESULTS.md"
-    markdown.write_text(f"# Results\n\nprotocol text\n\n{run.BEGIN}\nold table\n{run.END}\n\nmore text\n")
-    text = run.write_report(results_dir, markdown)
+    markdown.write_text(f"# Results\n\nprotocol text\n\n{report.BEGIN}\nold table\n{report.END}\n\nmore text\n")
+    text = report.write_report(results_dir, markdown)
     assert text == markdown.read_text()
-    assert text.startswith("# Results\n\nprotocol text\n\n" + run.BEGIN)
-    assert text.endswith(run.END + "\n\nmore text\n")
+    assert text.startswith("# Results\n\nprotocol text\n\n" + report.BEGIN)
+    assert text.endswith(report.END + "\n\nmore text\n")
     assert "old table" not in text
     assert "| `resnet34_cls` | 1 | - | - | - |" in text
     assert "python experiments/run.py isic --model resformer_mtl --seed 1" in text
     assert "Duke DME" in text and "No runs yet." in text  # the OCT section exists even without runs
     assert "paper's protocol" in text  # so does the GPU run's, saying it has not run
-    assert run.write_report(results_dir, markdown) == text  # idempotent
+    assert report.write_report(results_dir, markdown) == text  # idempotent
 
 
-def test_write_report_needs_the_markers(run, results_dir, tmp_path):
+def test_write_report_needs_the_markers(results_dir, tmp_path):
     markdown = tmp_path / "RESULTS.md"
     markdown.write_text("# Results\n")
     with pytest.raises(SystemExit, match="no generated block"):
-        run.write_report(results_dir, markdown)
+        report.write_report(results_dir, markdown)
 
 
-def test_mean_row_for_several_seeds(run, results_dir):
+def test_mean_row_for_several_seeds(results_dir):
     folder = results_dir / "isic"
     second = _result("resformer_mtl", 2, dsc=70.0, ji=60.0, global_dice=80.5, acc=65.0, sen=40.0, spe=70.0,
                      auc_melanoma=60.0, auc_seborrheic_keratosis=None)  # fmt: skip
     (folder / "resformer_mtl-s2.json").write_text(json.dumps(second))
-    lines = run.build_table("isic", run.load_results(results_dir)["isic"]).splitlines()
+    lines = report.build_table("isic", report.load_results(results_dir)["isic"]).splitlines()
     assert [line.split(" | ")[:2] for line in lines[2:]] == [
         ["| `resformer_mtl`", "1"],
         ["| `resformer_mtl`", "2"],
@@ -109,7 +107,7 @@ def test_mean_row_for_several_seeds(run, results_dir):
     )
 
 
-def test_ablations_get_a_paired_summary_and_their_own_runs_table(run, results_dir):
+def test_ablations_get_a_paired_summary_and_their_own_runs_table(results_dir):
     folder = results_dir / "isic"
     for seed, ji in ((1, 66.0), (2, 58.0)):
         row = _result("resformer_mtl", seed, dsc=75.0, ji=ji, global_dice=80.0, auc_melanoma=60.0)
@@ -118,32 +116,56 @@ def test_ablations_get_a_paired_summary_and_their_own_runs_table(run, results_di
         (folder / f"resformer_mtl+head1-s{seed}.json").write_text(json.dumps(row))
     second = _result("resformer_mtl", 2, dsc=70.0, ji=60.0, global_dice=80.5, auc_melanoma=60.0)
     (folder / "resformer_mtl-s2.json").write_text(json.dumps(second))
-    rows = run.load_results(results_dir)["isic"]
-    table = run.build_ablation_table("isic", rows).splitlines()
+    rows = report.load_results(results_dir)["isic"]
+    table = report.build_ablation_table("isic", rows).splitlines()
     assert table[0].startswith("| run | change | seeds | DSC | JI |") and table[0].endswith("| ΔJI per seed |")
     assert table[2].startswith("| `resformer_mtl` | reference") and table[2].endswith("|  |")
     # paired by seed: 66 - 70 = -4.0, 58 - 60 = -2.0
     assert table[3].startswith("| `resformer_mtl+head1` | one-level classification head (e3 only) | 1,2 | 75.0 ± 0.0 |")
     assert table[3].endswith("| -4.0 / -2.0 |") and len(table) == 4
-    report = run.build_report({"isic": rows})
-    models_table = report.split("Ablations of")[0]
+    text = report.build_report({"isic": rows})
+    models_table = text.split("Ablations of")[0]
     assert "`resformer_mtl+head1`" not in models_table and "`resnet34_cls`" in models_table
-    assert "| `resformer_mtl+head1` | 2 | 75.0 | 58.0 |" in report.split("Their runs:")[1]
-    assert "--variant head1" in report
-    assert run.build_ablation_table("isic", [r for r in rows if r["model"] != "resformer_mtl"]) == ""
+    assert "| `resformer_mtl+head1` | 2 | 75.0 | 58.0 |" in text.split("Their runs:")[1]
+    assert "--variant head1" in text
+    assert report.build_ablation_table("isic", [r for r in rows if r["model"] != "resformer_mtl"]) == ""
 
 
-def test_canonical_command_leaves_out_output_folders(run):
-    args = run.main.__globals__["argparse"].Namespace(
+def test_canonical_command_leaves_out_output_folders():
+    args = argparse.Namespace(
         exp="oct", model="unet_resnet34", seed=2, variant="alpha1", set=["epochs=3"], threads=1, data_root="",
         time_limit=None, results="/elsewhere", figures="/elsewhere", runs="/tmp/x",
     )  # fmt: skip
-    assert run.canonical_command(args) == (
+    assert canonical_command(args) == (
         "python experiments/run.py oct --model unet_resnet34 --seed 2 --variant alpha1 --set epochs=3 --threads 1"
     )
 
 
-def test_time_boxed_paper_run_resumes_until_done_then_writes_its_row(run, tmp_path, capsys):
+def test_every_recorded_command_parses_and_regenerates_itself():
+    """The commands the committed result JSONs record (and docs/RESULTS.md lists under each table) are valid
+    command lines of today's experiments runner, and the command it would record for them is the same text."""
+    files = sorted((REPO / "experiments" / "results").glob("*/*.json"))
+    commands = [json.loads(p.read_text())["command"] for p in files]
+    assert commands, "no recorded commands found under experiments/results/"
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:2] == ["python", "experiments/run.py"], command
+        assert canonical_command(build_parser().parse_args(words[2:])) == command
+
+
+@pytest.mark.parametrize("entry", [["experiments/run.py"], ["-m", "experiments"]], ids=["script", "module"])
+def test_both_entry_points_run_the_command_line(entry, results_dir, tmp_path):
+    """`python experiments/run.py` (the recorded form) and `python -m experiments` (from the checkout: experiments/
+    is not installed) are the same command line."""
+    markdown = tmp_path / "RESULTS.md"
+    markdown.write_text(f"{report.BEGIN}\n{report.END}\n")
+    cmd = [sys.executable, *entry, "report", "--results", str(results_dir), "--markdown", str(markdown)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"rebuilt {markdown}" in done.stdout and "| `resformer_mtl` | 1 | 80.0 |" in markdown.read_text()
+
+
+def test_time_boxed_paper_run_resumes_until_done_then_writes_its_row(tmp_path, capsys):
     """The GPU protocol runner on a tiny CPU stand-in: each command trains until its time is up, saves, and the
     same command carries on; the result JSON appears only once the run is complete."""
     small = ['data="synthetic"', "data_options={n=16}", "img_size=32", "epochs=2", "max_steps_per_epoch=2",
@@ -156,7 +178,7 @@ def test_time_boxed_paper_run_resumes_until_done_then_writes_its_row(run, tmp_pa
     while not result.exists():
         calls += 1
         assert calls <= 4, "the time-boxed run does not finish"
-        run.main(argv)
+        main(argv)
     # 2 epochs of 2 steps: stop after step 1, after step 3 (step 2 ends epoch 1 and validates), finish with step 4
     assert calls == 3 and "run the same command again to continue" in capsys.readouterr().out
     row = json.loads(result.read_text())
@@ -187,14 +209,14 @@ SUMMARY_KEYS = {
 }  # fmt: skip
 
 
-def test_paper_protocol_in_one_command_trains_evaluates_and_writes_a_small_folder(run, tmp_path, capsys):
+def test_paper_protocol_in_one_command_trains_evaluates_and_writes_a_small_folder(tmp_path, capsys):
     from tests.engine.conftest import write_isic_split
 
     root = write_isic_split(tmp_path / "isic", "Training", n=14)
     write_isic_split(root, "Test_v2", n=5)
     argv = _paper_argv(root, tmp_path, "--epochs", "2", "--budget-min", "20", "--limit-images", "8",
                        "--val-every", "1", "--eval", f"{root}:test")  # fmt: skip
-    run.main(argv)
+    main(argv)
     out = tmp_path / "out"
     files = sorted(p.name for p in out.iterdir())
     assert files == ["curves.png", "eval-isic-test.json", "log.csv", "metrics.json", "summary.json"]
@@ -223,11 +245,11 @@ def test_paper_protocol_in_one_command_trains_evaluates_and_writes_a_small_folde
     assert "completed: 2/2 epochs" in printed and "epochs/s" in printed and "150 epochs would take" in printed
 
 
-def test_paper_protocol_stops_at_the_budget_and_says_so(run, tmp_path, capsys):
+def test_paper_protocol_stops_at_the_budget_and_says_so(tmp_path, capsys):
     from tests.engine.conftest import write_isic_split
 
     root = write_isic_split(tmp_path / "isic", "Training", n=10)
-    run.main(_paper_argv(root, tmp_path, "--budget-min", "0.001", "--reserve-s", "0", "--limit-images", "4"))
+    main(_paper_argv(root, tmp_path, "--budget-min", "0.001", "--reserve-s", "0", "--limit-images", "4"))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["stopped_by_budget"] and summary["epochs_done"] == 0 and summary["steps_done"] == 1
     assert summary["selected"] == "last" and summary["epochs_planned"] == 150
@@ -235,7 +257,7 @@ def test_paper_protocol_stops_at_the_budget_and_says_so(run, tmp_path, capsys):
     assert "stopped at the budget: 0/150 epochs (1 steps)" in capsys.readouterr().out
 
 
-def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(run, tmp_path, capsys):
+def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(tmp_path, capsys):
     """--schedule budget (the default under --budget-min): the first steps are timed, the steps that fit are
     planned, and the poly schedule runs to its end over them; the run is not cut by the budget."""
     from fastmtl.engine.train.schedule import poly_lr
@@ -243,7 +265,7 @@ def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(r
 
     root = write_isic_split(tmp_path / "isic", "Training", n=14)
     budget_min, reserve_s = 0.75, 10
-    run.main(_paper_argv(root, tmp_path, "--budget-min", str(budget_min), "--reserve-s", str(reserve_s),
+    main(_paper_argv(root, tmp_path, "--budget-min", str(budget_min), "--reserve-s", str(reserve_s),
                          "--val-every", "2"))  # fmt: skip
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     plan = summary["schedule"]
@@ -259,7 +281,7 @@ def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(r
     assert summary["projected_150_epochs_min"] > 0 and "budget schedule:" in capsys.readouterr().out
 
 
-def test_paper_protocol_writes_its_results_after_every_validation(run, tmp_path, monkeypatch):
+def test_paper_protocol_writes_its_results_after_every_validation(tmp_path, monkeypatch):
     """A command killed after a validation still brings back summary.json, metrics.json and log.csv."""
     import experiments.protocol as protocol
     from tests.engine.conftest import write_isic_split
@@ -274,25 +296,25 @@ def test_paper_protocol_writes_its_results_after_every_validation(run, tmp_path,
 
     monkeypatch.setattr(protocol, "atomic_write_json", spy)
     root = write_isic_split(tmp_path / "isic", "Training", n=10)
-    run.main(_paper_argv(root, tmp_path, "--epochs", "2", "--budget-min", "20", "--limit-images", "4",
+    main(_paper_argv(root, tmp_path, "--epochs", "2", "--budget-min", "20", "--limit-images", "4",
                          "--val-every", "1", "--schedule", "epochs"))  # fmt: skip
     assert [status for status, _ in seen] == ["running: epoch 1 validated", "running: epoch 2 validated", "done"]
     assert {"summary.json", "metrics.json", "log.csv"} <= set(seen[0][1])
 
 
-def test_paper_protocol_rejects_missing_folders(run, tmp_path):
+def test_paper_protocol_rejects_missing_folders(tmp_path):
     with pytest.raises(SystemExit, match="not found"):
-        run.main(_paper_argv(tmp_path / "nowhere", tmp_path, "--budget-min", "1"))
+        main(_paper_argv(tmp_path / "nowhere", tmp_path, "--budget-min", "1"))
     from tests.engine.conftest import write_isic_split
 
     root = write_isic_split(tmp_path / "isic", "Training", n=4)
     with pytest.raises(SystemExit, match=r"--eval .*missing.*not found"):
-        run.main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{tmp_path}/missing:test"))
+        main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{tmp_path}/missing:test"))
     # a folder without the split fails before any training, naming the folder it looked for
     with pytest.raises(
         SystemExit, match=r"--eval .*isic:validation: ISIC 2017 image folder .*Validation_Data not found"
     ):
-        run.main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{root}:validation"))
+        main(_paper_argv(root, tmp_path, "--budget-min", "1", "--eval", f"{root}:validation"))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out" / "summary.json").exists()
 
 

@@ -1,0 +1,5 @@
+"""``python -m experiments ...``: the experiments' command line (the same as ``python experiments/run.py ...``)."""
+
+from experiments.cli import main
+
+main()
