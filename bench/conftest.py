@@ -15,7 +15,7 @@
   ``benchmark.extra_info`` with provider, ms, images/s, TFLOP/s, peak CUDA memory and NVML clocks/power.
 - Hooks: device/library telemetry into the JSON's ``machine_info["fastmtl"]``; at the end of the session every
   benchmark gets ``speedup_vs_eager`` / ``speedup_vs_compiled`` from the other providers of its group (see
-  :func:`bench.report.add_speedups`: the provider comes from ``extra_info["provider"]`` or the ``provider``
+  :func:`bench.benchmarks.add_speedups`: the provider comes from ``extra_info["provider"]`` or the ``provider``
   parameter; "eager"/"torch"/"reference" are the eager baseline, "compile"/"compiled" the compiled one).
 """
 
@@ -31,9 +31,9 @@ import pytest
 import torch
 
 from bench import fallbacks, telemetry
+from bench.benchmarks import add_speedups
 from bench.cases import env_flag
 from bench.record import record_benchmark, record_group
-from bench.report import add_speedups
 
 # Timed-round budget per case: (seconds of timed rounds, min rounds, max rounds, warm-up rounds).
 # (seconds per case, fewest rounds, most rounds, warm-up rounds). At least 3 CPU rounds, so that the median is not

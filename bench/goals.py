@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import group_benchmarks, median_s, provider_of
+from bench.benchmarks import group_benchmarks, median_s, provider_of
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The GPU suite's steps (:class:`Steps`, mixed into :class:`bench.gpu_suite.Suite`): what each runs and records.
+"""The GPU suite's steps (:class:`Steps`, mixed into :class:`bench.suite_runner.Suite`): what each runs and records.
 
 Every pytest step runs with the ``bench.record`` plugin, so that each test and benchmark lands in
 ``OUT/<step>.jsonl`` as it finishes; the step folds that file into its record (test counts, cases measured of
@@ -117,8 +117,8 @@ class Steps:
                 "reason": "; ".join(f"{k} {v}" for k, v in results.items() if v != "ok")}  # fmt: skip
 
     def _bench(self, name: str, files: list[str], budget: float) -> dict[str, Any]:
+        from bench.benchmarks import add_speedups
         from bench.goals import load_benchmarks
-        from bench.report import add_speedups
 
         path = self.out / f"{name}.json"
         path.unlink(missing_ok=True)

@@ -8,6 +8,9 @@ import json
 import pytest
 
 from bench import report
+from bench.benchmarks import add_speedups, load, provider_of
+from bench.readme import README_END, README_START, update_readme
+from bench.render import render
 
 
 def _bench(group: str, provider: str, median: float, **info) -> dict:
@@ -55,8 +58,8 @@ def _write(tmp_path, name: str, data: dict):
 
 def test_speedups_from_group_baselines():
     benches = _run()["benchmarks"]
-    report.add_speedups(benches)
-    by_name = {(b["group"], report.provider_of(b)): b["extra_info"] for b in benches}
+    add_speedups(benches)
+    by_name = {(b["group"], provider_of(b)): b["extra_info"] for b in benches}
     fast = by_name[("infer-224px-b8", "fastmtl")]
     assert fast["speedup_vs_eager"] == pytest.approx(4.0)
     assert fast["speedup_vs_compiled"] == pytest.approx(2.0)
@@ -104,7 +107,7 @@ def test_merge_files_and_cli_errors(tmp_path):
     part["benchmarks"] = part["benchmarks"][:3]
     rest = copy.deepcopy(run)
     rest["benchmarks"] = rest["benchmarks"][3:]
-    data = report.load([_write(tmp_path, "p.json", part), _write(tmp_path, "r.json", rest)])
+    data = load([_write(tmp_path, "p.json", part), _write(tmp_path, "r.json", rest)])
     assert len(data["benchmarks"]) == len(run["benchmarks"])
     with pytest.raises(SystemExit):
         report.main([])
@@ -123,14 +126,14 @@ def test_readme(tmp_path):
 def test_update_readme_section(tmp_path):
     _write(tmp_path, "cpu-test-torch2.14.1.json", _run())
     readme = tmp_path / "PROJECT.md"
-    readme.write_text(f"intro\n{report.README_START}\nstale\n{report.README_END}\noutro\n")
+    readme.write_text(f"intro\n{README_START}\nstale\n{README_END}\noutro\n")
     assert report.main(["--readme", str(tmp_path), "--update-readme", str(readme)]) == 0
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "**cpu-test-torch2.14.1**" in text and "| group | eager |" in text
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
-        report.update_readme(readme, tmp_path)
+        update_readme(readme, tmp_path)
 
 
 def test_cpu_precision_group_puts_speed_and_agreement_in_one_table():
@@ -141,8 +144,8 @@ def test_cpu_precision_group_puts_speed_and_agreement_in_one_table():
         _bench(group, "int8", 2.0, dsc_gt_delta=-0.25, vs_fp32_prob_max_abs=0.01, **agree),
         _bench(group, "auto", 2.0, auto_choice="precision int8: 2.00x eager", **agree),
     ]}  # fmt: skip
-    report.add_speedups(data["benchmarks"])
-    text = report.render(data)
+    add_speedups(data["benchmarks"])
+    text = render(data)
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "| int8 | 4 | 2.00x | 99.81 | 99.9 | - | 0.01 | -0.25 |" in rows["int8"]
     assert rows["eager-fp32"].split(" | ")[2] == "1.00x"  # eager-fp32 is the group's baseline
