@@ -2,4 +2,4 @@
 
 from experiments.cli import main
 
-main()
+main(prog="python -m experiments")

@@ -86,9 +86,9 @@ __all__ = ["build_parser", "main"]
 STARTED = time.monotonic()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python experiments/run.py") -> argparse.ArgumentParser:
     """The command line: a subcommand per experiment (one table row) and ``report``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for exp in EXPERIMENTS:
         p = sub.add_parser(exp, help=f"train one {exp} row")
@@ -118,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Runs one command (``argv``, default the process's arguments)."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python experiments/run.py") -> None:
+    """Runs one command (``argv``, default the process's arguments); ``prog`` names it in help and errors."""
+    args = build_parser(prog).parse_args(argv)
     # a command counts its budget from its start; a call (tests) from now. The recorded command is the documented
     # one, however it was invoked (`python -m experiments` runs the same command line).
     args.started = STARTED if argv is None else None
@@ -133,6 +133,6 @@ def main(argv: list[str] | None = None) -> None:
         try:
             run_paper(args)
         except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"run.py: error: {e}") from e
+            raise SystemExit(f"{prog}: error: {e}") from e
     else:
         run_experiment(args)
