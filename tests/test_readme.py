@@ -188,16 +188,23 @@ def _run(block: Block, env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def quickstart() -> Iterator[dict[str, str]]:
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Runs the README's blocks (the demo, then the API snippet that loads its model); yields the environment the
-    docs' blocks run in, and removes the demo folder at the end."""
+    docs' blocks run in, and removes the demo folder at the end. Their cache (decoded images, ONNX files) is a
+    throw-away folder: this fixture is set up before the per-test private cache of conftest.py."""
     reason = _venv_matches_python3()
     if reason:
         pytest.skip(reason)
     demo = REPO / "fastmtl-demo"
     if demo.exists():
         pytest.skip(f"{demo} exists (a demo of your own?); the README's quickstart would overwrite it")
-    env = {**os.environ, **SHRINK, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    cache = tmp_path_factory.mktemp("docs_cache")
+    env = {
+        **os.environ,
+        **SHRINK,
+        "FASTMTL_CACHE": str(cache),
+        "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    }
     try:
         for block in runnable(README):
             out = _run(block, env)
@@ -206,6 +213,7 @@ def quickstart() -> Iterator[dict[str, str]]:
         yield env
     finally:
         shutil.rmtree(demo, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.mark.slow
