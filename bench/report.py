@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 from bench.benchmarks import load
-from bench.readme import update_readme, write_readme
+from bench.readme import write_readme
 from bench.render import compare, label, render
 
 __all__ = ["main"]
@@ -32,12 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two JSON files to show side by side")
     parser.add_argument("--out", default="bench-report", help="folder for report.md and the PNGs")
     parser.add_argument("--readme", metavar="DIR", help="render every JSON in DIR into DIR/README.md (bench/results)")
-    parser.add_argument("--update-readme", metavar="FILE", help="with --readme: also refresh FILE's results section")
     args = parser.parse_args(argv)
     if args.readme:
         print(write_readme(Path(args.readme)))
-        if args.update_readme:
-            update_readme(Path(args.update_readme), Path(args.readme))
         return 0
     if not args.json and not args.compare:
         parser.error("give JSON file(s) to render, --compare A B, or --readme DIR")

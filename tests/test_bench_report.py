@@ -9,7 +9,6 @@ import pytest
 
 from bench import report
 from bench.benchmarks import add_speedups, load, provider_of
-from bench.readme import README_END, README_START, update_readme
 from bench.render import render
 
 
@@ -121,19 +120,6 @@ def test_readme(tmp_path):
     assert "## cpu-test-torch2.14.1" in readme
     assert "![infer](cpu-test-torch2.14.1/infer.png)" in readme
     assert (tmp_path / "cpu-test-torch2.14.1" / "infer.png").is_file()
-
-
-def test_update_readme_section(tmp_path):
-    _write(tmp_path, "cpu-test-torch2.14.1.json", _run())
-    readme = tmp_path / "PROJECT.md"
-    readme.write_text(f"intro\n{README_START}\nstale\n{README_END}\noutro\n")
-    assert report.main(["--readme", str(tmp_path), "--update-readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "**cpu-test-torch2.14.1**" in text and "| group | eager |" in text
-    readme.write_text("no markers")
-    with pytest.raises(ValueError, match="markers"):
-        update_readme(readme, tmp_path)
 
 
 def test_cpu_precision_group_puts_speed_and_agreement_in_one_table():
