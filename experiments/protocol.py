@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from fastmtl.checkpoint.rundir import RunDir
 from fastmtl.checkpoint.store import load_model
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.train.config import TrainConfig
@@ -90,21 +91,23 @@ def parse_eval(spec: str, taken: set[str] | None = None) -> EvalTarget:
 
 
 def train_flops_per_image(config: TrainConfig, seg_classes: int = 1, cls_classes: int = 3) -> float:
-    """FLOPs of one image's forward and backward pass at ``config.img_size`` (convolutions and matrix products,
+    """FLOPs of one image's forward and backward pass at ``config.model.img_size`` (convolutions and matrix products,
     one multiply-add = 2 FLOPs, as SPEC section 7), counted on the meta device: nothing is computed."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from fastmtl.registry import create_model, model_options
 
-    opts = {k: v for k, v in config.model_options.items() if k != "kernels"}
-    accepted = model_options(config.model)
-    wanted = {"img_size": config.img_size, "seg_classes": seg_classes, "cls_classes": cls_classes}
+    opts = {k: v for k, v in config.model.options.items() if k != "kernels"}
+    accepted = model_options(config.model.name)
+    wanted = {"seg_classes": seg_classes, "cls_classes": cls_classes}
     opts.update({k: v for k, v in wanted.items() if k in accepted and k not in opts and v > 0})
+    if "img_size" in accepted:
+        opts["img_size"] = config.model.img_size  # the model section's, the one image size
     if "kernels" in accepted:
         opts["kernels"] = "reference"  # the Triton ops carry no FLOP formula; the arithmetic is the same
     with torch.device("meta"):
-        model = create_model(config.model, **opts)
-    image = torch.empty(1, model.config.in_chans, config.img_size, config.img_size, device="meta")
+        model = create_model(config.model.name, **opts)
+    image = torch.empty(1, model.config.in_chans, config.model.img_size, config.model.img_size, device="meta")
     with FlopCounterMode(display=False) as counter:
         out = model(image)
         total = sum(t.float().sum() for t in (out.seg_logits, out.cls_logits) if t is not None)
@@ -132,23 +135,20 @@ def open_eval(config: TrainConfig, target: EvalTarget, limit: int = 0) -> Any:
     """
     from fastmtl.data import build_dataset, subset
 
-    cache = False if config.cache_dir == "off" else (config.cache_dir or None)
+    cache = False if config.data.cache_dir == "off" else (config.data.cache_dir or None)
     try:
-        ds = build_dataset("auto", target.root, target.split, img_size=config.img_size, train=False,
-                           cache_dir=cache, normalize=config.normalize)  # fmt: skip
+        ds = build_dataset("auto", target.root, target.split, img_size=config.model.img_size, train=False,
+                           cache_dir=cache, normalize=config.data.normalize)  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"--eval {target.root}:{target.split}: {e}") from e
     return subset(ds, range(limit)) if limit and limit < len(ds) else ds
 
 
-def _selected_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, str]:
+def _selected_model(run_dir: RunDir, device: torch.device) -> tuple[torch.nn.Module, str]:
     """The model to evaluate: ``best`` (selected on validation) when a validation ran, else ``last``."""
-    for stem in ("best", "last"):
-        path = run_dir / f"{stem}.safetensors"
-        if path.is_file():
-            model, _ = load_model(path)
-            return model.to(device), stem
-    raise FileNotFoundError(f"{run_dir} holds neither best.safetensors nor last.safetensors: nothing was trained")
+    path, which = run_dir.selected()
+    model, _ = load_model(path)
+    return model.to(device), which
 
 
 def _evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.device, meta: dict) -> dict[str, Any]:
@@ -156,17 +156,18 @@ def _evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.devi
     from fastmtl.losses import MTLLoss
 
     weights = meta.get("class_weights")
-    loss_fn = MTLLoss(model.config.seg_classes, config.alpha, None if weights is None else torch.tensor(weights))
+    loss_fn = MTLLoss(model.config.seg_classes, config.optim.alpha, None if weights is None else torch.tensor(weights))
     ctx = StepContext(model, model, None, None, loss_fn.to(device), DistInfo(device=device),
-                      amp_dtype(config.amp, device), config.channels_last)  # fmt: skip
-    if config.channels_last:
+                      amp_dtype(config.run.amp, device), config.run.channels_last)  # fmt: skip
+    if config.run.channels_last:
         model.to(memory_format=torch.channels_last)
     split = split.to(device)
 
     def run() -> dict[str, Any]:
         names = {"class_names": tuple(meta["class_names"]), "seg_class_names": tuple(meta["seg_class_names"])}
-        return evaluate_split(model, split, ctx=ctx, img_size=(config.img_size,) * 2, normalize=config.normalize,
-                              batch_size=config.resolved_eval_batch_size, seg_classes=int(meta["seg_classes"]),
+        side = config.model.img_size
+        return evaluate_split(model, split, ctx=ctx, img_size=(side, side), normalize=config.data.normalize,
+                              batch_size=config.eval_batch_size, seg_classes=int(meta["seg_classes"]),
                               **names)  # fmt: skip
 
     return with_kernel_fallback(model, device, run, print, "evaluation")
@@ -262,7 +263,7 @@ def run_protocol(
     if schedule not in ("budget", "epochs"):
         raise ValueError(f"schedule must be 'budget' or 'epochs', got {schedule!r}")
     started = time.monotonic() if started is None else started
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    out_dir, run_dir = Path(out_dir), RunDir(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + 60.0 * budget_min - reserve_s if budget_min else None
     opened = {t.name: (t, open_eval(config, t, limit_images)) for t in evals}
@@ -275,18 +276,18 @@ def run_protocol(
     def progress(so_far: dict[str, Any]) -> None:  # after every epoch: what a kill of the command would lose
         if so_far["history"] and "validation_s" in so_far["history"][-1]:
             record = {"status": f"running: epoch {so_far['epochs_completed']} validated", **_record(so_far, facts)}
-            _write_metrics(out_dir, so_far, _read_json(run_dir / "split.json"), "best")
-            if (run_dir / "log.csv").is_file():
-                atomic_write_bytes(out_dir / "log.csv", (run_dir / "log.csv").read_bytes())
+            _write_metrics(out_dir, so_far, _read_json(run_dir.split), "best")
+            if run_dir.log_csv.is_file():
+                atomic_write_bytes(out_dir / run_dir.log_csv.name, run_dir.log_csv.read_bytes())
             atomic_write_json(out_dir / "summary.json", json_safe({**record, **(extra or {})}))  # last: says how far
 
-    result = train(config, data_root, run_dir, deadline=deadline, budget_schedule=budgeted, warm_validation=True,
+    result = train(config, data_root, run_dir.path, deadline=deadline, budget_schedule=budgeted, warm_validation=True,
                    on_epoch=progress)  # fmt: skip
     trained = time.monotonic()
-    device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() and config.run.device != "cpu" else "cpu")
     model, which = _selected_model(run_dir, device)
-    _, meta = read_checkpoint_info(run_dir / f"{which}.safetensors")
-    split = _read_json(run_dir / "split.json")
+    _, meta = read_checkpoint_info(run_dir.selected()[0])
+    split = _read_json(run_dir.split)
     val = _write_metrics(out_dir, result, split, which)
     files = {"summary": "summary.json", "metrics": "metrics.json"}
     evaluated: dict[str, Any] = {}
@@ -305,16 +306,16 @@ def run_protocol(
         evaluated[name] = {"file": f"eval-{name}.json", **{k: metrics.get(k) for k in _HEADLINE if k in metrics}}
         files[f"eval-{name}"] = f"eval-{name}.json"
     pool.shutdown()
-    for name in ("log.csv", "curves.png"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out_dir / name)
-            files[name.split(".")[0]] = name
+    for path in (run_dir.log_csv, run_dir.curves):
+        if path.is_file():
+            shutil.copyfile(path, out_dir / path.name)
+            files[path.stem] = path.name
     history = result["history"]
     summary = {
         "status": "done",
         **_record(result, facts),
         "setup_and_train_s": trained - started,
-        "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.amp, device)),
+        "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.run.amp, device)),
         "selected": which,
         "selected_epoch": result["best_epoch"],
         "metrics": {k: val.get(k) for k in _HEADLINE if k in val},
@@ -358,17 +359,18 @@ def _record(result: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     """How far the run got, its throughput, schedule and projection: the part of summary.json known after any
     epoch (written after every validation, then once more at the end)."""
     config, flops, history = facts["config"], facts["flops"], result["history"]
-    split = _read_json(facts["run_dir"] / "split.json")
+    split = _read_json(facts["run_dir"].split)
     full_images = split.get("full_train_size", len(split.get("train_ids", [])))
-    costs = throughput(history, config.batch_size, full_images, config.val_every_epochs, result.get("partial_epoch"))
+    costs = throughput(history, config.optim.batch_size, full_images, config.run.val_every_epochs,
+                       result.get("partial_epoch"))  # fmt: skip
     steady = costs["train_images_per_s"] or math.nan
     schedule = result.get("schedule")
     plan = {"schedule": "epochs", "planned_steps": None} if schedule is None else schedule.record(
-        PAPER_EPOCHS, costs.get("images_per_full_epoch") or 0, config.batch_size)  # fmt: skip
+        PAPER_EPOCHS, costs.get("images_per_full_epoch") or 0, config.optim.batch_size)  # fmt: skip
     done = result["epochs_completed"]
     return {
         "epochs_done": done,
-        "epochs_planned": config.epochs,
+        "epochs_planned": config.optim.epochs,
         "epochs_done_of_paper": f"{done} of {PAPER_EPOCHS}"
         + (f" (+{result['partial_epoch']['steps']} steps)" if result.get("partial_epoch") else ""),
         "steps_done": result["global_step"],
@@ -385,7 +387,7 @@ def _record(result: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
         # what 150 full epochs in 9 minutes of training would need (the issue's target), for comparison
         "tflops_needed_for_150_epochs_in_9_min": PAPER_EPOCHS * costs["images_per_full_epoch"] * flops / 540 / 1e12
         if costs.get("images_per_full_epoch") else None,
-        "run_dir": str(facts["run_dir"]),
+        "run_dir": str(facts["run_dir"].path),
     }  # fmt: skip
 
 

@@ -63,7 +63,7 @@ def test_resume_is_bit_exact_for_a_real_model(tmp_path):
 def test_resume_refuses_a_changed_config(tmp_path):
     config = tiny_config(epochs=2, max_steps_per_epoch=2, checkpoint_every_steps=1)
     train(config.replace(stop_after_steps=1), None, tmp_path)
-    with pytest.raises(ValueError, match=r"differs from the saved run in \['epochs', 'lr'\]"):
+    with pytest.raises(ValueError, match=r"differs from the saved run in \['optim.epochs', 'optim.lr'\]"):
         train(config.replace(lr=0.5, epochs=3), None, tmp_path, resume=True)
 
 
