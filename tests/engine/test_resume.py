@@ -79,6 +79,8 @@ def test_time_limited_run_saves_and_resumes_to_the_same_weights(tmp_path):
         assert len(calls) <= 6, "the time-limited run does not advance"
     # stops after steps 1, 2, 4 and 5; steps 3 and 6 end an epoch, which validates and goes on
     assert [c["global_step"] for c in calls] == [1, 2, 4, 5, 6]
+    # the classic step's cut epochs are recorded as the device step's are (one epoch loop for both)
+    assert [c["partial_epoch"].get("steps") for c in calls] == [1, 1, 1, 1, None]
     assert calls[-1]["epochs_completed"] == 2 and reference["global_step"] == 6
     _assert_same_tensors(
         load_file(tmp_path / "reference" / "last.safetensors"), load_file(tmp_path / "boxed" / "last.safetensors")

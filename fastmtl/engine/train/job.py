@@ -4,16 +4,17 @@ AdamW with a per-iteration poly schedule, class-weighted MTL loss, optional mixe
 ``torch.compile`` / gradient clipping, validation on a split carved from training (or the dataset's own), and
 checkpoint selection by validation JI (AUC for classification-only models).
 
-Outputs in ``out_dir``: ``config.json`` / ``config.toml`` (the resolved config), ``last.*`` (every epoch and every
-``checkpoint_every_steps`` steps, with optimizer and RNG state for ``resume=True``), ``best.safetensors``,
-``log.jsonl`` / ``log.csv`` (one row per epoch) and ``curves.png``. Under torchrun only rank 0 writes. What
-happens between steps and after epochs (checkpoints, logs, the time limit) is in :mod:`fastmtl.engine.train.run`;
-validation runs the evaluation loop of :mod:`fastmtl.engine.evaluate.loop`.
+The run is built once (:mod:`fastmtl.engine.train.build`): its batches come from a DataLoader or from splits
+decoded onto the device (``data.input_pipeline``, :mod:`fastmtl.engine.train.batches`), its step is the classic one
+or the device step that never waits for the device (``run.device_step``, :mod:`fastmtl.engine.train.device_step`);
+the epoch loop (:mod:`fastmtl.engine.train.epoch`) talks to both through their protocols. What happens between
+steps and after epochs (checkpoints, logs, the time limit) is in :mod:`fastmtl.engine.train.run`; validation runs
+the evaluation loop of :mod:`fastmtl.engine.evaluate.loop`.
 
-Fast path (``input_pipeline = "device"``, ``device_step = true``): the training and validation splits are decoded
-once into uint8 tensors on the training device and augmented there in batches
-(:mod:`fastmtl.engine.train.device_loader`), and the step never waits for the device
-(:mod:`fastmtl.engine.train.device_step`); the epoch order, augmentation draws and resume are the same as above.
+Outputs in ``out_dir``, laid out by :class:`fastmtl.checkpoint.rundir.RunDir`: the resolved config, ``last``
+(every ``run.checkpoint_every_epochs`` epochs and every ``run.checkpoint_every_steps`` steps, with optimizer and
+RNG state for ``resume=True``), ``best``, the per-epoch logs and the learning curves. Under torchrun only rank 0
+writes.
 
 Exact resume: the checkpoint holds the weights, the optimizer, the step counters and every RNG state (per
 rank); the data order and augmentation are functions of (seed, epoch, index) (see :mod:`fastmtl.engine.train.loaders`),
