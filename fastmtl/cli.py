@@ -51,7 +51,9 @@ def _add_loader(p: argparse.ArgumentParser, batch: int) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "train", "train a model (the paper's protocol or a preset)")
-    p.add_argument("--config", required=True, metavar="FILE|quick|demo", help="TOML config file or preset name")
+    p.add_argument("--config", required=True, metavar="FILE|PRESET",
+                   help="TOML config file, or a preset shipped in fastmtl/configs/ (quick, demo, "
+                        "isic2017_paper, ...)")  # fmt: skip
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (kind auto-detected); omit for synthetic data")
     _add_out(p, "run folder: checkpoints, logs, curves (default: runs/train)", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
@@ -59,7 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out cases with an unreadable or mismatched image / mask (see split.json)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lr=1e-4 --set model_options.dfe=none")  # fmt: skip
+                   help="override a config key, e.g. --set optim.lr=1e-4 --set model.options.dfe=none (or "
+                        "the flat keys lr=1e-4, model_options.dfe=none)")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
 
 
