@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,13 @@ def test_presets_are_the_shipped_files():
     assert (paper.model.img_size, paper.optim.epochs, paper.optim.batch_size, paper.optim.lr) == (224, 150, 8, 7e-5)
     assert load_config("retouch_paper").model.options == {"seg_classes": 4}
     assert load_config("demo").data.kind == "synthetic"
+
+
+def test_the_flat_experiment_configs_load_through_the_flat_key_table():
+    folder = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+    configs = {path.stem: load_config(path) for path in sorted(folder.glob("*.toml"))}
+    assert {"isic_cpu", "oct_cpu", "retouch_sample_cpu"} <= set(configs)
+    isic = configs["isic_cpu"]
+    assert (isic.model.img_size, isic.data.kind, isic.data.val_source) == (48, "isic2017", "carve")
+    assert isic.run.device == "cpu" and isic.optim.epochs == 4
+    assert configs["oct_cpu"].data.options["task"] == "fluid-2class"
