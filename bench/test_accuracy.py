@@ -53,7 +53,7 @@ def test_train_budget(benchmark, measure, bench_device, bench_quick, tmp_path) -
     steps = summary["global_step"]
     benchmark.extra_info.update(
         steps=steps,
-        images_seen=steps * config.batch_size,
+        images_seen=steps * config.optim.batch_size,
         val_images=metrics.get("n_seg_images"),
         **{k: v for k, v in budget.items() if k != "num_workers"},
         **{k: json_safe(metrics.get(k)) for k in METRICS},

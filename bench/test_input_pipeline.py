@@ -35,14 +35,14 @@ import torch
 from experiments.projection import project_minutes, train_flops_per_image
 from fastmtl.data import build_dataset, subset
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.train.config import TrainConfig
+from fastmtl.engine.train.config import config_from_dict
 from fastmtl.engine.train.device_loader import DeviceTrainLoader, decode_split
 from fastmtl.engine.train.device_step import DeviceStep
 from fastmtl.engine.train.loaders import EpochSeeded, ResumableSampler
 from fastmtl.engine.train.loop import StepContext, train_step
 from fastmtl.losses import MTLLoss
 from fastmtl.registry import create_model
-from fastmtl.runtime import amp_dtype
+from fastmtl.runtime import amp_dtype, batch_to_device
 
 ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
 PAPER_IMAGES, PAPER_IMG = 1800, 224
@@ -163,9 +163,9 @@ def test_step(provider, measure, bench_device, bench_quick, benchmark):
             ds.set_epoch(e)
             sampler.set_epoch(e)
             for batch in loader:
-                train_step(ctx, batch, 7e-5, "bench")
+                train_step(ctx, batch_to_device(batch, ctx.world.device, ctx.channels_last), 7e-5, "bench")
 
-    config = TrainConfig(model=model_name, img_size=case.img)
+    config = config_from_dict({"model": model_name, "img_size": case.img})
     flops = train_flops_per_image(config)
     group = f"step-{model_name}-{case.img}px-b{case.batch}"
     measure(run_steps, group=group, provider=provider, items=steps * case.batch, flops=steps * case.batch * flops,

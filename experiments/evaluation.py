@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from fastmtl.checkpoint.rundir import RunDir
 from fastmtl.checkpoint.store import load_model
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.train.config import TrainConfig
@@ -64,23 +65,20 @@ def open_eval(config: TrainConfig, target: EvalTarget, limit: int = 0) -> Any:
     """
     from fastmtl.data import build_dataset, subset
 
-    cache = False if config.cache_dir == "off" else (config.cache_dir or None)
+    cache = False if config.data.cache_dir == "off" else (config.data.cache_dir or None)
     try:
-        ds = build_dataset("auto", target.root, target.split, img_size=config.img_size, train=False,
-                           cache_dir=cache, normalize=config.normalize)  # fmt: skip
+        ds = build_dataset("auto", target.root, target.split, img_size=config.model.img_size, train=False,
+                           cache_dir=cache, normalize=config.data.normalize)  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"--eval {target.root}:{target.split}: {e}") from e
     return subset(ds, range(limit)) if limit and limit < len(ds) else ds
 
 
-def selected_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, str]:
+def selected_model(run_dir: RunDir, device: torch.device) -> tuple[torch.nn.Module, str]:
     """The model to evaluate: ``best`` (selected on validation) when a validation ran, else ``last``."""
-    for stem in ("best", "last"):
-        path = run_dir / f"{stem}.safetensors"
-        if path.is_file():
-            model, _ = load_model(path)
-            return model.to(device), stem
-    raise FileNotFoundError(f"{run_dir} holds neither best.safetensors nor last.safetensors: nothing was trained")
+    path, which = run_dir.selected()
+    model, _ = load_model(path)
+    return model.to(device), which
 
 
 def evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.device, meta: dict) -> dict[str, Any]:
@@ -88,17 +86,18 @@ def evaluate(model, split: DeviceSplit, config: TrainConfig, device: torch.devic
     from fastmtl.losses import MTLLoss
 
     weights = meta.get("class_weights")
-    loss_fn = MTLLoss(model.config.seg_classes, config.alpha, None if weights is None else torch.tensor(weights))
+    loss_fn = MTLLoss(model.config.seg_classes, config.optim.alpha, None if weights is None else torch.tensor(weights))
     ctx = StepContext(model, model, None, None, loss_fn.to(device), DistInfo(device=device),
-                      amp_dtype(config.amp, device), config.channels_last)  # fmt: skip
-    if config.channels_last:
+                      amp_dtype(config.run.amp, device), config.run.channels_last)  # fmt: skip
+    if config.run.channels_last:
         model.to(memory_format=torch.channels_last)
     split = split.to(device)
 
     def run() -> dict[str, Any]:
         names = {"class_names": tuple(meta["class_names"]), "seg_class_names": tuple(meta["seg_class_names"])}
-        return evaluate_split(model, split, ctx=ctx, img_size=(config.img_size,) * 2, normalize=config.normalize,
-                              batch_size=config.resolved_eval_batch_size, seg_classes=int(meta["seg_classes"]),
+        side = config.model.img_size
+        return evaluate_split(model, split, ctx=ctx, img_size=(side, side), normalize=config.data.normalize,
+                              batch_size=config.eval_batch_size, seg_classes=int(meta["seg_classes"]),
                               **names)  # fmt: skip
 
     return with_kernel_fallback(model, device, run, print, "evaluation")

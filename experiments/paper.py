@@ -36,7 +36,7 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
 
     from experiments.evaluation import parse_eval
     from experiments.protocol import run_protocol
-    from fastmtl.engine.train.config import load_config
+    from fastmtl.engine.train.config_file import load_config
 
     exp = EXPERIMENTS[args.exp]
     data_root = Path(args.data_root or exp["data_root"])
@@ -50,7 +50,7 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads) if args.threads else None
     cuda = torch.cuda.is_available()
     config = load_config(exp["config"], [*paper_overrides(args, cuda), *args.set])
-    if config.device == "cuda" or (config.device == "auto" and cuda):
+    if config.run.device == "cuda" or (config.run.device == "auto" and cuda):
         cuda = True
     elif exp.get("gpu"):
         print("note: no CUDA device; this runs the protocol on the CPU (use --epochs / --limit-images / --set "

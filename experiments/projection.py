@@ -21,21 +21,23 @@ PAPER_EPOCHS = 150
 
 
 def train_flops_per_image(config: TrainConfig, seg_classes: int = 1, cls_classes: int = 3) -> float:
-    """FLOPs of one image's forward and backward pass at ``config.img_size`` (convolutions and matrix products,
+    """FLOPs of one image's forward and backward pass at ``config.model.img_size`` (convolutions and matrix products,
     one multiply-add = 2 FLOPs, as SPEC section 7), counted on the meta device: nothing is computed."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from fastmtl.registry import create_model, model_options
 
-    opts = {k: v for k, v in config.model_options.items() if k != "kernels"}
-    accepted = model_options(config.model)
-    wanted = {"img_size": config.img_size, "seg_classes": seg_classes, "cls_classes": cls_classes}
+    opts = {k: v for k, v in config.model.options.items() if k != "kernels"}
+    accepted = model_options(config.model.name)
+    wanted = {"seg_classes": seg_classes, "cls_classes": cls_classes}
     opts.update({k: v for k, v in wanted.items() if k in accepted and k not in opts and v > 0})
+    if "img_size" in accepted:
+        opts["img_size"] = config.model.img_size  # the model section's, the one image size
     if "kernels" in accepted:
         opts["kernels"] = "reference"  # the Triton ops carry no FLOP formula; the arithmetic is the same
     with torch.device("meta"):
-        model = create_model(config.model, **opts)
-    image = torch.empty(1, model.config.in_chans, config.img_size, config.img_size, device="meta")
+        model = create_model(config.model.name, **opts)
+    image = torch.empty(1, model.config.in_chans, config.model.img_size, config.model.img_size, device="meta")
     with FlopCounterMode(display=False) as counter:
         out = model(image)
         total = sum(t.float().sum() for t in (out.seg_logits, out.cls_logits) if t is not None)

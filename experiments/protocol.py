@@ -35,6 +35,7 @@ import torch
 
 from experiments.evaluation import HEADLINE, EvalTarget, evaluate, open_eval, selected_model
 from experiments.projection import PAPER_EPOCHS, throughput, train_flops_per_image
+from fastmtl.checkpoint.rundir import RunDir
 from fastmtl.engine.train.config import TrainConfig
 from fastmtl.engine.train.device_loader import decode_split
 from fastmtl.engine.train.device_step import layer_paths
@@ -87,7 +88,7 @@ def run_protocol(
     if schedule not in ("budget", "epochs"):
         raise ValueError(f"schedule must be 'budget' or 'epochs', got {schedule!r}")
     started = time.monotonic() if started is None else started
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    out_dir, run_dir = Path(out_dir), RunDir(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + 60.0 * budget_min - reserve_s if budget_min else None
     opened = {t.name: (t, open_eval(config, t, limit_images)) for t in evals}
@@ -100,18 +101,18 @@ def run_protocol(
     def progress(so_far: dict[str, Any]) -> None:  # after every epoch: what a kill of the command would lose
         if so_far["history"] and "validation_s" in so_far["history"][-1]:
             record = {"status": f"running: epoch {so_far['epochs_completed']} validated", **_record(so_far, facts)}
-            _write_metrics(out_dir, so_far, _read_json(run_dir / "split.json"), "best")
-            if (run_dir / "log.csv").is_file():
-                atomic_write_bytes(out_dir / "log.csv", (run_dir / "log.csv").read_bytes())
+            _write_metrics(out_dir, so_far, _read_json(run_dir.split), "best")
+            if run_dir.log_csv.is_file():
+                atomic_write_bytes(out_dir / run_dir.log_csv.name, run_dir.log_csv.read_bytes())
             atomic_write_json(out_dir / "summary.json", json_safe({**record, **(extra or {})}))  # last: says how far
 
-    result = train(config, data_root, run_dir, deadline=deadline, budget_schedule=budgeted, warm_validation=True,
+    result = train(config, data_root, run_dir.path, deadline=deadline, budget_schedule=budgeted, warm_validation=True,
                    on_epoch=progress)  # fmt: skip
     trained = time.monotonic()
-    device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() and config.run.device != "cpu" else "cpu")
     model, which = selected_model(run_dir, device)
-    _, meta = read_checkpoint_info(run_dir / f"{which}.safetensors")
-    split = _read_json(run_dir / "split.json")
+    _, meta = read_checkpoint_info(run_dir.selected()[0])
+    split = _read_json(run_dir.split)
     val = _write_metrics(out_dir, result, split, which)
     files = {"summary": "summary.json", "metrics": "metrics.json"}
     evaluated: dict[str, Any] = {}
@@ -130,16 +131,16 @@ def run_protocol(
         evaluated[name] = {"file": f"eval-{name}.json", **{k: metrics.get(k) for k in HEADLINE if k in metrics}}
         files[f"eval-{name}"] = f"eval-{name}.json"
     pool.shutdown()
-    for name in ("log.csv", "curves.png"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out_dir / name)
-            files[name.split(".")[0]] = name
+    for path in (run_dir.log_csv, run_dir.curves):
+        if path.is_file():
+            shutil.copyfile(path, out_dir / path.name)
+            files[path.stem] = path.name
     history = result["history"]
     summary = {
         "status": "done",
         **_record(result, facts),
         "setup_and_train_s": trained - started,
-        "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.amp, device)),
+        "layer_paths": layer_paths(model, device, result["step"], amp_dtype(config.run.amp, device)),
         "selected": which,
         "selected_epoch": result["best_epoch"],
         "metrics": {k: val.get(k) for k in HEADLINE if k in val},
@@ -183,17 +184,18 @@ def _record(result: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     """How far the run got, its throughput, schedule and projection: the part of summary.json known after any
     epoch (written after every validation, then once more at the end)."""
     config, flops, history = facts["config"], facts["flops"], result["history"]
-    split = _read_json(facts["run_dir"] / "split.json")
+    split = _read_json(facts["run_dir"].split)
     full_images = split.get("full_train_size", len(split.get("train_ids", [])))
-    costs = throughput(history, config.batch_size, full_images, config.val_every_epochs, result.get("partial_epoch"))
+    costs = throughput(history, config.optim.batch_size, full_images, config.run.val_every_epochs,
+                       result.get("partial_epoch"))  # fmt: skip
     steady = costs["train_images_per_s"] or math.nan
     schedule = result.get("schedule")
     plan = {"schedule": "epochs", "planned_steps": None} if schedule is None else schedule.record(
-        PAPER_EPOCHS, costs.get("images_per_full_epoch") or 0, config.batch_size)  # fmt: skip
+        PAPER_EPOCHS, costs.get("images_per_full_epoch") or 0, config.optim.batch_size)  # fmt: skip
     done = result["epochs_completed"]
     return {
         "epochs_done": done,
-        "epochs_planned": config.epochs,
+        "epochs_planned": config.optim.epochs,
         "epochs_done_of_paper": f"{done} of {PAPER_EPOCHS}"
         + (f" (+{result['partial_epoch']['steps']} steps)" if result.get("partial_epoch") else ""),
         "steps_done": result["global_step"],
@@ -210,7 +212,7 @@ def _record(result: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
         # what 150 full epochs in 9 minutes of training would need (the issue's target), for comparison
         "tflops_needed_for_150_epochs_in_9_min": PAPER_EPOCHS * costs["images_per_full_epoch"] * flops / 540 / 1e12
         if costs.get("images_per_full_epoch") else None,
-        "run_dir": str(facts["run_dir"]),
+        "run_dir": str(facts["run_dir"].path),
     }  # fmt: skip
 
 

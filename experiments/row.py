@@ -35,15 +35,16 @@ def _figures(run_dir: Path, config: Any, data_root: Path, stem: str, figures: Pa
     import numpy as np
     from torch.utils.data import DataLoader
 
+    from fastmtl.checkpoint.rundir import RunDir
     from fastmtl.checkpoint.store import load_model
     from fastmtl.engine.evaluate.job import predict_sample, run_evaluation
     from fastmtl.engine.evaluate.plots import plot_examples, plot_roc
     from fastmtl.engine.train.loaders import build_run_data
 
-    model, _ = load_model(run_dir / "best.safetensors")
+    model, _ = load_model(RunDir(run_dir).best_weights)
     data = build_run_data(config, data_root)
     if roc and model.config.cls_head != "none":
-        loader = DataLoader(data.val, batch_size=config.resolved_eval_batch_size, num_workers=0)
+        loader = DataLoader(data.val, batch_size=config.eval_batch_size, num_workers=0)
         seg_classes = max(int(model.config.seg_classes), 1)  # a classification-only model yields no seg logits
         state = run_evaluation(model, loader, seg_classes=seg_classes, class_names=data.class_names)
         names = [n for n in data.class_names if n != "nevus"]  # nevus = neither; the paper reports MEL and SK
@@ -56,7 +57,7 @@ def _figures(run_dir: Path, config: Any, data_root: Path, stem: str, figures: Pa
     rows = []
     for i in dict.fromkeys(picks):
         sample = data.val[i]
-        image, pred = predict_sample(model, sample["image"], config.normalize, "cpu")
+        image, pred = predict_sample(model, sample["image"], config.data.normalize, "cpu")
         if pred is None:  # a classification-only model: nothing to overlay
             return
         rows.append((sample["id"], image, sample["mask"].numpy(), pred))
@@ -68,7 +69,8 @@ def run_experiment(args: argparse.Namespace) -> Path:
     """Trains one (experiment, model, seed) and writes its result JSON and figures; returns the JSON path."""
     import torch
 
-    from fastmtl.engine.train.config import load_config
+    from fastmtl.checkpoint.rundir import RunDir
+    from fastmtl.engine.train.config_file import load_config
     from fastmtl.engine.train.job import train
     from fastmtl.files import atomic_write_json
 
@@ -86,7 +88,7 @@ def run_experiment(args: argparse.Namespace) -> Path:
     stem = f"{args.exp}-{name}-s{args.seed}"
     # A time-boxed run lives in a fixed folder so that the same command picks it up again; others start afresh.
     run_dir = Path(args.runs) / (stem if limit else f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    resume = bool(limit) and (run_dir / "last.safetensors").is_file()
+    resume = bool(limit) and RunDir(run_dir).last_weights.is_file()
     torch.set_num_threads(args.threads) if args.threads else None
     if exp.get("gpu") and not torch.cuda.is_available():
         print("warning: no CUDA device; the paper protocol on CPU takes days (it still runs, in chunks)", flush=True)
@@ -94,7 +96,7 @@ def run_experiment(args: argparse.Namespace) -> Path:
     summary = train(config, data_root, run_dir, resume=resume)
     wall = _add_wall(run_dir, time.perf_counter() - started, resume)
     if summary["stopped_early"]:
-        print(f"{stem}: {summary['epochs_completed']}/{config.epochs} epochs after {wall / 60:.1f} min in all; "
+        print(f"{stem}: {summary['epochs_completed']}/{config.optim.epochs} epochs after {wall / 60:.1f} min in all; "
               "run the same command again to continue", flush=True)  # fmt: skip
         return run_dir
     history = summary["history"]
@@ -103,7 +105,7 @@ def run_experiment(args: argparse.Namespace) -> Path:
     steps = history[-1]["global_step"]
     figures = Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "curves.png", figures / f"{stem}-curves.png")
+    shutil.copyfile(RunDir(run_dir).curves, figures / f"{stem}-curves.png")
     _figures(run_dir, config, data_root, stem, figures, roc=not args.no_roc)
     result = {
         "experiment": args.exp,
@@ -114,12 +116,12 @@ def run_experiment(args: argparse.Namespace) -> Path:
         "best_epoch": summary["best_epoch"],
         "epochs": len(history),
         "global_steps": steps,
-        "train_images": steps * config.batch_size,
+        "train_images": steps * config.optim.batch_size,
         "metrics": selected_metrics(best),
         "last_epoch_metrics": selected_metrics(history[-1]),
         "wall_time_s": round(wall, 1),
         "train_time_s": round(train_seconds, 1),
-        "train_images_per_s": round(steps * config.batch_size / train_seconds, 2) if train_seconds else None,
+        "train_images_per_s": round(steps * config.optim.batch_size / train_seconds, 2) if train_seconds else None,
         "command": canonical_command(args),
         "config_file": str(config_file.relative_to(REPO)),
         "time_limit_min": limit,
@@ -132,7 +134,7 @@ def run_experiment(args: argparse.Namespace) -> Path:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "gpu": torch.cuda.get_device_name() if config.device != "cpu" and torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name() if config.run.device != "cpu" and torch.cuda.is_available() else None,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(args.results) / args.exp / f"{name}-s{args.seed}.json"

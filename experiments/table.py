@@ -22,7 +22,7 @@ EXPERIMENTS = {
     # SPEC section 5 on one GPU: bf16 autocast (amp = "auto" in the config), channels-last, decoded images cached;
     # each command trains at most 9 minutes, saves, and the same command resumes until the 150 epochs are done.
     "isic-paper": {
-        "config": REPO / "configs" / "isic2017_paper.toml",
+        "config": REPO / "fastmtl" / "configs" / "isic2017_paper.toml",
         "data_root": DATA / "isic2017",
         "overrides": ["channels_last=true", "num_workers=8", "progress=false"],
         "time_limit": 9.0,

@@ -51,7 +51,9 @@ def _add_loader(p: argparse.ArgumentParser, batch: int) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "train", "train a model (the paper's protocol or a preset)")
-    p.add_argument("--config", required=True, metavar="FILE|quick|demo", help="TOML config file or preset name")
+    p.add_argument("--config", required=True, metavar="FILE|PRESET",
+                   help="TOML config file, or a preset shipped in fastmtl/configs/ (quick, demo, "
+                        "isic2017_paper, ...)")  # fmt: skip
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (kind auto-detected); omit for synthetic data")
     _add_out(p, "run folder: checkpoints, logs, curves (default: runs/train)", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
@@ -59,7 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out cases with an unreadable or mismatched image / mask (see split.json)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lr=1e-4 --set model_options.dfe=none")  # fmt: skip
+                   help="override a config key, e.g. --set optim.lr=1e-4 --set model.options.dfe=none (or "
+                        "the flat keys lr=1e-4, model_options.dfe=none)")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
 
 
@@ -165,12 +168,12 @@ def _device(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastmtl.engine.train.config import load_config  # no PyTorch: a bad config is answered at once
+    from fastmtl.engine.train.config_file import load_config  # no PyTorch: a bad config is answered at once
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     overrides += ["skip_bad=true"] if args.skip_bad else []
     config = load_config(args.config, overrides)
-    if config.data == "auto" and args.data_root is not None:
+    if config.data.kind == "auto" and args.data_root is not None:
         from fastmtl.options import detect_kind
 
         detect_kind(args.data_root)  # a folder of no known layout is answered before PyTorch is imported
@@ -192,7 +195,10 @@ def _print_train(result: dict[str, Any]) -> None:
     if metric is not None:
         print(f"best {metric} = {value:.2f} at epoch {result['best_epoch']}")
     print(f"best checkpoint: {result['best_checkpoint']}")
-    print(f"logs and curves: {result['out_dir']}/log.csv, {result['out_dir']}/curves.png")
+    from fastmtl.checkpoint.rundir import RunDir
+
+    run_dir = RunDir(result["out_dir"])
+    print(f"logs and curves: {run_dir.log_csv}, {run_dir.curves}")
 
 
 def _fit_threads(args: argparse.Namespace, workers: int) -> None:
@@ -256,6 +262,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from fastmtl.checkpoint.rundir import RunDir
     from fastmtl.engine.demo import run_demo
 
     _fit_threads(args, 0)
@@ -274,7 +281,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"  same evaluation:  {paths['eval_again']}")
     if paths["predictions"]:
         print(f"  predictions:      {paths['predictions']} (masks/, overlays/, probabilities.csv)")
-    kept = "" if (Path(paths["checkpoint"]).parent / "last.json").is_file() else "; training state (last.*) removed"
+    kept = RunDir(Path(paths["checkpoint"]).parent).has_training_state()
+    kept = "" if kept else "; training state (last.*) removed"
     print(f"  disk use:         {result['disk_bytes'] / 1e6:,.1f} MB in {args.out}{kept}")
     print(f"  wall time:        {result['seconds'] / 60:.1f} min")
     if result["synthetic"]:

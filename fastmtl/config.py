@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastmtl.backend import check_backend, default_backend
+from fastmtl.options import check_img_size
 
 _CHOICES = {
     "fusion": ("parallel", "serial"),
@@ -55,8 +56,7 @@ class ModelConfig:
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not valid; expected one of {', '.join(valid)}")
         check_backend(self.kernels)
-        if self.img_size < 32 or self.img_size % 16:
-            raise ValueError(f"img_size must be a multiple of 16 and at least 32, got {self.img_size}")
+        check_img_size(self.img_size)
         for key in ("in_chans", "seg_classes", "cls_classes"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be a positive int, got {getattr(self, key)}")

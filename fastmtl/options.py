@@ -12,13 +12,16 @@ uses the same ones, so each rule has one home.
 from __future__ import annotations
 
 import importlib.util
+import operator
 from pathlib import Path
 
 __all__ = [
     "DATA_KINDS",
     "ENCODER_STRIDE",
     "MAX_IMG_SIZE",
+    "MIN_IMG_SIZE",
     "WINDOWED_MODELS",
+    "check_img_size",
     "check_input_side",
     "check_kind",
     "detect_kind",
@@ -112,3 +115,21 @@ def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
         f"--img-size {side} does not fit checkpoint {source}: its {model} was built for {img_size} px{why} and takes "
         f"sides that are multiples of {step} up to {MAX_IMG_SIZE}: {sizes}, ..."
     )
+
+
+MIN_IMG_SIZE = 32  # two 16-pixel encoder steps: the smallest side every registered model builds at
+
+
+def check_img_size(value: object, what: str = "img_size") -> int:
+    """``value`` when it is an image side a model can be built for (a multiple of 16 from 32 to
+    :data:`MAX_IMG_SIZE`); else a ValueError naming ``what``. The one rule of the model config, the training config
+    and the command line."""
+    try:
+        side = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        side = None
+    if side is None or not MIN_IMG_SIZE <= side <= MAX_IMG_SIZE or side % ENCODER_STRIDE:
+        raise ValueError(
+            f"{what} must be a multiple of {ENCODER_STRIDE} from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {value!r}"
+        )
+    return side

@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from fastmtl.cli import main
-from fastmtl.engine.train.config import load_config
-from fastmtl.presets import PRESETS
+from fastmtl.engine.train.config_file import load_config, preset_names
 from tests.engine.test_train import tiny_config  # registers tiny_mtl_test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +20,7 @@ TINY = ["--set", "model=tiny_mtl_test", "--set", "img_size=32", "--set", "num_wo
 
 
 def _tiny_toml(tmp_path: Path, **changes) -> Path:
-    from fastmtl.engine.train.config import to_toml
+    from fastmtl.engine.train.config_file import to_toml
 
     path = tmp_path / "tiny.toml"
     path.write_text(to_toml(tiny_config(max_steps_per_epoch=2, **changes)))
@@ -42,7 +41,8 @@ def test_train_with_overrides_writes_run_and_resolved_config(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "best checkpoint:" in printed and str(out / "best.safetensors") in printed
     saved = json.loads((out / "config.json").read_text())
-    assert saved["epochs"] == 1 and saved["data_options"] == {"n": 12} and saved["betas"] == [0.8, 0.9]
+    assert saved["optim"]["epochs"] == 1 and saved["data"]["options"] == {"n": 12}
+    assert saved["optim"]["betas"] == [0.8, 0.9] and saved["model"]["img_size"] == 32
     assert load_config(out / "config.toml") == load_config(_tiny_toml(tmp_path), ["epochs=1", "data_options.n=12",
                                                                                  "betas=[0.8, 0.9]"])  # fmt: skip
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
@@ -52,9 +52,10 @@ def test_train_with_overrides_writes_run_and_resolved_config(tmp_path, capsys):
     ("args", "expected"),
     [
         (["--set", "nope=1"], r"unknown key 'nope'; valid keys: model, model_options"),
-        (["--set", "epochs=abc"], r"config epochs expects int, got 'abc'"),
+        (["--set", "epochs=abc"], r"config optim.epochs expects int, got 'abc'"),
+        (["--set", "model.img_size=40"], r"config model.img_size must be a multiple of 16 from 32 to 8192, got 40"),
         (["--set", "lr"], r"--set expects key=value, got 'lr'"),
-        (["--set", "epochs.x=1"], r"'epochs' is not a table"),
+        (["--set", "epochs.x=1"], r"optim.epochs is not a table"),
         (["--set", "amp=fp8"], r"amp='fp8' is not valid; expected one of auto, bf16, fp16, off"),
         (["--set", "model=no_such_model"], r"unknown model 'no_such_model'; registered models: "),
         (["--set", "lr=1e30"], r"non-finite training loss at epoch \d+ step \d+ \(global step \d+\): loss="),
@@ -146,13 +147,13 @@ def test_info_lists_models_cpu_paths_and_the_cache(capsys, tmp_path, monkeypatch
     assert "FASTMTL_ONNX_CACHE_GB='lots': expected a size in gigabytes" in capsys.readouterr().out
 
 
-def test_configs_load_and_quick_preset_matches_the_repo_file():
-    for path in sorted((REPO / "configs").glob("*.toml")):
-        load_config(path)
-    assert load_config(REPO / "configs" / "quick_cpu.toml") == load_config("quick")
-    assert set(PRESETS) >= {"quick", "demo"}
-    paper = load_config(REPO / "configs" / "isic2017_paper.toml")
-    assert (paper.img_size, paper.epochs, paper.batch_size, paper.lr, paper.seed) == (224, 150, 8, 7e-5, 1234)
+def test_shipped_configs_load_by_preset_name_and_by_path():
+    for path in sorted((REPO / "fastmtl" / "configs").glob("*.toml")):
+        assert load_config(path) == load_config(path.stem)
+    assert set(preset_names()) >= {"quick", "demo", "isic2017_paper"}
+    paper = load_config("isic2017_paper")
+    assert (paper.model.img_size, paper.optim.epochs, paper.optim.batch_size, paper.optim.lr, paper.optim.seed) == (
+        224, 150, 8, 7e-5, 1234)  # fmt: skip
 
 
 def test_module_entry_point_shows_help():

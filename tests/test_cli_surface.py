@@ -88,7 +88,7 @@ def test_every_option_has_help_and_abbreviations_are_refused(capsys) -> None:
         (["export", "--checkpoint", "README.md", "--out", "no/such/dir/m.pt2"], "create no/such/dir first"),
         (["eval", "--checkpoint", "README.md", "--kind", "isic", "--out", "o"], "unknown dataset kind 'isic'"),
         (["check-data", "--data-root", ".", "--kind", "coco"], "valid kinds: isic2017, retouch, oct, folder"),
-        (["train", "--config", "quick", "--set", "data=isic"], "data='isic' is not valid; expected one of auto"),
+        (["train", "--config", "quick", "--set", "data=isic"], "data.kind='isic' is not valid; expected one of auto"),
         (["check-data", "--data-root", "docs"], "cannot tell the dataset kind of docs: expected ISIC-2017_"),
         (["eval", "--checkpoint", "README.md", "--data-root", "docs", "--out", "o"], "cannot tell the dataset kind"),
         (["train", "--config", "quick", "--data-root", "docs"], "cannot tell the dataset kind of docs"),

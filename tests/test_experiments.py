@@ -228,7 +228,8 @@ def test_paper_protocol_in_one_command_trains_evaluates_and_writes_a_small_folde
     assert summary["images_per_full_epoch"] == 12  # the carved training split without --limit-images
     assert summary["projected_150_epochs_min"] > 0 and summary["train_gflops_per_image"] > 0
     assert summary["layer_paths"]["step"].startswith("device step: eager")  # no compile on CPU by default
-    assert summary["config"]["input_pipeline"] == "device" and summary["config"]["max_train_images"] == 8
+    data = summary["config"]["data"]
+    assert data["input_pipeline"] == "device" and data["max_train_images"] == 8
     assert "--budget-min 20" in summary["command"]
     evaluated = json.loads((out / "eval-isic-test.json").read_text())
     assert evaluated["n_images"] == 5 and evaluated["split"] == "test" and "ji" in evaluated["metrics"]
@@ -275,9 +276,9 @@ def test_budget_schedule_ends_inside_its_budget_with_the_lr_decayed_to_the_end(t
     # Tolerance: the plan comes from timed steps on a CPU other jobs share, so a step or a validation may run
     # longer than measured; the run must still end within 25 % of its budget (the reserve is for what follows).
     assert summary["wall_s"] <= 60 * budget_min * 1.25, summary["wall_s"]
-    config = summary["config"]
-    last_lr = poly_lr(config["lr"], plan["planned_steps"] - 1, plan["planned_steps"], config["poly_power"])
-    assert summary["final_lr"] == pytest.approx(last_lr) and last_lr < 0.2 * config["lr"]  # decayed to the end
+    optim = summary["config"]["optim"]
+    last_lr = poly_lr(optim["lr"], plan["planned_steps"] - 1, plan["planned_steps"], optim["poly_power"])
+    assert summary["final_lr"] == pytest.approx(last_lr) and last_lr < 0.2 * optim["lr"]  # decayed to the end
     assert summary["projected_150_epochs_min"] > 0 and "budget schedule:" in capsys.readouterr().out
 
 

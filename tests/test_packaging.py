@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -32,3 +33,11 @@ def test_wheel_contains_fastmtl_kernels_and_no_top_level_kernels(tmp_path) -> No
         assert f"fastmtl/kernels/{module}" in names
     assert not any(n.startswith("kernels/") for n in names)
     assert "fastmtl/cli.py" in names and "fastmtl/data/isic2017.py" in names
+    presets = ("quick", "demo", "isic2017_paper", "oct_fluid", "retouch_paper")
+    assert all(f"fastmtl/configs/{name}.toml" in names for name in presets)  # package data: the presets
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = "from fastmtl.engine.train.config_file import load_config; print(load_config('quick').model.img_size)"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "64", loaded.stderr[-2000:]

@@ -39,9 +39,9 @@ def test_values_outside_the_vocabulary_raise(amp):
 
 
 def test_the_training_config_accepts_the_same_words():
-    from fastmtl.engine.train.config import _CHOICES
+    from fastmtl.engine.train.config import _RUN_CHOICES
 
-    assert _CHOICES["amp"] == AMP_CHOICES
+    assert _RUN_CHOICES["amp"] == AMP_CHOICES
 
 
 def test_autocast_is_a_no_op_or_torch_autocast():

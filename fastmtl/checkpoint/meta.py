@@ -144,7 +144,8 @@ def trained_on_synthetic(meta: Mapping[str, Any]) -> bool:
     """Whether a checkpoint's metadata (``load_model``'s second result) says it was trained on synthetic data."""
     kind = meta.get("data_kind")
     if kind is None:
-        kind = (meta.get("train_config") or {}).get("data")
+        data = (meta.get("train_config") or {}).get("data")  # the data section, or the kind of a flat config
+        kind = data.get("kind") if isinstance(data, dict) else data
     return kind == "synthetic"
 
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from fastmtl.checkpoint.meta import check_finite, checked_config, checked_meta
-from fastmtl.checkpoint.sets import TOKEN_KEY, CheckpointError, save_set, verify
+from fastmtl.checkpoint.sets import TOKEN_KEY, CheckpointError, save_set, set_files, verify
 from fastmtl.config import ModelConfig
 from fastmtl.files import json_dumps, not_regular, replacing
 from fastmtl.metrics import default_class_names, default_seg_class_names
@@ -74,7 +74,7 @@ def save_checkpoint(
     """
     stem = Path(stem)
     config = model_config(model)
-    weights = stem.with_name(stem.name + ".safetensors")
+    weights = set_files(stem)[0]
     state = _unwrap(model).state_dict()
     metadata = {
         "fastmtl_config": json.dumps(config.to_dict()),
@@ -233,8 +233,7 @@ def load_training_state(
     The set's consistency (:func:`fastmtl.checkpoint.sets.verify`) is checked first unless ``verified``.
     """
     stem = Path(stem)
-    sidecar_path = stem.with_name(stem.name + ".json")
-    tensor_path = stem.with_name(stem.name + ".train.safetensors")
+    _, tensor_path, sidecar_path = set_files(stem)
     if not sidecar_path.is_file() or not tensor_path.is_file():
         raise CheckpointError(f"no resumable training state at {stem} (expected {sidecar_path} and {tensor_path})")
     reason = None if verified else verify(stem)

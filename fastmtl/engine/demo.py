@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastmtl.checkpoint.meta import IN_DEMO
+from fastmtl.checkpoint.rundir import RunDir
 from fastmtl.files import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["demo_config", "disk_usage", "eval_command", "run_demo"]
 
 N_PREDICT = 6
-# The resumable training state a finished demo deletes (weights + optimizer + RNG, with a previous set
-# ``last.prev.*`` and temporaries of a cut-off save if any; best.safetensors stays).
-TRAINING_STATE = ("last.*", ".last.*.tmp")
 
 
 def disk_usage(folder: str | Path) -> int:
@@ -37,7 +35,7 @@ def disk_usage(folder: str | Path) -> int:
 
 
 def _banner(config: TrainConfig, data_root: str | Path | None, out: Path) -> None:
-    if config.data == "synthetic":
+    if config.data.kind == "synthetic":
         print(
             "fastmtl demo: training on SYNTHETIC lesions (generated shapes with classes synthetic_irregular / "
             "_speckled / _regular), not on real images.\n"
@@ -46,17 +44,17 @@ def _banner(config: TrainConfig, data_root: str | Path | None, out: Path) -> Non
             f"  Output: {out}/ (135 MB with the demo's model; its resumable training state is deleted when done)."
         )
     else:
-        print(f"fastmtl demo: training briefly on {config.data} data from {data_root}; output in {out}/")
+        print(f"fastmtl demo: training briefly on {config.data.kind} data from {data_root}; output in {out}/")
 
 
 def demo_config(data_root: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """The ``demo`` preset; with a data folder the kind is detected instead of using synthetic data."""
-    from fastmtl.engine.train.config import load_config
+    from fastmtl.engine.train.config_file import load_config
 
     config = load_config("demo", overrides)
-    if data_root is not None and config.data == "synthetic":
-        extra = {k.split("=", 1)[0] for k in overrides}
-        config = config.replace(data="auto", data_options={} if "data_options" not in extra else config.data_options)
+    if data_root is not None and config.data.kind == "synthetic":
+        own = any(k.split("=", 1)[0].startswith(("data_options", "data.options")) for k in overrides)
+        config = config.replace(data="auto", data_options=config.data.options if own else {})
     return config
 
 
@@ -71,7 +69,7 @@ def _write_inputs(config: TrainConfig, data_root: str | Path | None, folder: Pat
     paths = []
     for i in range(min(N_PREDICT, len(data.val))):
         sample = data.val[i]
-        pixels = denormalize(sample["image"], config.normalize).expand(3, -1, -1).permute(1, 2, 0).numpy()
+        pixels = denormalize(sample["image"], config.data.normalize).expand(3, -1, -1).permute(1, 2, 0).numpy()
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         path = folder / f"{i:02d}_{sample['id'].replace('/', '_')}.png"
@@ -86,12 +84,12 @@ def _evaluate(checkpoint: Path, config: TrainConfig, data_root, out_dir: Path, d
     evaluates, so that command reproduces the demo's numbers (:func:`eval_command`)."""
     from fastmtl.engine.evaluate.job import evaluate
 
-    kind = "synthetic" if data_root is None and config.data in ("synthetic", "auto") else None
-    opts = {} if kind == "synthetic" else {**config.data_options}
-    if config.cache_dir:
-        opts["cache_dir"] = False if config.cache_dir == "off" else config.cache_dir
+    kind = "synthetic" if data_root is None and config.data.kind in ("synthetic", "auto") else None
+    opts = {} if kind == "synthetic" else {**config.data.options}
+    if config.data.cache_dir:
+        opts["cache_dir"] = False if config.data.cache_dir == "off" else config.data.cache_dir
     try:
-        return evaluate(checkpoint, data_root, "test", out_dir, kind=kind, batch_size=config.batch_size,
+        return evaluate(checkpoint, data_root, "test", out_dir, kind=kind, batch_size=config.optim.batch_size,
                         num_workers=0, device=device, dataset_opts=opts)  # fmt: skip
     except FileNotFoundError as e:
         print(f"demo: no test split to evaluate on ({e}); the validation metrics are in log.csv")
@@ -138,9 +136,10 @@ def run_demo(
     out = Path(out_dir)
     config = demo_config(data_root, [*overrides, f"device={device}"])
     _banner(config, data_root, out)
-    result = train(config, data_root, out / "train", resume=resume)
+    run_dir = RunDir(out / "train")
+    result = train(config, data_root, run_dir.path, resume=resume)
     best = Path(result["best_checkpoint"])
-    eval_device = str(resolve_device(config.device))
+    eval_device = str(resolve_device(config.run.device))
     report = summary = None
     if result["stopped_early"]:  # time_limit_min: keep last.* and stop here; resume=True carries on
         print(f"demo: training stopped at its time limit after {result['global_step']} steps; run the same command "
@@ -150,24 +149,24 @@ def run_demo(
         try:
             report = _evaluate(best, config, data_root, out / "eval", eval_device)
             inputs = _write_inputs(config, data_root, out / "inputs")
-            summary = predict(best, [str(p) for p in inputs], out / "predictions", batch_size=config.batch_size,
+            summary = predict(best, [str(p) for p in inputs], out / "predictions", batch_size=config.optim.batch_size,
                               num_workers=0, device=eval_device, overlays=True)  # fmt: skip
         finally:
             IN_DEMO.reset(token)
     if not keep_training_state and not result["stopped_early"]:  # done: nothing left to resume
-        for path in [p for pattern in TRAINING_STATE for p in (out / "train").glob(pattern) if p.is_file()]:
+        for path in run_dir.training_state():  # weights + optimizer + RNG (and a cut-off save's); best stays
             path.unlink(missing_ok=True)
     return {
         "train": result,
         "eval": report,
         "predict": summary,
-        "synthetic": config.data == "synthetic",
+        "synthetic": config.data.kind == "synthetic",
         "disk_bytes": disk_usage(out),
         "seconds": time.perf_counter() - start,
         "paths": {
             "checkpoint": str(best),
-            "curves": str(out / "train" / "curves.png"),
-            "log": str(out / "train" / "log.csv"),
+            "curves": str(run_dir.curves),
+            "log": str(run_dir.log_csv),
             "report": None if report is None else str(out / "eval" / "metrics.json"),
             "eval_again": None if report is None else eval_command(best, data_root, out / "eval-again"),
             "predictions": None if summary is None else str(out / "predictions"),

@@ -21,7 +21,7 @@ from fastmtl.data import (
     dataset_class,
     detect_kind,
 )
-from fastmtl.engine.train.config import TrainConfig
+from fastmtl.engine.train.config import config_from_dict
 
 
 def test_detect_kind_from_layouts(isic_root, retouch_root, tmp_path):
@@ -86,8 +86,8 @@ def test_kind_table_is_the_one_list_of_kinds():
     assert dataset_class("auto", None) is SyntheticLesions
     with pytest.raises(ValueError, match="unknown dataset kind 'isic'; valid kinds: isic2017, retouch, oct"):
         dataset_class("isic")
-    with pytest.raises(ValueError, match="config data='isic' is not valid; expected one of auto, isic2017, retouch"):
-        TrainConfig(data="isic")
+    with pytest.raises(ValueError, match="data.kind='isic' is not valid; expected one of auto, isic2017, retouch"):
+        config_from_dict({"data": "isic"})
 
 
 @pytest.mark.parametrize(

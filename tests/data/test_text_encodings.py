@@ -10,7 +10,7 @@ import pytest
 from fastmtl.cli import main
 from fastmtl.data import ISIC2017
 from fastmtl.data.folder import read_label_table
-from fastmtl.engine.train.config import load_config
+from fastmtl.engine.train.config_file import load_config
 from fastmtl.files import read_text
 from tests.engine.conftest import write_isic_split
 
@@ -43,7 +43,7 @@ def test_latin1_and_cp1252_text_is_read_and_other_bytes_are_refused_by_name(tmp_
 def test_a_latin1_toml_config_loads(tmp_path):
     config = tmp_path / "run.toml"
     config.write_bytes('# r\xe9glages du mod\xe8le\r\nepochs = 3\r\nmodel = "unet_resnet34_mtl"\r\n'.encode("latin-1"))
-    assert load_config(config).epochs == 3
+    assert load_config(config).optim.epochs == 3
 
 
 def test_a_toml_config_in_no_known_encoding_is_refused_naming_the_file(tmp_path, capsys):

@@ -41,6 +41,8 @@ def test_demo_prints_banner_and_disk_use_keeps_no_optimizer_state_and_its_checkp
         ({"data_kind": "synthetic"}, True),
         ({"data_kind": "isic", "train_config": {"data": "auto"}}, False),
         ({"train_config": {"data": "synthetic"}}, True),  # no data_kind: the stored training config decides
+        ({"train_config": {"data": {"kind": "synthetic"}}}, True),  # ... grouped
+        ({"train_config": {"data": {"kind": "oct"}}}, False),
         ({"train_config": {"data": "folder"}}, False),
         ({}, False),  # an old or foreign checkpoint: nothing to warn about
     ],

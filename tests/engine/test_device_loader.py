@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from fastmtl.data import build_dataset, subset
 from fastmtl.data.transforms import denormalize
 from fastmtl.engine.distributed import DistInfo
-from fastmtl.engine.train.config import TrainConfig
+from fastmtl.engine.train.config import config_from_dict
 from fastmtl.engine.train.device_loader import (
     DeviceTrainLoader,
     augment_batch,
@@ -172,6 +172,6 @@ def test_decode_split_rejects_sizes_it_cannot_stack():
 
 
 def test_store_size_is_checked_against_img_size():
-    with pytest.raises(ValueError, match="store_size=16 is smaller than img_size=32"):
-        TrainConfig(img_size=32, store_size=16)
-    assert TrainConfig(img_size=32, store_size=48).store_size == 48
+    with pytest.raises(ValueError, match="data.store_size=16 is smaller than model.img_size=32"):
+        config_from_dict({"img_size": 32, "store_size": 16})
+    assert config_from_dict({"img_size": 32, "store_size": 48}).data.store_size == 48

@@ -63,7 +63,7 @@ def test_resume_is_bit_exact_for_a_real_model(tmp_path):
 def test_resume_refuses_a_changed_config(tmp_path):
     config = tiny_config(epochs=2, max_steps_per_epoch=2, checkpoint_every_steps=1)
     train(config.replace(stop_after_steps=1), None, tmp_path)
-    with pytest.raises(ValueError, match=r"differs from the saved run in \['epochs', 'lr'\]"):
+    with pytest.raises(ValueError, match=r"differs from the saved run in \['optim.epochs', 'optim.lr'\]"):
         train(config.replace(lr=0.5, epochs=3), None, tmp_path, resume=True)
 
 
@@ -79,6 +79,8 @@ def test_time_limited_run_saves_and_resumes_to_the_same_weights(tmp_path):
         assert len(calls) <= 6, "the time-limited run does not advance"
     # stops after steps 1, 2, 4 and 5; steps 3 and 6 end an epoch, which validates and goes on
     assert [c["global_step"] for c in calls] == [1, 2, 4, 5, 6]
+    # the classic step's cut epochs are recorded as the device step's are (one epoch loop for both)
+    assert [c["partial_epoch"].get("steps") for c in calls] == [1, 1, 1, 1, None]
     assert calls[-1]["epochs_completed"] == 2 and reference["global_step"] == 6
     _assert_same_tensors(
         load_file(tmp_path / "reference" / "last.safetensors"), load_file(tmp_path / "boxed" / "last.safetensors")

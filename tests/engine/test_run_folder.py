@@ -73,3 +73,48 @@ def test_train_reuses_its_own_folder_once_the_run_is_gone(tmp_path, capsys):
         path.unlink()
     assert main(["train", "--config", config, "--out", str(out), *TINY]) == 0
     assert (out / "last.json").is_file()
+
+
+def test_run_dir_names_every_file_of_a_run(tmp_path):
+    from fastmtl.checkpoint.rundir import RunDir
+    from fastmtl.engine.train.job import train
+    from tests.engine.test_train import tiny_config
+
+    run_dir = RunDir(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="holds neither best.safetensors nor last.safetensors"):
+        run_dir.selected()
+    train(tiny_config(epochs=1, max_steps_per_epoch=2), None, run_dir.path)
+    written = {p.name for p in run_dir.path.iterdir()}
+    named = [run_dir.marker, run_dir.config_json, run_dir.config_toml, run_dir.split, run_dir.log_jsonl,
+             run_dir.log_csv, run_dir.curves, run_dir.best_weights, *set_files(run_dir.last)]  # fmt: skip
+    assert {p.name for p in named} <= written
+    assert run_dir.selected() == (run_dir.best_weights, "best") and run_dir.has_training_state()
+    assert sorted(run_dir.training_state()) == sorted(set_files(run_dir.last)) and run_dir.held()
+    for path in run_dir.training_state():
+        path.unlink()
+    assert not run_dir.held() and not run_dir.has_training_state() and run_dir.best_weights.is_file()
+
+
+def test_a_run_saved_with_the_flat_config_resumes(tmp_path):
+    """A sidecar written before the config had sections holds the flat keys: they are read through FLAT_KEYS."""
+    from fastmtl.checkpoint.rundir import RunDir
+    from fastmtl.engine.train.config import FLAT_KEYS
+    from fastmtl.engine.train.job import train
+    from tests.engine.test_train import tiny_config
+
+    config = tiny_config(epochs=2, max_steps_per_epoch=2, checkpoint_every_steps=1)
+    run_dir = RunDir(tmp_path / "run")
+    train(config.replace(stop_after_steps=3), None, run_dir.path)
+    sidecar = set_files(run_dir.last)[2]
+
+    def flatten(lr_change: dict) -> None:  # the set record hashes the tensor files, not the sidecar
+        data = json.loads(sidecar.read_text())
+        grouped = data["train_config"]
+        flat = {key: grouped[field.split(".")[0]][field.split(".")[1]] for key, field in FLAT_KEYS.items()}
+        sidecar.write_text(json.dumps({**data, "train_config": {**flat, **lr_change}}))
+
+    flatten({})
+    assert train(config, None, run_dir.path, resume=True)["global_step"] == 4
+    flatten({"lr": 0.5})
+    with pytest.raises(ValueError, match=r"differs from the saved run in \['optim.lr'\]"):
+        train(config, None, run_dir.path, resume=True)

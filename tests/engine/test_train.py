@@ -17,7 +17,8 @@ from torch import nn
 from fastmtl.checkpoint.store import CheckpointError, load_model
 from fastmtl.config import ModelConfig
 from fastmtl.data import SyntheticLesions
-from fastmtl.engine.train.config import TrainConfig, load_config
+from fastmtl.engine.train.config import TrainConfig, config_from_dict
+from fastmtl.engine.train.config_file import load_config
 from fastmtl.engine.train.job import train
 from fastmtl.engine.train.loop import NonFiniteLossError
 from fastmtl.engine.train.schedule import poly_lr
@@ -65,7 +66,7 @@ def tiny_config(**changes) -> TrainConfig:
         "deterministic": True,
         "progress": False,
     }
-    return TrainConfig(**{**base, **changes})
+    return config_from_dict({**base, **changes})
 
 
 def test_train_writes_checkpoints_logs_curves_and_config(tmp_path):
@@ -84,7 +85,7 @@ def test_train_writes_checkpoints_logs_curves_and_config(tmp_path):
     assert rows[0]["selection_metric"] == "val_ji"
     assert (tmp_path / "log.csv").read_text().splitlines()[0].startswith("epoch,")
     assert load_config(tmp_path / "config.toml") == config
-    assert json.loads((tmp_path / "config.json").read_text())["model"] == "tiny_mtl_test"
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "tiny_mtl_test"
 
     model, meta = load_model(tmp_path / "best.safetensors")
     # by name: other test modules import this one as tests.engine.test_train, a second copy of the class

@@ -1,223 +1,267 @@
-"""Training configuration: one frozen dataclass, loaded from TOML (or a named preset) plus ``key=value`` overrides.
+"""Training configuration: a frozen :class:`TrainConfig` of four sections, ``model`` / ``data`` / ``optim`` / ``run``.
 
-A config file holds the fields of :class:`TrainConfig` as top-level keys; ``model_options`` and ``data_options``
-are tables. Overrides use the same names (``lr=1e-4``, ``model_options.drop_path_rate=0``); values are parsed as
-TOML literals (so ``true``, ``3``, ``[0.9, 0.99]`` and ``"text"`` work) and then typed by the field. The resolved
-config is written next to the outputs as ``config.json`` and ``config.toml``; the TOML reloads to an equal config.
+The sections are TOML tables (``[model]``, ``[data]``, ...) and dotted ``--set`` keys (``model.img_size=64``,
+``data.options.n=12``). The flat keys of earlier configs (``img_size = 64``, ``--set lr=1e-4``,
+``model_options.dfe=none``) are accepted too: :data:`FLAT_KEYS`, one table, says which section field each names.
+Values are typed by the field (:func:`config_from_dict`); reading and writing TOML and the ``--set`` overrides are
+in :mod:`fastmtl.engine.train.config_file`. No PyTorch here: the command line checks a config before importing it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import re
-import sys
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fastmtl.files import atomic_write_bytes, read_text
-from fastmtl.options import DATA_KINDS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from fastmtl.options import DATA_KINDS, check_img_size
 
 __all__ = [
+    "FLAT_KEYS",
+    "RUNTIME_FIELDS",
+    "SECTIONS",
+    "DataSection",
+    "ModelSection",
+    "OptimSection",
+    "RunSection",
     "TrainConfig",
-    "apply_overrides",
     "config_from_dict",
-    "load_config",
-    "parse_overrides",
-    "save_config",
-    "to_toml",
+    "nest",
 ]
 
-_CHOICES = {
-    "amp": ("auto", "bf16", "fp16", "off"),  # fastmtl.runtime.AMP_CHOICES (not imported: no torch here)
-    "device": ("auto", "cpu", "cuda"),
-    "val_source": ("auto", "dataset", "carve"),
-    "normalize": ("imagenet", "raw", "unit"),
-    "input_pipeline": ("loader", "device"),
-    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-}
-_POSITIVE = ("img_size", "epochs", "batch_size", "sync_every", "val_every_epochs")
-_NON_NEGATIVE = (
-    "eval_batch_size",
-    "num_workers",
-    "max_steps_per_epoch",
-    "max_val_steps",
-    "checkpoint_every_steps",
-    "stop_after_steps",
-    "time_limit_min",
-    "grad_clip",
-    "weight_decay",
-    "store_size",
-    "max_train_images",
-    "checkpoint_every_epochs",
-)
-# Fields that change how a run executes but not what it computes: a resumed run may change them.
-RUNTIME_FIELDS = frozenset(
-    {"num_workers", "cache_dir", "stop_after_steps", "time_limit_min", "progress", "device", "sync_every",
-     "checkpoint_every_epochs"}
-)  # fmt: skip
+
+def _choose(section: str, obj: Any, choices: dict[str, tuple[str, ...]]) -> None:
+    for key, valid in choices.items():
+        if getattr(obj, key) not in valid:
+            value = getattr(obj, key)
+            raise ValueError(f"config {section}.{key}={value!r} is not valid; expected one of {', '.join(valid)}")
+
+
+def _at_least(section: str, obj: Any, low: int, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if low == 1 and value < 1:
+            raise ValueError(f"config {section}.{key} must be >= 1, got {value}")
+        if low == 0 and not (value >= 0 and math.isfinite(value)):  # NaN fails >= as well
+            raise ValueError(f"config {section}.{key} must be a finite number >= 0, got {value}")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs besides the data folder and the output folder.
+class ModelSection:
+    """The model: ``name`` (see ``fastmtl.list_models()``), ``img_size`` (the input side the model is built for
+    and the data is resized to: the one owner of the image size), ``options`` (constructor overrides;
+    ``seg_classes`` and ``cls_classes`` default to the dataset's) and ``trunk_weights`` (an optional torchvision
+    ResNet-34 weights file for the trunk, "" = none; nothing is downloaded)."""
 
-    Attributes:
-        model: registered model name (see ``fastmtl.list_models()``).
-        model_options: model constructor overrides (``seg_classes`` and ``cls_classes`` default to the dataset's).
-        trunk_weights: optional torchvision ResNet-34 weights file for the trunk ("" = none; nothing is downloaded).
-        data: dataset kind, or "auto" to detect it from the data folder (no folder: synthetic).
-        data_options: dataset options passed to ``fastmtl.data.build_dataset`` (vendor, task, n, augment, ...).
-        val_source: "dataset" uses the dataset's own validation split, "carve" holds out ``val_fraction`` of the
-            training split (stratified by label, grouped by subject/volume when groups repeat), "auto" prefers the
-            former when it exists. The test split is never used.
-        val_fraction: share of the training split held out when carving.
-        img_size: input side (multiple of 16).
-        normalize: pixel normalisation, "imagenet", "raw" (0..255 as the authors) or "unit".
-        epochs: training epochs.
-        batch_size: images per optimizer step per process.
-        eval_batch_size: validation batch size (0 = ``batch_size``).
-        lr: base learning rate of the poly schedule.
-        weight_decay: AdamW weight decay.
-        betas: AdamW betas.
-        poly_power: exponent of ``lr = base * (1 - it / max_it) ** power``, stepped every iteration.
-        alpha: weight of the classification loss.
-        class_weights: weight the classification loss by inverse class frequency of the training labels.
-        seed: seed of the model init, data order and augmentation.
-        split_seed: seed of the validation split carved from training; separate from ``seed`` so that runs with
-            different seeds are measured on the same held-out cases (the case ids go to ``split.json``).
-        amp: mixed precision: "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16" (with a grad scaler) or "off".
-        channels_last: run the model in channels-last memory format.
-        compile: wrap the model with ``torch.compile`` (with ``device_step``: the forward and loss of the step).
-        compile_mode: ``torch.compile`` mode; "reduce-overhead" adds CUDA graphs (static shapes: keep
-            ``drop_last``).
-        grad_clip: max global gradient norm (0 = no clipping).
-        deterministic: deterministic algorithms (bit-exact reruns on one device), no cuDNN autotuning.
-        device: "auto" (CUDA when available), "cpu" or "cuda".
-        num_workers: DataLoader worker processes.
-        cache_dir: decoded-image cache folder ("" = the library default, "off" = memory only).
-        max_steps_per_epoch: cap on optimizer steps per epoch (0 = full epoch); for quick runs.
-        max_val_steps: cap on validation batches (0 = the whole validation split).
-        checkpoint_every_steps: also save ``last`` every this many steps inside an epoch (0 = epoch ends only).
-        stop_after_steps: debug: return after this global step without saving, like a killed run (0 = off).
-        time_limit_min: stop after this many minutes of this process, saving ``last`` mid-epoch so that
-            ``--resume`` continues exactly there (0 = no limit); for time-boxed jobs.
-        drop_last: drop the last incomplete training batch of each epoch.
-        progress: show a tqdm progress bar.
-        input_pipeline: "loader" (DataLoader workers, per-sample augmentation) or "device" (the training split
-            decoded once into uint8 tensors on the training device and augmented there in batches, see
-            :mod:`fastmtl.engine.train.device_loader`; validation is decoded and evaluated on the device too).
-        store_size: side of the stored training images on the device path (0 = ``img_size``); larger than
-            ``img_size``, the augmentation's single resampling also resizes (e.g. 256 -> 224).
-        device_step: the step without host round trips (:mod:`fastmtl.engine.train.device_step`): fused AdamW on CUDA,
-            the poly learning rate computed on the device, losses summed there and read every ``sync_every``
-            steps.
-        sync_every: with ``device_step``, read the summed losses (and check them for NaN / inf) every this many
-            steps; a non-finite loss then stops the run up to this many steps late.
-        val_every_epochs: validate every this many epochs (and always after the last one); checkpoint selection
-            only sees validated epochs.
-        checkpoint_every_epochs: save ``last`` at the end of every this many epochs (0 = only when the run ends
-            or stops); the periodic mid-epoch and time-limit saves are unaffected.
-        max_train_images: train on the first this many images of the training split (0 = all); for dry runs.
-        skip_bad: leave out the cases whose image or mask cannot be read or whose sizes differ (recorded in
-            ``split.json``) instead of stopping with an error naming them.
-    """
-
-    model: str = "resformer_mtl"
-    model_options: dict[str, Any] = field(default_factory=dict)
+    name: str = "resformer_mtl"
+    options: dict[str, Any] = field(default_factory=dict)
+    img_size: int = 224
     trunk_weights: str = ""
-    data: str = "auto"
-    data_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_img_size(self.img_size, "config model.img_size")
+        if "img_size" in self.options:
+            raise ValueError(
+                "config model.options.img_size: the image size is model.img_size (img_size = ... in a flat file); "
+                "leave it out of the model options"
+            )
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The data: ``kind`` (a dataset kind, or "auto" to detect it from the folder; no folder: synthetic),
+    ``options`` (passed to ``fastmtl.data.build_dataset``: vendor, task, n, augment, ...), ``val_source``
+    ("dataset": the dataset's own validation split, "carve": ``val_fraction`` of training held out, stratified by
+    label and grouped by subject, with ``split_seed`` so that runs of other seeds are measured on the same cases;
+    "auto": the former when it exists), ``normalize`` ("imagenet", "raw" 0..255 as the authors, or "unit"),
+    ``input_pipeline`` ("loader": DataLoader workers; "device": the splits decoded once into uint8 tensors on the
+    training device and augmented there, :mod:`fastmtl.engine.train.device_loader`), ``store_size`` (side of the
+    stored images on the device path, 0 = ``model.img_size``), ``num_workers``, ``cache_dir`` ("" = the library
+    default, "off" = memory only), ``max_train_images`` (0 = all), ``skip_bad`` (leave out unreadable cases,
+    recorded in ``split.json``, instead of stopping) and ``drop_last``."""
+
+    kind: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
     val_source: str = "auto"
     val_fraction: float = 0.1
-    img_size: int = 224
+    split_seed: int = 1234
     normalize: str = "imagenet"
+    input_pipeline: str = "loader"
+    store_size: int = 0
+    num_workers: int = 2
+    cache_dir: str = ""
+    max_train_images: int = 0
+    skip_bad: bool = False
+    drop_last: bool = True
+
+    def __post_init__(self) -> None:
+        _choose("data", self, {
+            "kind": ("auto", *DATA_KINDS),
+            "val_source": ("auto", "dataset", "carve"),
+            "normalize": ("imagenet", "raw", "unit"),
+            "input_pipeline": ("loader", "device"),
+        })  # fmt: skip
+        _at_least("data", self, 0, ("store_size", "num_workers", "max_train_images"))
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"config data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    """The optimization: AdamW (``lr``, ``weight_decay``, ``betas``) with the poly schedule ``lr = base * (1 - it
+    / max_it) ** poly_power`` stepped every iteration, ``epochs`` of at most ``max_steps_per_epoch`` steps (0 = full
+    epochs) of ``batch_size`` images per process, the loss ``seg + alpha * cls`` (``class_weights``: by inverse
+    class frequency of the training labels), ``grad_clip`` (max global norm, 0 = none) and ``seed`` (model init,
+    data order and augmentation)."""
+
     epochs: int = 150
     batch_size: int = 8
-    eval_batch_size: int = 0
+    max_steps_per_epoch: int = 0
     lr: float = 7e-5
     weight_decay: float = 3e-5
     betas: tuple[float, float] = (0.9, 0.999)
     poly_power: float = 0.9
     alpha: float = 0.25
     class_weights: bool = True
+    grad_clip: float = 0.0
     seed: int = 1234
-    split_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        _at_least("optim", self, 1, ("epochs", "batch_size"))
+        _at_least("optim", self, 0, ("max_steps_per_epoch", "weight_decay", "poly_power", "alpha", "grad_clip"))
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"config optim.lr must be a positive finite number, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"config optim.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+_RUN_CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "amp": ("auto", "bf16", "fp16", "off"),  # fastmtl.runtime.AMP_CHOICES (not imported: no torch here)
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+}
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """How the run executes: ``device`` ("auto" = CUDA when available), ``amp`` ("auto": bf16 on CUDA, off on
+    CPU; "fp16" with a grad scaler), ``channels_last``, ``compile`` / ``compile_mode`` (``torch.compile``;
+    "reduce-overhead" adds CUDA graphs), ``deterministic`` (bit-exact reruns on one device), ``device_step`` (the
+    step without host round trips, :mod:`fastmtl.engine.train.device_step`, reading its losses every
+    ``sync_every`` steps), validation (every ``val_every_epochs`` epochs and after the last, at most
+    ``max_val_steps`` batches, 0 = all, of ``eval_batch_size`` images, 0 = the training batch size), checkpoints
+    (``last`` every ``checkpoint_every_epochs`` epochs, 0 = at the end only, and every ``checkpoint_every_steps``
+    steps), ``time_limit_min`` (stop saving ``last`` mid-epoch, for ``--resume``; 0 = none), ``stop_after_steps``
+    (debug: return after this global step without saving, like a killed run) and ``progress`` (a tqdm bar)."""
+
+    device: str = "auto"
     amp: str = "auto"
     channels_last: bool = False
     compile: bool = False
-    grad_clip: float = 0.0
+    compile_mode: str = "default"
     deterministic: bool = False
-    device: str = "auto"
-    num_workers: int = 2
-    cache_dir: str = ""
-    max_steps_per_epoch: int = 0
-    max_val_steps: int = 0
-    checkpoint_every_steps: int = 0
-    stop_after_steps: int = 0
-    time_limit_min: float = 0.0
-    drop_last: bool = True
-    progress: bool = True
-    input_pipeline: str = "loader"
-    store_size: int = 0
     device_step: bool = False
     sync_every: int = 1
-    compile_mode: str = "default"
     val_every_epochs: int = 1
+    max_val_steps: int = 0
+    eval_batch_size: int = 0
     checkpoint_every_epochs: int = 1
-    max_train_images: int = 0
-    skip_bad: bool = False
+    checkpoint_every_steps: int = 0
+    time_limit_min: float = 0.0
+    stop_after_steps: int = 0
+    progress: bool = True
 
     def __post_init__(self) -> None:
-        for key, valid in {**_CHOICES, "data": ("auto", *DATA_KINDS)}.items():
-            if getattr(self, key) not in valid:
-                value = getattr(self, key)
-                raise ValueError(f"config {key}={value!r} is not valid; expected one of {', '.join(valid)}")
-        for key in _POSITIVE:
-            if getattr(self, key) < 1:
-                raise ValueError(f"config {key} must be >= 1, got {getattr(self, key)}")
-        for key in _NON_NEGATIVE:
-            if not getattr(self, key) >= 0 or not math.isfinite(getattr(self, key)):  # NaN fails >= as well
-                raise ValueError(f"config {key} must be a finite number >= 0, got {getattr(self, key)}")
-        for key in ("poly_power", "alpha"):
-            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
-                raise ValueError(f"config {key} must be a finite number >= 0, got {getattr(self, key)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"config val_fraction must be in (0, 1), got {self.val_fraction}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"config lr must be a positive finite number, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"config betas must be two numbers in [0, 1), got {self.betas}")
-        if self.store_size and self.store_size < self.img_size:
-            raise ValueError(f"config store_size={self.store_size} is smaller than img_size={self.img_size}")
+        _choose("run", self, _RUN_CHOICES)
+        _at_least("run", self, 1, ("sync_every", "val_every_epochs"))
+        _at_least("run", self, 0, ("max_val_steps", "eval_batch_size", "checkpoint_every_epochs",
+                                   "checkpoint_every_steps", "time_limit_min", "stop_after_steps"))  # fmt: skip
+
+
+SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
+# The flat keys (earlier configs, --set lr=...): each names one section field. Most are the field's own name; the
+# model's and the data's name and options keep their flat names.
+_RENAMED = {"model.name": "model", "model.options": "model_options", "data.kind": "data",
+            "data.options": "data_options"}  # fmt: skip
+FLAT_KEYS: dict[str, str] = {
+    _RENAMED.get(f"{s}.{f.name}", f.name): f"{s}.{f.name}"
+    for s, cls in SECTIONS.items()
+    for f in dataclasses.fields(cls)
+}
+# Fields that change how a run executes but not what it computes: a resumed run may change them.
+RUNTIME_FIELDS = frozenset(
+    {"data.num_workers", "data.cache_dir", "run.stop_after_steps", "run.time_limit_min", "run.progress",
+     "run.device", "run.sync_every", "run.checkpoint_every_epochs"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the data folder and the output folder, in four sections."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        store, side = self.data.store_size, self.model.img_size
+        if store and store < side:
+            raise ValueError(f"config data.store_size={store} is smaller than model.img_size={side}")
 
     @property
-    def resolved_eval_batch_size(self) -> int:
-        """Validation batch size."""
-        return self.eval_batch_size or self.batch_size
+    def eval_batch_size(self) -> int:
+        """Validation batch size: ``run.eval_batch_size`` or, when 0, the training batch size."""
+        return self.run.eval_batch_size or self.optim.batch_size
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """JSON-ready nested dict, one table per section (tuples become lists)."""
         d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
+        d["optim"]["betas"] = list(self.optim.betas)
         return d
 
+    def flat(self) -> dict[str, Any]:
+        """``{"section.field": value}`` over every field (the resume check compares these)."""
+        return {f"{s}.{k}": v for s, table in self.to_dict().items() for k, v in table.items()}
+
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (typed and validated like overrides)."""
-        return config_from_dict({**self.to_dict(), **changes})
+        """A copy with some fields changed, named by their flat keys (``lr=...``) or as whole sections
+        (``model={"img_size": 64}``: those fields of the section); typed and validated like overrides."""
+        merged = self.to_dict()
+        for section, table in nest(changes, "replace").items():
+            merged[section].update(table)
+        return config_from_dict(merged)
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+def nest(d: dict[str, Any], source: str = "config") -> dict[str, dict[str, Any]]:
+    """The sections' tables of a config dict in the grouped form (``{"model": {"img_size": 64}}``), the flat form
+    (``{"img_size": 64}``, :data:`FLAT_KEYS`) or a mix; a flat ``model`` or ``data`` is the model name or the
+    data kind, a table under those names the section.
+
+    Raises:
+        ValueError: an unknown key or section field (the message lists the valid ones).
+    """
+    unknown = sorted(k for k, v in d.items() if k not in FLAT_KEYS and not (k in SECTIONS and isinstance(v, dict)))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; {valid_keys()}")
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in d.items():
+        if key in SECTIONS and isinstance(value, dict):
+            names = [f.name for f in dataclasses.fields(SECTIONS[key])]
+            unknown = sorted(set(value) - set(names))
+            if unknown:
+                raise ValueError(f"{source}: unknown key(s) {unknown} in [{key}]; valid keys there: {', '.join(names)}")
+            out.setdefault(key, {}).update(value)
+        else:
+            section, name = FLAT_KEYS[key].split(".")
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def valid_keys() -> str:
+    """The keys a config takes, for error messages."""
+    return f"valid keys: {', '.join(FLAT_KEYS)}; or the sections' tables {', '.join(f'[{s}]' for s in SECTIONS)}"
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
@@ -258,133 +302,15 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
 
 
 def config_from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Builds a :class:`TrainConfig` from a plain dict, typing each value by its field.
+    """Builds a :class:`TrainConfig` from a plain dict (grouped, flat or mixed, see :func:`nest`), typing each
+    value by its field.
 
     Raises:
         ValueError: an unknown key (the message lists the valid ones) or a value of the wrong type.
     """
-    types = _field_types()
-    unknown = sorted(set(d) - set(types))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {', '.join(types)}")
-    return TrainConfig(**{k: _coerce(k, v, types[k]) for k, v in d.items()})
-
-
-def _parse_literal(text: str) -> Any:
-    """A TOML literal (number, bool, string, array, inline table) or, failing that, the text itself."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_overrides(items: typing.Sequence[str]) -> list[tuple[str, str | None, Any]]:
-    """``["lr=1e-4", "model_options.dfe=none"]`` -> ``[("lr", None, 1e-4), ("model_options", "dfe", "none")]``.
-
-    Raises:
-        ValueError: an item without ``=``, an unknown key, or a dotted key whose head is not a table field.
-    """
-    types = _field_types()
-    out: list[tuple[str, str | None, Any]] = []
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        head, dot, sub = key.partition(".")
-        if head not in types:
-            raise ValueError(f"--set {item!r}: unknown key {head!r}; valid keys: {', '.join(types)}")
-        if dot and typing.get_origin(types[head]) is not dict:
-            raise ValueError(f"--set {item!r}: {head!r} is not a table; only model_options and data_options take a.b")
-        out.append((head, sub if dot else None, _parse_literal(text.strip())))
-    return out
-
-
-def apply_overrides(base: dict[str, Any], items: typing.Sequence[str]) -> dict[str, Any]:
-    """Applies ``--set`` items in order: ``key=value`` replaces a field (a whole table too), ``table.key=value``
-    sets one entry of a table."""
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for key, sub, value in parse_overrides(items):
-        if sub is None:
-            merged[key] = value
-        else:
-            table = merged.get(key)
-            merged[key] = {**(table if isinstance(table, dict) else {}), sub: value}
-    return merged
-
-
-def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
-    """Loads a TOML file or a named preset (see :data:`fastmtl.presets.PRESETS`) and applies overrides.
-
-    Args:
-        source: a ``.toml`` path, a preset name such as "quick", or None for the defaults.
-        overrides: ``key=value`` strings as given to ``--set``. The environment variable ``FASTMTL_SET``
-            (whitespace-separated ``key=value`` items) is applied first, so an explicit override still wins: a way
-            to shrink every run of a script or a test, e.g. ``FASTMTL_SET="epochs=1 max_steps_per_epoch=2"``.
-
-    Raises:
-        FileNotFoundError: ``source`` is neither a preset nor an existing file.
-        ValueError: malformed TOML, unknown keys, or invalid values (messages name the file or key).
-    """
-    from fastmtl.presets import PRESETS
-
-    name = "defaults"
-    base: dict[str, Any] = {}
-    if source is not None and str(source) in PRESETS:
-        name, base = f"preset {source!r}", dict(PRESETS[str(source)])
-    elif source is not None:
-        path = Path(source)
-        if not os.path.lexists(path):
-            presets = ", ".join(PRESETS)
-            raise FileNotFoundError(f"config file {path} not found; give a .toml file or a preset ({presets})")
-        try:
-            base = tomllib.loads(read_text(path, "config file"))
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"config file {path} is not valid TOML: {e}") from e
-        name = str(path)
-    from_env = os.environ.get("FASTMTL_SET", "").split()
-    return config_from_dict(apply_overrides(base, [*from_env, *overrides]), source=name)
-
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    if value is None:
-        raise ValueError("TOML has no null; use an empty string or leave the key out")
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def to_toml(config: TrainConfig) -> str:
-    """The config as TOML: scalars first, then one table per dict field."""
-    d = config.to_dict()
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    for key, table in d.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{key}]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items())]
-    return "\n".join(lines) + "\n"
-
-
-def save_config(config: TrainConfig, out_dir: str | Path) -> None:
-    """Writes ``config.json`` and ``config.toml`` into ``out_dir`` atomically."""
-    out_dir = Path(out_dir)
-    atomic_write_bytes(out_dir / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
-    atomic_write_bytes(out_dir / "config.toml", to_toml(config).encode())
+    sections = {}
+    for section, table in nest(d, source).items():
+        types = typing.get_type_hints(SECTIONS[section])
+        typed = {k: _coerce(f"{section}.{k}", v, types[k]) for k, v in table.items()}
+        sections[section] = SECTIONS[section](**typed)
+    return TrainConfig(**sections)

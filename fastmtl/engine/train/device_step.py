@@ -90,6 +90,7 @@ class DeviceStep:
         global_step: steps done so far (a resumed run starts there).
         compile_mode: ``torch.compile`` mode for the forward and loss, or None for eager.
         log: where the compile fallback message goes.
+        sync_every: the epoch loop reads the losses every this many steps (:meth:`read_due`).
     """
 
     def __init__(
@@ -102,8 +103,10 @@ class DeviceStep:
         global_step: int,
         compile_mode: str | None = None,
         log: Callable[[str], None] = print,
+        sync_every: int = 1,
     ) -> None:
         device = ctx.world.device
+        self.sync_every = sync_every
         self.ctx, self.base_lr, self.total, self.power, self.log = ctx, base_lr, total_steps, power, log
         self.step_t = torch.tensor(float(global_step), dtype=torch.float64, device=device)
         tensor_learning_rates(ctx.optimizer, device)
@@ -146,6 +149,32 @@ class DeviceStep:
             self.ctx.optimizer.zero_grad(set_to_none=True)
             return self(batch)
         self.checked = True
+
+    def take(self, batch: dict[str, torch.Tensor], state: RunState) -> None:
+        """One step in the epoch loop (the step counter is the device's own)."""
+        self(batch)
+
+    def begin_epoch(self) -> None:
+        self.marks.clear()
+
+    def read_due(self, step_in_epoch: int, steps: int, warm: int) -> bool:
+        """Every ``sync_every`` steps, at the end of the warm-up (the steady-state clock starts) and of the epoch."""
+        return step_in_epoch % self.sync_every == 0 or step_in_epoch in (warm, steps)
+
+    def postfix(self) -> dict[str, str]:
+        return {}  # the host does not wait for a loss between reads
+
+    def facts(self, from_step: int, images_per_step: int) -> dict[str, Any]:
+        """Images/s from the first read at or after global step ``from_step`` (past compile and autotuning) to the
+        epoch's last read; both reads waited for the device, so this is what the device sustained."""
+        marks = [m for m in self.marks if m[1] >= from_step]
+        if len(marks) < 2 or marks[-1][0] <= marks[0][0]:
+            return {}
+        (t0, s0), (t1, s1) = marks[0], marks[-1]
+        return {"steady_images_per_s": (s1 - s0) * images_per_step / (t1 - t0)}
+
+    def describe(self) -> str:
+        return f"device step: {self.compile_status}, fused AdamW, losses read every {self.sync_every}"
 
     def _step(self, batch: dict[str, torch.Tensor]) -> None:
         ctx = self.ctx

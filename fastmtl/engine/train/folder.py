@@ -10,30 +10,29 @@ other data, unless told to (``other_data``).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from fastmtl.checkpoint.rundir import RunDir
 from fastmtl.checkpoint.sets import set_files
 from fastmtl.checkpoint.store import CheckpointError
 from fastmtl.engine.train.loaders import split_changes
-from fastmtl.files import LOCK_NAME, atomic_write_bytes
+from fastmtl.files import atomic_write_bytes
 
-__all__ = ["MARKER", "check_out_dir", "check_same_data", "mark"]
-
-MARKER = ".fastmtl-train"
+__all__ = ["check_out_dir", "check_same_data", "mark"]
 
 
-def check_out_dir(out_dir: Path, resume: bool) -> None:
+def check_out_dir(run_dir: RunDir, resume: bool) -> None:
     """Refuses a resume without a run, a new run into a folder holding one, and a new run into a folder holding
     files that fastmtl train did not write (nothing there is touched)."""
-    held = [f for stem in ("last", "last.prev") for f in set_files(out_dir / stem) if f.exists()]
+    out_dir, held = run_dir.path, run_dir.held()
     if resume and not held:
-        raise CheckpointError(f"nothing to resume in {out_dir}: no last.json / last.train.safetensors there")
+        names = " / ".join(f.name for f in set_files(run_dir.last)[1:][::-1])
+        raise CheckpointError(f"nothing to resume in {out_dir}: no {names} there")
     if not resume and held:
         raise ValueError(f"{out_dir} already holds a training run ({held[0].name}); resume it or pick another --out")
-    if resume or (out_dir / MARKER).is_file() or not out_dir.is_dir():
+    if resume or run_dir.marker.is_file():
         return
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_NAME)
+    foreign = run_dir.foreign()
     if foreign:
         raise ValueError(
             f"{out_dir} holds files that fastmtl train did not write ({', '.join(foreign[:3])}"
@@ -41,10 +40,10 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
         )
 
 
-def check_same_data(out_dir: Path, current: dict[str, Any], other_data: bool) -> None:
-    """Refuses to resume the run in ``out_dir`` on data other than its ``split.json`` records (``current``: the
+def check_same_data(run_dir: RunDir, current: dict[str, Any], other_data: bool) -> None:
+    """Refuses to resume the run in ``run_dir`` on data other than its ``split.json`` records (``current``: the
     record of the data found now, :func:`fastmtl.engine.train.loaders.split_record`), unless ``other_data``."""
-    path = out_dir / "split.json"
+    out_dir, path = run_dir.path, run_dir.split
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
@@ -61,7 +60,7 @@ def check_same_data(out_dir: Path, current: dict[str, Any], other_data: bool) ->
         )
 
 
-def mark(out_dir: Path) -> None:
-    """Marks ``out_dir`` as a folder fastmtl train writes (see the module docstring)."""
-    if not (out_dir / MARKER).is_file():
-        atomic_write_bytes(out_dir / MARKER, b"fastmtl train output folder\n")
+def mark(run_dir: RunDir) -> None:
+    """Marks the folder as one fastmtl train writes (see the module docstring)."""
+    if not run_dir.marker.is_file():
+        atomic_write_bytes(run_dir.marker, b"fastmtl train output folder\n")

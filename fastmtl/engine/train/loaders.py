@@ -121,9 +121,9 @@ class RunData:
 
 
 def _cache(config: TrainConfig) -> str | bool | None:
-    if config.cache_dir == "off":
+    if config.data.cache_dir == "off":
         return False
-    return config.cache_dir or None
+    return config.data.cache_dir or None
 
 
 def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData:
@@ -134,22 +134,23 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         ValueError: unknown kind or dataset options, or a split that comes out empty.
     """
     root = None if data_root is None else Path(data_root)
-    kind = config.data if config.data != "auto" else detect_kind(root)
-    common = {"img_size": config.img_size, "cache_dir": _cache(config), "normalize": config.normalize}
-    options = dict(config.data_options)
+    kind = config.data.kind if config.data.kind != "auto" else detect_kind(root)
+    common = {"img_size": config.model.img_size, "cache_dir": _cache(config), "normalize": config.data.normalize}
+    options = dict(config.data.options)
 
     def build(split: str, train: bool):
         # the device input path stores the training images at store_size and resizes while it augments
-        size = config.store_size if train and config.input_pipeline == "device" and config.store_size else None
+        stored = train and config.data.input_pipeline == "device" and config.data.store_size
+        size = config.data.store_size if stored else config.model.img_size
         try:
-            return build_dataset(kind, root, split, train=train, **{**common, "img_size": size or config.img_size},
+            return build_dataset(kind, root, split, train=train, **{**common, "img_size": size},
                                  **dict(options))  # fmt: skip
         except TypeError as e:  # an option the dataset's constructor does not take
-            raise ValueError(f"data_options {options} do not fit the {kind} dataset: {e}") from e
+            raise ValueError(f"data.options {options} do not fit the {kind} dataset: {e}") from e
 
     skipped: list[dict[str, str]] = []
-    own = dataset_class(kind).own_val_split(root) if config.val_source != "carve" else None
-    if config.val_source == "dataset" and own is None:
+    own = dataset_class(kind).own_val_split(root) if config.data.val_source != "carve" else None
+    if config.data.val_source == "dataset" and own is None:
         raise ValueError(f"val_source='dataset' but the {kind} data at {root} has no validation split")
     if own is not None:
         train_set, val_set, source = build("train", True), build(own, False), "dataset"
@@ -162,11 +163,11 @@ def build_run_data(config: TrainConfig, data_root: str | Path | None) -> RunData
         keep = _screened(full_eval, config, root, skipped)
         if keep is not None:
             full_train, full_eval = subset(full_train, keep), subset(full_eval, keep)
-        train_idx, val_idx = split_indices(full_eval, config.val_fraction, config.split_seed)
+        train_idx, val_idx = split_indices(full_eval, config.data.val_fraction, config.data.split_seed)
         train_set, val_set, source = subset(full_train, train_idx), subset(full_eval, val_idx), "carve"
     full_train_size = len(train_set)
-    if config.max_train_images and config.max_train_images < len(train_set):
-        train_set = subset(train_set, range(config.max_train_images))
+    if config.data.max_train_images and config.data.max_train_images < len(train_set):
+        train_set = subset(train_set, range(config.data.max_train_images))
     for name, ds in (("training", train_set), ("validation", val_set)):
         if len(ds) == 0:
             raise ValueError(f"the {name} split of the {kind} data at {root} is empty")
@@ -184,7 +185,7 @@ def _screened(dataset, config: TrainConfig, root, skipped: list) -> list[int] | 
     bad = screen(dataset)
     if not bad:
         return None
-    if not config.skip_bad:
+    if not config.data.skip_bad:
         raise ValueError(f"{len(bad)} bad case(s) in {root}: {describe(bad)}; `fastmtl check-data --data-root {root}` "
                          "lists every problem, --skip-bad leaves these cases out")  # fmt: skip
     for index, problem in bad.items():
@@ -199,9 +200,9 @@ def split_record(config: TrainConfig, data: RunData) -> dict[str, Any]:
     and reproduced: the source of the validation split, the carve's seed and fraction, and the case ids."""
     record: dict[str, Any] = {"data_root": data.root, "kind": data.kind, "val_source": data.val_source}
     if data.val_source == "carve":
-        record.update(split_seed=config.split_seed, val_fraction=config.val_fraction)
-    if config.max_train_images:
-        record.update(max_train_images=config.max_train_images, full_train_size=data.full_train_size)
+        record.update(split_seed=config.data.split_seed, val_fraction=config.data.val_fraction)
+    if config.data.max_train_images:
+        record.update(max_train_images=config.data.max_train_images, full_train_size=data.full_train_size)
     if data.skipped:
         record.update(skipped=data.skipped)
     record.update(train_ids=list(data.train.ids), val_ids=list(data.val.ids))
@@ -238,17 +239,17 @@ def class_weights_for(data: RunData) -> torch.Tensor | None:
 
 def make_train_loader(data: RunData, config: TrainConfig, world: DistInfo) -> DataLoader:
     """Training loader over :class:`EpochSeeded` samples with a :class:`ResumableSampler`."""
-    dataset = EpochSeeded(data.train, config.seed)
-    sampler = ResumableSampler(dataset, world, config.seed)
+    dataset = EpochSeeded(data.train, config.optim.seed)
+    sampler = ResumableSampler(dataset, world, config.optim.seed)
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=config.optim.batch_size,
         sampler=sampler,
-        num_workers=config.num_workers,
-        drop_last=config.drop_last and len(sampler) >= config.batch_size,
+        num_workers=config.data.num_workers,
+        drop_last=config.data.drop_last and len(sampler) >= config.optim.batch_size,
         pin_memory=world.device.type == "cuda",
         # A private generator: the loader's base-seed draw must not consume the global RNG (the model's stream).
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(config.optim.seed),
     )
 
 
@@ -257,26 +258,9 @@ def make_val_loader(data: RunData, config: TrainConfig, world: DistInfo) -> Data
     shard = subset(data.val, range(world.rank, len(data.val), world.world_size))
     return DataLoader(
         shard,
-        batch_size=config.resolved_eval_batch_size,
+        batch_size=config.eval_batch_size,
         shuffle=False,
-        num_workers=config.num_workers,
+        num_workers=config.data.num_workers,
         pin_memory=world.device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(config.optim.seed),
     )
-
-
-def set_epoch(loader: Any, epoch: int, skip_batches: int = 0) -> None:
-    """Points the training loader (a DataLoader over :class:`EpochSeeded` samples, or a device loader with its own
-    ``set_epoch``) at ``epoch``, skipping its first ``skip_batches`` batches."""
-    if not isinstance(loader, DataLoader):
-        loader.set_epoch(epoch, skip_batches)
-        return
-    loader.dataset.set_epoch(epoch)
-    loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
-
-
-def steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
-    """Optimizer steps in a full epoch, after the ``max_steps_per_epoch`` cap."""
-    loader.sampler.set_epoch(0, 0)
-    n = len(loader)
-    return min(n, config.max_steps_per_epoch) if config.max_steps_per_epoch else n

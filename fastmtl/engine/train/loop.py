@@ -1,29 +1,27 @@
-"""One optimizer step, one training epoch and one validation pass: plain functions over a :class:`StepContext`."""
+"""One optimizer step (the :class:`Step` protocol and the classic :class:`EagerStep`) and one validation pass over a
+:class:`StepContext`."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.evaluate.loop import run_evaluation, sync_state
-from fastmtl.engine.train.loaders import set_epoch
 from fastmtl.engine.train.schedule import poly_lr, set_lr
 from fastmtl.engine.train.state import RunState
 from fastmtl.losses import MTLLoss
-from fastmtl.runtime import autocast, batch_to_device
+from fastmtl.runtime import autocast
 
-__all__ = ["NonFiniteLossError", "StepContext", "run_epoch", "train_step", "validate"]
+__all__ = ["EagerStep", "NonFiniteLossError", "Step", "StepContext", "train_step", "validate"]
 
 
 class NonFiniteLossError(ValueError):
@@ -49,10 +47,6 @@ class StepContext:
         return autocast(self.world.device, self.dtype or torch.float32)
 
 
-def _to_device(batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-    return batch_to_device(batch, ctx.world.device, ctx.channels_last)
-
-
 def _loss_terms(ctx: StepContext, output, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return ctx.loss_fn(output, batch["mask"], batch["label"], batch["has_mask"], batch["has_label"])
 
@@ -62,7 +56,7 @@ def train_step(ctx: StepContext, batch: dict[str, Any], lr: float, where: str) -
 
     Args:
         ctx: the run's model, optimizer and settings.
-        batch: a collated sample dict.
+        batch: a collated sample dict on the device (:func:`fastmtl.runtime.batch_to_device`).
         lr: learning rate of this iteration.
         where: "epoch E step S (global step G)", used in the error message.
 
@@ -73,7 +67,6 @@ def train_step(ctx: StepContext, batch: dict[str, Any], lr: float, where: str) -
         NonFiniteLossError: the loss (on any rank) is NaN or infinite; raised before any weight changes.
     """
     set_lr(ctx.optimizer, lr)
-    batch = _to_device(batch, ctx)
     with ctx.autocast():
         output = ctx.model(batch["image"])
     terms = _loss_terms(ctx, output, batch)
@@ -98,49 +91,83 @@ def train_step(ctx: StepContext, batch: dict[str, Any], lr: float, where: str) -
     return floats
 
 
-def run_epoch(
-    ctx: StepContext,
-    state: RunState,
-    loader: DataLoader,
-    *,
-    base_lr: float,
-    steps: int,
-    total_steps: int,
-    poly_power: float,
-    after_step: Callable[[RunState], bool],
-    progress: bool = True,
-) -> bool:
-    """Trains from ``state.step_in_epoch`` to ``steps`` steps of ``state.epoch``.
+class Step(Protocol):
+    """One optimizer step as the epoch loop sees it; :class:`EagerStep` or
+    :class:`~fastmtl.engine.train.device_step.DeviceStep`, chosen once when the run is built."""
 
-    ``after_step(state)`` runs after every step (checkpointing); returning True stops the run early.
+    total: int  # the poly schedule's length in steps (a budget schedule changes it)
 
-    Returns:
-        True when the epoch completed, False when ``after_step`` stopped it.
+    def begin_epoch(self) -> None:
+        """Called before an epoch's (or its rest's) first step."""
+        ...
+
+    def take(self, batch: dict[str, Any], state: RunState) -> None:
+        """One optimizer step on a batch on the device, at ``state.global_step``."""
+        ...
+
+    def read(self, state: RunState, images_per_step: int, where: str) -> None:
+        """Brings the losses of the steps since the last read into ``state.running`` (a host sync)."""
+        ...
+
+    def read_due(self, step_in_epoch: int, steps: int, warm: int) -> bool:
+        """Whether the loop reads the losses after this step of the epoch."""
+        ...
+
+    def postfix(self) -> dict[str, str]:
+        """What the progress bar shows after a step."""
+        ...
+
+    def facts(self, from_step: int, images_per_step: int) -> dict[str, Any]:
+        """Throughput facts of the epoch for its log row (``steady_images_per_s``), measured from ``from_step``."""
+        ...
+
+    def describe(self) -> str:
+        """Which step ran, for the run's summary."""
+        ...
+
+
+class EagerStep:
+    """The classic step: :func:`train_step` with the poly learning rate computed on the host, every step's loss
+    read and checked there (each step waits for the device).
+
+    Args:
+        ctx: the run's model (maybe ``torch.compile``-wrapped), optimizer and settings.
+        base_lr / total_steps / power: the poly schedule.
+        compile_mode: the ``torch.compile`` mode ``ctx.model`` was wrapped with, or None (for the summary).
     """
-    set_epoch(loader, state.epoch, state.step_in_epoch)
-    ctx.model.train()
-    bar = tqdm(
-        total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}", disable=not progress, leave=False
-    )
-    start, images = time.perf_counter(), 0
-    try:
-        # zip asks range first, so no batch is loaded beyond the last step
-        for _, batch in zip(range(steps - state.step_in_epoch), loader, strict=False):
-            where = f"epoch {state.epoch + 1} step {state.step_in_epoch + 1} (global step {state.global_step + 1})"
-            lr = poly_lr(base_lr, state.global_step, total_steps, poly_power)
-            terms = train_step(ctx, batch, lr, where)
-            n = int(batch["image"].shape[0]) * ctx.world.world_size
-            state.add_step(terms, n)
-            state.step_in_epoch += 1
-            state.global_step += 1
-            images += n
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{images / (time.perf_counter() - start):.1f}")
-            if after_step(state):
-                return False
-    finally:
-        bar.close()
-    return True
+
+    def __init__(self, ctx: StepContext, *, base_lr: float, total_steps: int, power: float,
+                 compile_mode: str | None = None) -> None:  # fmt: skip
+        self.ctx, self.base_lr, self.total, self.power = ctx, base_lr, total_steps, power
+        self.compile_mode = compile_mode
+        self.loss, self.images, self.started = math.nan, 0, time.perf_counter()
+
+    def begin_epoch(self) -> None:
+        self.images, self.started = 0, time.perf_counter()
+
+    def take(self, batch: dict[str, Any], state: RunState) -> None:
+        where = f"epoch {state.epoch + 1} step {state.step_in_epoch + 1} (global step {state.global_step + 1})"
+        lr = poly_lr(self.base_lr, state.global_step, self.total, self.power)
+        terms = train_step(self.ctx, batch, lr, where)
+        n = int(batch["image"].shape[0]) * self.ctx.world.world_size
+        state.add_step(terms, n)
+        self.loss, self.images = terms["loss"], self.images + n
+
+    def read(self, state: RunState, images_per_step: int, where: str) -> None:
+        """Nothing to read: :meth:`take` read the step's losses."""
+
+    def read_due(self, step_in_epoch: int, steps: int, warm: int) -> bool:
+        return False
+
+    def postfix(self) -> dict[str, str]:
+        rate = self.images / max(time.perf_counter() - self.started, 1e-9)
+        return {"loss": f"{self.loss:.4f}", "img_s": f"{rate:.1f}"}
+
+    def facts(self, from_step: int, images_per_step: int) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> str:
+        return "classic step: " + (f"torch.compile(mode={self.compile_mode!r})" if self.compile_mode else "eager")
 
 
 def validate(

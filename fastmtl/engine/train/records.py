@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fastmtl.checkpoint.rundir import RunDir
 from fastmtl.files import atomic_write_bytes, json_safe
 
 __all__ = ["plot_curves", "write_logs"]
@@ -24,11 +25,10 @@ _CURVES = (
 )
 
 
-def write_logs(history: Sequence[dict[str, Any]], out_dir: str | Path) -> None:
+def write_logs(history: Sequence[dict[str, Any]], run_dir: RunDir) -> None:
     """Writes ``log.jsonl`` (one object per epoch) and ``log.csv`` (one row per epoch, union of keys)."""
-    out_dir = Path(out_dir)
     lines = [json.dumps(json_safe(row)) for row in history]
-    atomic_write_bytes(out_dir / "log.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
+    atomic_write_bytes(run_dir.log_jsonl, ("\n".join(lines) + "\n" if lines else "").encode())
     columns: list[str] = []
     for row in history:
         columns += [k for k in row if k not in columns]
@@ -36,7 +36,7 @@ def write_logs(history: Sequence[dict[str, Any]], out_dir: str | Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_bytes(out_dir / "log.csv", buffer.getvalue().encode())
+    atomic_write_bytes(run_dir.log_csv, buffer.getvalue().encode())
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -12,20 +12,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from fastmtl.checkpoint.rundir import RunDir
 from fastmtl.checkpoint.store import save_checkpoint
 from fastmtl.engine.distributed import all_gather_objects
+from fastmtl.engine.train.batches import Batches
 from fastmtl.engine.train.config import TrainConfig
-from fastmtl.engine.train.device_loader import DeviceSplit, DeviceTrainLoader
-from fastmtl.engine.train.device_step import DeviceStep
 from fastmtl.engine.train.loaders import RunData
-from fastmtl.engine.train.loop import StepContext
+from fastmtl.engine.train.loop import Step, StepContext
 from fastmtl.engine.train.records import write_logs
 from fastmtl.engine.train.schedule import BudgetSchedule
 from fastmtl.engine.train.state import RunState, capture_rng
@@ -38,34 +36,40 @@ class Run:
     """What the epoch loop and the checkpoint writers share (a bundle of parts, not a trainer)."""
 
     config: TrainConfig
-    out_dir: Path
+    dir: RunDir
     data: RunData
     ctx: StepContext
     state: RunState
-    train_loader: DataLoader | DeviceTrainLoader
-    val_loader: DataLoader | DeviceSplit
-    steps: int  # optimizer steps per epoch
+    batches: Batches  # where the batches come from (DataLoader or device-resident)
+    step: Step  # the optimizer step (classic or device step)
     started: float = field(default_factory=time.monotonic)  # when this process started the run (time limit)
-    step: DeviceStep | None = None  # the device step (device_step = true)
     deadline: float | None = None  # time.monotonic() at which to stop as with time_limit_min
     schedule: BudgetSchedule | None = None  # the budget-aware schedule length (train(..., budget_schedule=True))
     warm_validation: bool = False  # time the first validation a second time, warm
     on_epoch: Callable[[Run], None] | None = None  # called after each epoch's record is written
     partial: dict[str, Any] = field(default_factory=dict)  # an epoch the time limit cut: its steps and rate
 
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch."""
+        return self.batches.steps
+
+    @property
+    def images_per_step(self) -> int:
+        return self.config.optim.batch_size * self.ctx.world.world_size
+
     def read_losses(self) -> None:
-        """Brings the device step's summed losses into ``state.running`` (a host sync); no-op otherwise."""
-        if self.step is not None:
-            state = self.state
-            where = f"epoch {state.epoch + 1} step {state.step_in_epoch} (global step {state.global_step})"
-            self.step.read(self.state, self.config.batch_size * self.ctx.world.world_size, where)
+        """Brings the step's losses not yet read into ``state.running`` (a host sync for the device step)."""
+        state = self.state
+        where = f"epoch {state.epoch + 1} step {state.step_in_epoch} (global step {state.global_step})"
+        self.step.read(state, self.images_per_step, where)
 
     @property
     def total_steps(self) -> int:
         """The poly schedule's length: the planned steps of a budget schedule, else the configured epochs'."""
         if self.schedule is not None and self.schedule.total is not None:
             return self.schedule.total
-        return self.config.epochs * self.steps
+        return self.config.optim.epochs * self.steps
 
     def plan_done(self) -> bool:
         """True once a budget schedule's planned steps are done."""
@@ -81,8 +85,8 @@ def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
         "class_names": list(run.data.class_names),
         "seg_classes": run.data.seg_classes,
         "seg_class_names": list(run.data.seg_class_names),
-        "img_size": run.config.img_size,
-        "normalize": run.config.normalize,
+        "img_size": run.config.model.img_size,
+        "normalize": run.config.data.normalize,
         "data_kind": run.data.kind,
         "val_source": run.data.val_source,
         "class_weights": None if weights is None else weights.tolist(),
@@ -100,7 +104,7 @@ def save_last(run: Run) -> None:
     state.scaler = ctx.scaler.state_dict() if ctx.scaler.is_enabled() else {}
     meta = _meta(run, state.history[-1] if state.history else {})
     train_state = {"state": state.to_json(), "rng": rngs, "train_config": run.config.to_dict()}
-    save_checkpoint(run.out_dir / "last", ctx.raw_model, meta=meta, optimizer=ctx.optimizer, train_state=train_state)
+    save_checkpoint(run.dir.last, ctx.raw_model, meta=meta, optimizer=ctx.optimizer, train_state=train_state)
 
 
 def finish_epoch(run: Run, val: dict[str, Any] | None, lr: float, extra: dict[str, Any] | None = None) -> None:
@@ -121,13 +125,13 @@ def finish_epoch(run: Run, val: dict[str, Any] | None, lr: float, extra: dict[st
     if improved:
         state.best_value, state.best_epoch = value, state.epoch
         if run.ctx.world.is_main:
-            save_checkpoint(run.out_dir / "best", run.ctx.raw_model, meta=_meta(run, row))
-    every = config.checkpoint_every_epochs
-    if state.epoch >= config.epochs or run.plan_done() or (every and state.epoch % every == 0):
+            save_checkpoint(run.dir.best, run.ctx.raw_model, meta=_meta(run, row))
+    every = config.run.checkpoint_every_epochs
+    if state.epoch >= config.optim.epochs or run.plan_done() or (every and state.epoch % every == 0):
         save_last(run)
     if run.ctx.world.is_main:
-        write_logs(state.history, run.out_dir)
-        if config.progress:
+        write_logs(state.history, run.dir)
+        if config.run.progress:
             _print_epoch(run, row, key, improved)
         if run.on_epoch is not None:
             run.on_epoch(run)
@@ -139,14 +143,14 @@ def _print_epoch(run: Run, row: dict[str, Any], key: str, improved: bool) -> Non
         value = row.get(f"val_{key}", math.nan)
         val = f"val loss {row['val_loss']:.4f}, val {key} {value:.2f}{' (best)' if improved else ''}, "
     tqdm.write(
-        f"epoch {row['epoch']}/{run.config.epochs}: train loss {row.get('train_loss', math.nan):.4f}, "
+        f"epoch {row['epoch']}/{run.config.optim.epochs}: train loss {row.get('train_loss', math.nan):.4f}, "
         f"{val}{row['images_per_s']:.1f} images/s"
     )
 
 
 def after_step(run: Run) -> bool:
     """Periodic mid-epoch checkpoint; True once ``stop_after_steps`` is reached (a simulated kill)."""
-    state, every, stop = run.state, run.config.checkpoint_every_steps, run.config.stop_after_steps
+    state, every, stop = run.state, run.config.run.checkpoint_every_steps, run.config.run.stop_after_steps
     if every and state.global_step % every == 0 and state.step_in_epoch < run.steps:
         save_last(run)
     if stop and state.global_step >= stop:
@@ -154,10 +158,10 @@ def after_step(run: Run) -> bool:
     if state.step_in_epoch < run.steps and _time_is_up(run):  # an epoch's last step validates first
         save_last(run)
         if run.ctx.world.is_main:
-            limit = f"of {run.config.time_limit_min:g} min " if run.config.time_limit_min else ""
+            limit = f"of {run.config.run.time_limit_min:g} min " if run.config.run.time_limit_min else ""
             tqdm.write(
                 f"time limit {limit}reached at epoch {state.epoch + 1} step "
-                f"{state.step_in_epoch}/{run.steps} (global step {state.global_step}); saved {run.out_dir / 'last'}"
+                f"{state.step_in_epoch}/{run.steps} (global step {state.global_step}); saved {run.dir.last}"
                 "; run again with --resume to continue"
             )
         return True
@@ -167,7 +171,7 @@ def after_step(run: Run) -> bool:
 def _time_is_up(run: Run) -> bool:
     """True once this process has trained ``time_limit_min`` or passed the deadline; every rank takes rank 0's
     decision."""
-    limit, now = run.config.time_limit_min, time.monotonic()
+    limit, now = run.config.run.time_limit_min, time.monotonic()
     if not limit and run.deadline is None:
         return False
     up = bool(limit) and now - run.started >= 60.0 * limit
@@ -179,12 +183,12 @@ def _time_is_up(run: Run) -> bool:
     return up
 
 
-def run_summary(out_dir: Path, state: RunState, stopped: bool) -> dict[str, Any]:
+def run_summary(run_dir: RunDir, state: RunState, stopped: bool) -> dict[str, Any]:
     last = state.history[-1] if state.history else {}
     return {
-        "out_dir": str(out_dir),
-        "best_checkpoint": str(out_dir / "best.safetensors"),
-        "last_checkpoint": str(out_dir / "last.safetensors"),
+        "out_dir": str(run_dir.path),
+        "best_checkpoint": str(run_dir.best_weights),
+        "last_checkpoint": str(run_dir.last_weights),
         "selection_metric": last.get("selection_metric"),
         "best_value": state.best_value,
         "best_epoch": state.best_epoch,

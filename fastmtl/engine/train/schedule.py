@@ -69,11 +69,12 @@ class BudgetSchedule:
         first guess: its batches at half a training step each (a forward is about a third of a training step).
         Its plans fill 90 % of the time left (a run on a CPU that other jobs share missed its plan by one step in
         189 with no headroom)."""
-        eval_batch = config.resolved_eval_batch_size
+        eval_batch = config.eval_batch_size
         batches = math.ceil(val_images / eval_batch)
-        batches = min(batches, config.max_val_steps) if config.max_val_steps else batches
-        return cls(deadline=deadline, steps_per_epoch=steps_per_epoch, max_steps=config.epochs * steps_per_epoch,
-                   val_every=config.val_every_epochs, val_steps=0.5 * batches * eval_batch / config.batch_size,
+        run, optim = config.run, config.optim
+        batches = min(batches, run.max_val_steps) if run.max_val_steps else batches
+        return cls(deadline=deadline, steps_per_epoch=steps_per_epoch, max_steps=optim.epochs * steps_per_epoch,
+                   val_every=run.val_every_epochs, val_steps=0.5 * batches * eval_batch / optim.batch_size,
                    warm_steps=min(5, steps_per_epoch), measure_steps=max(min(10, steps_per_epoch), 3),
                    fill=0.9)  # fmt: skip
 
