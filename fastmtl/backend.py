@@ -15,15 +15,9 @@ from collections.abc import Iterator
 
 from torch import nn
 
-BACKENDS = ("reference", "triton", "auto")
+from fastmtl.options import check_backend
+
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("fastmtl_kernel_backend", default="auto")
-
-
-def check_backend(name: str) -> str:
-    """Returns ``name`` if it is a valid backend, else raises ValueError listing the valid ones."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return name
 
 
 def default_backend() -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmtl.files import atomic_write_bytes, read_text
-from fastmtl.options import DATA_KINDS
+from fastmtl.options import AMP_CHOICES, DATA_KINDS, DEVICES, MIN_MODEL_IMG_SIZE, check_img_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,14 +38,14 @@ __all__ = [
 ]
 
 _CHOICES = {
-    "amp": ("auto", "bf16", "fp16", "off"),  # fastmtl.runtime.AMP_CHOICES (not imported: no torch here)
-    "device": ("auto", "cpu", "cuda"),
+    "amp": AMP_CHOICES,
+    "device": DEVICES,
     "val_source": ("auto", "dataset", "carve"),
     "normalize": ("imagenet", "raw", "unit"),
     "input_pipeline": ("loader", "device"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
-_POSITIVE = ("img_size", "epochs", "batch_size", "sync_every", "val_every_epochs")
+_POSITIVE = ("epochs", "batch_size", "sync_every", "val_every_epochs")
 _NON_NEGATIVE = (
     "eval_batch_size",
     "num_workers",
@@ -182,6 +182,7 @@ class TrainConfig:
             if getattr(self, key) not in valid:
                 value = getattr(self, key)
                 raise ValueError(f"config {key}={value!r} is not valid; expected one of {', '.join(valid)}")
+        check_img_size(self.img_size, "config img_size", MIN_MODEL_IMG_SIZE)
         for key in _POSITIVE:
             if getattr(self, key) < 1:
                 raise ValueError(f"config {key} must be >= 1, got {getattr(self, key)}")
