@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastmtl.backend import set_kernel_backend
 from fastmtl.files import replacing
 from fastmtl.inference.optimize import fold_batchnorms
+from fastmtl.models.base import MTLModel
 from fastmtl.options import MAX_EXPORT_BATCH, require
 
 __all__ = ["batch_dim", "deployable", "flat", "output_names", "require", "write_onnx"]
@@ -43,9 +43,9 @@ class _TupleOutputs(nn.Module):
         return tuple(flat(self.model(x)))
 
 
-def deployable(model: nn.Module) -> nn.Module:
+def deployable(model: MTLModel) -> nn.Module:
     """A copy of ``model`` as exports trace it: reference layers, BatchNorms folded, outputs a plain tuple."""
-    net = _TupleOutputs(set_kernel_backend(copy.deepcopy(model), "reference")).eval().requires_grad_(False)
+    net = _TupleOutputs(copy.deepcopy(model).set_backend("reference")).eval().requires_grad_(False)
     fold_batchnorms(net)
     return net
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from fastmtl.backend import default_backend, use_triton
+from fastmtl.backend import KernelLayer
 from fastmtl.kernels.dfe.ref import taps_from_conv_weight as _taps
 from fastmtl.layers.conv_bn import ConvBN
 from fastmtl.layers.spatial_attention import SpatialAttention
@@ -38,7 +38,7 @@ def _check_dilations(dilations: tuple[int, ...]) -> tuple[int, ...]:
     return dilations
 
 
-class DFE(nn.Module):
+class DFE(KernelLayer):
     """Four-branch DFE: ``SA(ReLU(BN(conv3x3(cat(branches))) + BN(conv1x1(x))))``.
 
     Each branch is conv (no bias) -> BN -> ReLU with ``channels`` outputs: a 1x1 conv and one 3x3 conv per
@@ -51,9 +51,8 @@ class DFE(nn.Module):
     """
 
     def __init__(self, channels: int, dilations: tuple[int, ...] = (6, 12, 18), kernels: str | None = None) -> None:
-        super().__init__()
+        super().__init__(kernels)
         self.dilations = _check_dilations(dilations)
-        self.kernels = kernels or default_backend()
         self.branches = nn.ModuleList(
             [ConvBN(channels, channels, 1)] + [ConvBN(channels, channels, 3, dilation=d) for d in self.dilations]
         )
@@ -66,7 +65,7 @@ class DFE(nn.Module):
         return self.attention(torch.relu(self.merge(cat) + self.shortcut(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_triton(self.kernels, x.is_cuda):
+        if self.runs_triton(x):
             return self.forward_triton(x)
         return self.forward_reference(x)
 
@@ -91,7 +90,7 @@ class DFE(nn.Module):
         return spatial_attention(y, self.attention.conv.weight)
 
 
-class DFE3(nn.Module):
+class DFE3(KernelLayer):
     """Three-branch DFE of the paper's text: ``SA(ReLU(sum_d BN(conv1x1(BN(conv3x3_d(x))))))``.
 
     Args:
@@ -102,9 +101,8 @@ class DFE3(nn.Module):
     """
 
     def __init__(self, channels: int, dilations: tuple[int, ...] = (6, 12, 18), kernels: str | None = None) -> None:
-        super().__init__()
+        super().__init__(kernels)
         self.dilations = _check_dilations(dilations)
-        self.kernels = kernels or default_backend()
         self.branches = nn.ModuleList(
             nn.Sequential(
                 OrderedDict(dilated=ConvBN(channels, channels, 3, dilation=d), point=ConvBN(channels, channels, 1))
@@ -120,7 +118,7 @@ class DFE3(nn.Module):
         return self.attention(torch.relu(total))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_triton(self.kernels, x.is_cuda):
+        if self.runs_triton(x):
             return self.forward_triton(x)
         return self.forward_reference(x)
 
