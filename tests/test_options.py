@@ -71,3 +71,21 @@ def test_the_options_need_no_torch():
     code = "import sys, fastmtl.options, fastmtl.cli_checks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("bad", [96, 100, 0])
+def test_predict_refuses_a_size_the_checkpoint_cannot_take_before_building_a_model(
+    bad, header_checkpoint, tmp_path, monkeypatch
+):
+    import fastmtl.checkpoint.store as store
+    from fastmtl.engine.predict.job import predict
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the image size was checked")
+
+    monkeypatch.setattr(store, "create_model_from_config", no_model)
+    checkpoint = header_checkpoint("resformer_mtl", 64)
+    match = rf"--img-size {bad} does not fit checkpoint .*{checkpoint.name}: .*multiples of 64 up to 8192: 64, 128"
+    with pytest.raises(ValueError, match=match):
+        predict(checkpoint, ["README.md"], tmp_path / "out", img_size=bad)
+    assert not (tmp_path / "out").exists()

@@ -76,16 +76,18 @@ class DFE(KernelLayer):
         rates = [b.rate for b in self.branches]
         if not any(cb.uses_batch_stats() for cb in (*self.branches, self.merge, self.shortcut)):
             taps, biases = zip(*((_taps(w), b) for w, b in (cb.folded() for cb in self.branches)), strict=True)
-            cat = dfe_branches(x, _stack(list(taps), x.dtype), torch.cat(biases), rates, False, True)  # (B, nb*C, H, W)
+            cat = dfe_branches(
+                x, _stack(list(taps), x.dtype), rates=rates, bias=torch.cat(biases), relu=True
+            )  # (B, nb*C, H, W)
             (wm, bm), (ws, bs) = self.merge.folded(), self.shortcut.folded()
-            y = dfe_merge(cat, x, _taps(wm).to(x.dtype), _taps(ws).to(x.dtype), bm + bs, True)
+            y = dfe_merge(cat, x, _taps(wm).to(x.dtype), shortcut=_taps(ws).to(x.dtype), bias=bm + bs, relu=True)
         else:
             weight = _stack([_taps(b.conv.weight.float()) for b in self.branches], x.dtype)
-            raw = dfe_branches(x, weight, None, rates, False, False)
+            raw = dfe_branches(x, weight, rates=rates)
             c = raw.shape[1] // len(rates)
             cat = torch.cat([torch.relu(b.bn(raw[:, i * c : (i + 1) * c])) for i, b in enumerate(self.branches)], 1)
-            merged = dfe_merge(cat, x, _taps(self.merge.conv.weight).to(x.dtype), None, None, False)
-            short = dfe_branches(x, _stack([_taps(self.shortcut.conv.weight)], x.dtype), None, [0], False, False)
+            merged = dfe_merge(cat, x, _taps(self.merge.conv.weight).to(x.dtype))
+            short = dfe_branches(x, _stack([_taps(self.shortcut.conv.weight)], x.dtype), rates=[0])
             y = torch.relu(self.merge.bn(merged) + self.shortcut.bn(short))
         return spatial_attention(y, self.attention.conv.weight)
 
@@ -139,10 +141,12 @@ class DFE3(KernelLayer):
                 biases.append(point @ b1 + b2)
             centre = sum(t[4] for t in taps)
             first = torch.cat([taps[0][:4], centre[None], taps[0][5:]])
-            y = dfe_branches(x, _stack([first, *taps[1:]], x.dtype), sum(biases), rates, True, True)
+            y = dfe_branches(
+                x, _stack([first, *taps[1:]], x.dtype), rates=rates, bias=sum(biases), sum_branches=True, relu=True
+            )
         else:
             weight = _stack([_taps(b.dilated.conv.weight.float()) for b in self.branches], x.dtype)
-            raw = dfe_branches(x, weight, None, rates, False, False)  # (B, nb*C_mid, H, W)
+            raw = dfe_branches(x, weight, rates=rates)  # (B, nb*C_mid, H, W)
             c = raw.shape[1] // len(rates)
             parts = [b.point(b.dilated.bn(raw[:, i * c : (i + 1) * c])) for i, b in enumerate(self.branches)]
             y = torch.relu(sum(parts[1:], parts[0]))
