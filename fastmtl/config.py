@@ -9,6 +9,7 @@ from typing import Any
 from fastmtl.backend import default_backend
 from fastmtl.options import MIN_MODEL_IMG_SIZE, check_backend, check_img_size
 
+DEFAULT_DILATIONS = (6, 12, 18)  # the DFE's dilated branches (SPEC.md section 2)
 _CHOICES = {
     "fusion": ("parallel", "serial"),
     "dfe": ("four", "three", "none"),
@@ -42,7 +43,7 @@ class ModelConfig:
     in_chans: int = 3
     seg_classes: int = 1
     cls_classes: int = 3
-    dilations: tuple[int, ...] = (6, 12, 18)
+    dilations: tuple[int, ...] = DEFAULT_DILATIONS
     drop_path_rate: float = 0.1
     fusion: str = "parallel"
     dfe: str = "four"

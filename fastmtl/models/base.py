@@ -18,6 +18,7 @@ from torch import nn
 
 from fastmtl.backend import kernel_layers, set_layer_backends, use_triton
 from fastmtl.config import ModelConfig
+from fastmtl.models.launches import KernelShapes
 from fastmtl.options import ENCODER_STRIDE, check_backend
 from fastmtl.output import MTLOutput
 
@@ -80,6 +81,11 @@ class MTLModel(nn.Module, abc.ABC):
         set_layer_backends(self, check_backend(kernels))
         self.config = dataclasses.replace(self.config, kernels=kernels)
         return self
+
+    def kernel_shapes(self, img_size: int | None = None) -> KernelShapes:
+        """The launch shape of every kernel-backed layer on ``img_size`` inputs (default ``config.img_size``); none
+        for a model without such layers."""
+        return KernelShapes()
 
     def uses_triton(self, device: torch.device | str) -> bool:
         """Whether any layer runs its Triton kernels on a tensor on ``device``."""

@@ -11,6 +11,7 @@ from fastmtl.models._registry import register_model
 from fastmtl.models.base import MTLModel
 from fastmtl.models.decoder import UNetDecoder
 from fastmtl.models.heads import ClassificationHead
+from fastmtl.models.launches import KernelShapes, resformer_shapes
 from fastmtl.models.resformer import WIDTHS, ResFormerEncoder
 from fastmtl.options import window_step
 from fastmtl.output import MTLOutput
@@ -45,6 +46,10 @@ class ResFormerMTL(MTLModel):
         return (f"input size {h}x{w} does not fit the window layout: this model was built for img_size="
                 f"{self.config.img_size} (window side {self.config.window}), so H and W must be multiples of {step}; "
                 f"resize the input to a multiple of {step}")  # fmt: skip
+
+    def kernel_shapes(self, img_size: int | None = None) -> KernelShapes:
+        """Its DFEs' and window attentions' launch shapes (:func:`fastmtl.models.launches.resformer_shapes`)."""
+        return resformer_shapes(self.config, self.config.img_size if img_size is None else img_size)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder outputs e0..e3: (B, 64, H/2, W/2) ... (B, 512, H/16, W/16)."""

@@ -12,6 +12,7 @@ import fastmtl
 from fastmtl.backend import kernel_layers
 from fastmtl.checkpoint.store import model_config
 from fastmtl.models.base import MTLModel
+from fastmtl.models.launches import KernelShapes
 from fastmtl.registry import create_model, register_model
 
 LIBRARY_MODELS = [n for n in fastmtl.list_models() if not n.endswith("_test")]
@@ -77,3 +78,44 @@ def test_an_entrypoint_that_breaks_the_contract_is_refused():
         create_model("not_a_model_test")
     with pytest.raises(TypeError, match="is built from a fastmtl.ModelConfig, got dict"):
         fastmtl.models.ResFormerMTL({"name": "resformer_mtl"})
+
+
+@pytest.mark.parametrize(("name", "img_size", "run_at"), [("resformer_mtl", 64, 128), ("resformer_mtl_nodfe", 32, 32)])
+def test_the_published_launch_shapes_are_the_launches_the_model_makes(name, img_size, run_at):
+    """What ``kernel_shapes`` says (and the kernel reports and benchmarks read) is what the layers see in a forward."""
+    from fastmtl.layers.dfe import DFE
+    from fastmtl.layers.swin import WindowAttention
+
+    with torch.device("meta"):
+        model = create_model(name, img_size=img_size, kernels="reference")
+    seen: dict[str, list] = {"dfe": [], "attention": []}
+
+    def record(module, args):
+        x = args[0]
+        if isinstance(module, DFE):
+            seen["dfe"].append((x.shape[1], x.shape[-1], module.dilations))
+        else:  # (B, H, W, C) tokens; each stage runs two blocks: record the first
+            seen["attention"].append((x.shape[1], module.window, module.num_heads, x.shape[-1] // module.num_heads))
+
+    for layer in kernel_layers(model):
+        if isinstance(layer, (DFE, WindowAttention)):
+            layer.register_forward_pre_hook(record)
+    model(torch.empty(1, 3, run_at, run_at, device="meta"))
+    shapes = model.kernel_shapes(run_at)
+    assert [(s.channels, s.side, s.dilations) for s in shapes.dfe] == seen["dfe"]
+    assert [(s.side, s.window, s.heads, s.head_dim) for s in shapes.window_attention] == seen["attention"][::2]
+    assert all(s.img_size == run_at for s in (*shapes.dfe, *shapes.window_attention))
+    assert bool(shapes.dfe) == (name == "resformer_mtl")
+    assert create_model("resnet34_cls", img_size=32).kernel_shapes() == KernelShapes()
+
+
+def test_the_kernel_tables_are_the_paper_models_launches():
+    from fastmtl.models.launches import IMG_SIZES, dfe_shapes, window_attention_shapes
+
+    with torch.device("meta"):
+        paper = {s: create_model("resformer_mtl", img_size=s).kernel_shapes() for s in IMG_SIZES}
+    assert dfe_shapes() == [shape for s in IMG_SIZES for shape in paper[s].dfe]
+    assert window_attention_shapes() == [shape for s in IMG_SIZES for shape in paper[s].window_attention]
+    assert [s.name for s in window_attention_shapes((224,))] == [
+        "swin0-112px-w14-h2@224", "swin1-56px-w14-h4@224", "swin2-28px-w14-h8@224", "swin3-14px-w14-h16@224"
+    ]  # fmt: skip
