@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmtl.cli_checks import check_args
-from fastmtl.options import DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS
+from fastmtl.options import DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, MAX_EXPORT_BATCH
 
 __all__ = ["build_parser", "main"]
 
@@ -113,7 +113,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, metavar="N", help="input side (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="example batch (the only one with --static-batch; default 1)")  # fmt: skip
-    p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of 1..1024")
+    p.add_argument("--static-batch", action="store_true", help=f"fix the batch size instead of 1..{MAX_EXPORT_BATCH}")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
     p.add_argument("--device", default="cpu", help="compile for cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32", help="int8: ONNX only, needs --calibrate")

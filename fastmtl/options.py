@@ -3,7 +3,8 @@ and the configs, the models and the engine use the same ones, so each rule has o
 
 - devices: :data:`DEVICES` (the names a config or ``--device`` choice takes) and :func:`check_device_name` (also
   ``cuda:N`` and ``mps``);
-- mixed precision: :data:`AMP_CHOICES` (:mod:`fastmtl.runtime` maps them to dtypes);
+- mixed precision: :data:`AMP_CHOICES` (:mod:`fastmtl.runtime` maps them to dtypes); ``torch.compile`` modes:
+  :data:`COMPILE_MODES`;
 - kernel backends: :data:`KERNEL_BACKENDS` and :func:`check_backend`;
 - image sizes: :func:`check_img_size`, the one rule for an image side (a model's ``img_size``, a training config's,
   ``--img-size``, ``predict(img_size=...)``), and the input sizes a built model takes: :func:`input_step` (every
@@ -25,6 +26,7 @@ from pathlib import Path
 
 __all__ = [
     "AMP_CHOICES",
+    "COMPILE_MODES",
     "DATA_KINDS",
     "DEVICES",
     "ENCODER_STRIDE",
@@ -51,6 +53,7 @@ __all__ = [
 DEVICES = ("auto", "cpu", "cuda")  # a config's device; --device also takes cuda:N and mps (check_device_name)
 _DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d{1,4})?|mps)$")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # fastmtl.runtime: bf16 on CUDA / none elsewhere, ..., fp32
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 KERNEL_BACKENDS = ("reference", "triton", "auto")
 EXPORT_FORMATS = ("aoti", "onnx")
 EXPORT_PRECISIONS = ("fp32", "int8")

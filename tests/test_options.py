@@ -9,6 +9,7 @@ import pytest
 
 from fastmtl.options import (
     AMP_CHOICES,
+    COMPILE_MODES,
     DEVICES,
     EXPORT_FORMATS,
     EXPORT_PRECISIONS,
@@ -49,6 +50,7 @@ def test_the_library_and_the_configs_use_these_vocabularies():
     from fastmtl.engine.train.config import _CHOICES
 
     assert _CHOICES["amp"] is AMP_CHOICES and _CHOICES["device"] is DEVICES
+    assert _CHOICES["compile_mode"] is COMPILE_MODES
     with pytest.raises(ValueError, match="expected one of reference, triton, auto"):
         ModelConfig(name="resformer_mtl", kernels="cuda")
     export = build_parser()._subparsers._group_actions[0].choices["export"]

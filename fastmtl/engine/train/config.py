@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmtl.files import atomic_write_bytes, read_text
-from fastmtl.options import AMP_CHOICES, DATA_KINDS, DEVICES, MIN_MODEL_IMG_SIZE, check_img_size
+from fastmtl.options import AMP_CHOICES, COMPILE_MODES, DATA_KINDS, DEVICES, MIN_MODEL_IMG_SIZE, check_img_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +43,7 @@ _CHOICES = {
     "val_source": ("auto", "dataset", "carve"),
     "normalize": ("imagenet", "raw", "unit"),
     "input_pipeline": ("loader", "device"),
-    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "compile_mode": COMPILE_MODES,
 }
 _POSITIVE = ("epochs", "batch_size", "sync_every", "val_every_epochs")
 _NON_NEGATIVE = (
