@@ -13,7 +13,7 @@ from fastmtl.backend import kernel_layers
 from fastmtl.checkpoint.store import model_config
 from fastmtl.models.base import MTLModel
 from fastmtl.models.launches import KernelShapes
-from fastmtl.registry import create_model, register_model
+from fastmtl.registry import create_model
 
 LIBRARY_MODELS = [n for n in fastmtl.list_models() if not n.endswith("_test")]
 
@@ -69,11 +69,14 @@ def test_a_model_without_kernel_layers_never_uses_triton():
     assert not kernel_layers(model) and not model.uses_triton("cuda")
 
 
-def test_an_entrypoint_that_breaks_the_contract_is_refused():
-    @register_model(("img_size",))
+def test_an_entrypoint_that_breaks_the_contract_is_refused(monkeypatch):
+    from fastmtl.models._registry import ENTRYPOINTS, OPTIONS
+
     def not_a_model_test(**kwargs) -> nn.Module:
         return nn.Conv2d(3, 1, 1)
 
+    monkeypatch.setitem(ENTRYPOINTS, "not_a_model_test", not_a_model_test)  # registered for this test only
+    monkeypatch.setitem(OPTIONS, "not_a_model_test", ("img_size",))
     with pytest.raises(TypeError, match="model 'not_a_model_test' built a Conv2d; a registered model derives from"):
         create_model("not_a_model_test")
     with pytest.raises(TypeError, match="is built from a fastmtl.ModelConfig, got dict"):
