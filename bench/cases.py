@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bench.shapes import GPU_BATCHES, IMG_SIZES
+from bench.shapes import GPU_BATCHES
+from fastmtl.models.launches import IMG_SIZES
 
 MODEL = "resformer_mtl"
 PEERS = ("resformer_mtl_nodfe", "unet_resnet34_mtl", "smp_unet_r34")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastmtl.backend import use_triton
+from fastmtl.backend import kernel_layers, use_triton
 
 
 def kernel_backend_of(module: nn.Module | None, device: torch.device | str) -> str:
@@ -22,7 +22,7 @@ def kernel_backend_of(module: nn.Module | None, device: torch.device | str) -> s
     if module is None:
         return "none"
     cuda = torch.device(device).type == "cuda"
-    backends = [m.kernels for m in module.modules() if isinstance(getattr(m, "kernels", None), str)]
+    backends = [layer.kernels for layer in kernel_layers(module)]
     if not backends:
         return "none"
     return "triton" if any(use_triton(b, cuda) for b in backends) else "reference"

@@ -45,7 +45,7 @@ GOALS = (
     Goal("training step >= 1.3x compiled", "model", ("train-224px",), "fastmtl", "compile-bf16", 1.3),
 )
 PAPER_TARGET_MIN = 9.0
-# Each kernel launch's lower bound on an H100 SXM (python -m fastmtl.kernels.aot --report, fastmtl.kernels.roofline)
+# Each kernel launch's lower bound on an H100 SXM (python -m fastmtl.kernel_report --report, fastmtl.kernels.roofline)
 ROOFLINE = Path(__file__).resolve().parent / "results" / "roofline" / "h100-sxm.json"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastmtl.backend import set_kernel_backend
+from fastmtl.models.base import set_kernel_backend
 
 
 def dist_version(dist: str) -> str | None:

@@ -1,15 +1,13 @@
 """DFE benchmarks: Triton kernels vs eager (cuDNN) vs ``torch.compile`` of the reference (``--bench-compile-mode``,
 default max-autotune).
 
-One group per DFE level, input size, batch and mode (``bench.shapes.dfe_shapes()``; batches 1/8/64, or 64 only
-with ``--bench-suite``), forward (eval) and forward+backward (training), bf16 as in the model's fast paths. Each
-test times one synchronised callable with the shared ``measure`` fixture; ``extra_info`` carries the median ms,
-the effective TFLOP/s (dense conv FLOPs of SPEC.md §7, dead taps included, backward = 2x forward); the session
-adds ``speedup_vs_eager`` / ``speedup_vs_compiled`` to each row.
-On CPU only ``--bench-quick`` runs (one tiny fp32 level; the Triton provider through the interpreter when
-``TRITON_INTERPRET=1``), so that the benchmark's code cannot rot where no GPU is at hand.
-Run: ``pytest bench/test_dfe.py`` on a CUDA machine.
-"""
+One group per DFE level, input size, batch and mode (the model's ``fastmtl.models.launches.dfe_shapes()``; batches
+1/8/64, or 64 only with ``--bench-suite``), forward (eval) and forward+backward (training), bf16 as in the model's
+fast paths. Each test times one synchronised callable with the shared ``measure`` fixture; ``extra_info`` carries
+the median ms, the effective TFLOP/s (dense conv FLOPs of SPEC.md §7, dead taps included, backward = 2x forward);
+the session adds ``speedup_vs_eager`` / ``speedup_vs_compiled`` to each row. On CPU only ``--bench-quick`` runs (one
+tiny fp32 level; the Triton provider through the interpreter when ``TRITON_INTERPRET=1``), so that the benchmark's
+code cannot rot where no GPU is at hand. Run: ``pytest bench/test_dfe.py`` on a CUDA machine."""
 
 from __future__ import annotations
 
@@ -21,8 +19,9 @@ import torch
 
 from bench.cases import CPU_COMPILE_REASON
 from bench.record import record_group
-from bench.shapes import DILATIONS, GPU_BATCHES, SUITE_BATCH, DFEShape, dfe_shapes
+from bench.shapes import GPU_BATCHES, SUITE_BATCH
 from fastmtl.layers.dfe import DFE
+from fastmtl.models.launches import DFEShape, dfe_shapes
 
 PROVIDERS = ("eager", "compiled", "triton")
 QUICK_SHAPE = DFEShape(img_size=32, level=0, channels=16, side=8)
@@ -41,7 +40,8 @@ class Case:
     def flops(self) -> float:
         """Dense multiply-adds x 2 of the convolutions (branches, merge, shortcut, 7x7 gate)."""
         c, pix = self.shape.channels, self.batch * self.shape.side**2
-        macs = pix * (c * c * (1 + 9 * len(DILATIONS)) + 9 * (1 + len(DILATIONS)) * c * c + c * c + 2 * 49)
+        rates = len(self.shape.dilations)
+        macs = pix * (c * c * (1 + 9 * rates) + 9 * (1 + rates) * c * c + c * c + 2 * 49)
         return 2.0 * macs * (3 if self.backward else 1)
 
 
@@ -80,7 +80,8 @@ def test_dfe(case: Case, provider: str, measure, bench_device, bench_quick, benc
     dtype = torch.bfloat16 if bench_device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     kernels = "triton" if provider == "triton" else "reference"
-    module = DFE(case.shape.channels, DILATIONS, kernels=kernels).to(bench_device, dtype).train(case.backward)
+    module = DFE(case.shape.channels, case.shape.dilations, kernels=kernels)
+    module = module.to(bench_device, dtype).train(case.backward)
     if provider == "compiled":
         torch._dynamo.reset()
         module = torch.compile(module, mode=bench_compile_mode)

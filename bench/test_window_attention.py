@@ -1,7 +1,8 @@
 """Fused window attention vs eager Swin, compiled eager, SDPA, FlexAttention and xformers.
 
 One timed callable per test (the shared ``measure`` fixture): ``provider`` x stage shape
-(``bench.shapes.window_attention_shapes()``, 224 and 512) x batch 1/8/64 x forward or forward+backward, bf16. With
+(the model's ``fastmtl.models.launches.window_attention_shapes()``, 224 and 512) x batch 1/8/64 x forward or
+forward+backward, bf16. With
 ``--bench-suite`` only batch 64 forward+backward, the goal's case. Every baseline does its own roll / window
 partition / bias gather / seam mask / reverse in PyTorch, since the kernel's point is to fuse them, each at its
 best configuration: FlexAttention (:func:`flex_peer`) with its bias built once outside the timed region for the
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.cases import CPU_COMPILE_REASON
 from bench.record import record_group
-from bench.shapes import GPU_BATCHES, SUITE_BATCH, WindowAttentionShape, window_attention_shapes
+from bench.shapes import GPU_BATCHES, SUITE_BATCH
 from fastmtl.kernels.window_attention import window_attention
 from fastmtl.layers.swin import (
     relative_position_index,
@@ -32,6 +33,7 @@ from fastmtl.layers.swin import (
     window_partition,
     window_reverse,
 )
+from fastmtl.models.launches import WindowAttentionShape, window_attention_shapes
 
 PROVIDERS = ["triton", "eager", "flex", "sdpa", "compiled", "xformers"]  # most important first
 QUICK_SHAPE = WindowAttentionShape(img_size=32, stage=0, side=8, window=4, heads=2, head_dim=16)

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    "MTLModel": "fastmtl.models.base",
     "MTLOutput": "fastmtl.output",
     "ModelConfig": "fastmtl.config",
     "create_model": "fastmtl.registry",
@@ -24,9 +25,10 @@ _EXPORTS = {
     "load_model": "fastmtl.loading",
     "optimize_for_inference": "fastmtl.inference.optimize",
     "register_model": "fastmtl.registry",
-    "set_kernel_backend": "fastmtl.backend",
+    "set_kernel_backend": "fastmtl.models.base",
 }
 __all__ = [  # the keys of _EXPORTS, spelled out for linters and ``from fastmtl import *``
+    "MTLModel",
     "MTLOutput",
     "ModelConfig",
     "create_model",
@@ -43,10 +45,11 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and ``from fastmtl 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from fastmtl.authors import from_authors_state_dict, load_authors_checkpoint
-    from fastmtl.backend import kernel_backend, set_kernel_backend
+    from fastmtl.backend import kernel_backend
     from fastmtl.config import ModelConfig
     from fastmtl.inference.optimize import optimize_for_inference
     from fastmtl.loading import load_model
+    from fastmtl.models.base import MTLModel, set_kernel_backend
     from fastmtl.output import MTLOutput
     from fastmtl.registry import create_model, create_model_from_config, list_models, register_model
 

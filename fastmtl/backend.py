@@ -1,9 +1,11 @@
 """Kernel backend selection: the pure PyTorch reference or the Triton kernels.
 
-A layer's backend is fixed when it is built (from ``create_model(..., kernels=...)`` or the
-:func:`kernel_backend` context manager active at construction) and can be changed afterwards with
-:func:`set_kernel_backend`. ``"auto"`` means Triton on CUDA tensors when Triton is importable, the reference
-everywhere else; the choice depends only on the input's device, so it is static under ``torch.compile``.
+A model's backend is fixed when it is built (``create_model(..., kernels=...)``, or the :func:`kernel_backend`
+context manager active at construction) and changed only by :meth:`fastmtl.models.base.MTLModel.set_backend`,
+which switches every :class:`KernelLayer` and updates ``model.config.kernels``: the config always says what runs,
+and every other part of fastmtl reads it from there. ``"auto"`` means Triton on CUDA tensors when Triton is
+importable, the reference everywhere else; the choice depends only on the input's device, so it is static under
+``torch.compile``.
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ import contextvars
 import functools
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
-BACKENDS = ("reference", "triton", "auto")
+from fastmtl.options import check_backend
+
+__all__ = [
+    "KernelLayer",
+    "default_backend",
+    "kernel_backend",
+    "kernel_layers",
+    "set_layer_backends",
+    "triton_available",
+    "use_triton",
+]
+
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("fastmtl_kernel_backend", default="auto")
-
-
-def check_backend(name: str) -> str:
-    """Returns ``name`` if it is a valid backend, else raises ValueError listing the valid ones."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return name
 
 
 def default_backend() -> str:
@@ -64,10 +71,31 @@ def use_triton(backend: str, is_cuda: bool) -> bool:
     return is_cuda and triton_available()
 
 
-def set_kernel_backend(model: nn.Module, name: str) -> nn.Module:
-    """Sets the backend of every kernel-backed layer in ``model`` in place and returns the model."""
+class KernelLayer(nn.Module):
+    """A layer with a Triton path and a PyTorch reference (the DFEs, window attention); same state_dict on both.
+
+    Args:
+        kernels: ``"reference"``, ``"triton"`` or ``"auto"``; None takes :func:`default_backend`.
+    """
+
+    def __init__(self, kernels: str | None = None) -> None:
+        super().__init__()
+        self.kernels = check_backend(kernels or default_backend())
+
+    def runs_triton(self, x: torch.Tensor) -> bool:
+        """Whether this layer runs its Triton kernels on ``x`` (see :func:`use_triton`)."""
+        return use_triton(self.kernels, x.is_cuda)
+
+
+def kernel_layers(module: nn.Module) -> list[KernelLayer]:
+    """The kernel-backed layers inside ``module`` (itself included)."""
+    return [m for m in module.modules() if isinstance(m, KernelLayer)]
+
+
+def set_layer_backends(module: nn.Module, name: str) -> nn.Module:
+    """Sets the backend of every :class:`KernelLayer` in ``module`` in place and returns ``module``; a model's
+    :meth:`~fastmtl.models.base.MTLModel.set_backend` calls it and updates its config too."""
     check_backend(name)
-    for module in model.modules():
-        if hasattr(module, "kernels") and isinstance(module.kernels, str):
-            module.kernels = name
-    return model
+    for layer in kernel_layers(module):
+        layer.kernels = name
+    return module

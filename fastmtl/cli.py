@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmtl.cli_checks import check_args
+from fastmtl.options import DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, MAX_EXPORT_BATCH
 
 __all__ = ["build_parser", "main"]
 
@@ -63,7 +64,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=1e-4 --set model.options.dfe=none (or "
                         "the flat keys lr=1e-4, model_options.dfe=none)")  # fmt: skip
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
+    p.add_argument("--device", choices=DEVICES, help="override the config's device")
 
 
 def _add_check_data(sub: argparse._SubParsersAction) -> None:
@@ -110,15 +111,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "export", "export a checkpoint as an AOTInductor package (.pt2) or an ONNX file")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors file written by fastmtl")
-    p.add_argument("--format", choices=("aoti", "onnx"), default="aoti", help="aoti (.pt2, default) or onnx")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="aoti", help="aoti (.pt2, default) or onnx")
     _add_out(p, "FILE to write (.pt2 or .onnx)", required=True)
     p.add_argument("--img-size", type=int, metavar="N", help="input side (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="example batch (the only one with --static-batch; default 1)")  # fmt: skip
-    p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of 1..1024")
+    p.add_argument("--static-batch", action="store_true", help=f"fix the batch size instead of 1..{MAX_EXPORT_BATCH}")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
     p.add_argument("--device", default="cpu", help="compile for cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="int8: ONNX only, needs --calibrate")
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32", help="int8: ONNX only, needs --calibrate")
     p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate an int8 export on")
 
 
@@ -126,7 +127,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "demo", "train briefly, evaluate and predict: the whole pipeline in a few minutes")
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the embedded synthetic lesions)")
     _add_out(p, "output folder (default: fastmtl-demo)", default="fastmtl-demo")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default auto)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the demo preset")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")

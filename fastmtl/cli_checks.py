@@ -10,16 +10,25 @@ import argparse
 import glob
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from fastmtl.files import existing  # no PyTorch there
-from fastmtl.options import ENCODER_STRIDE, MAX_IMG_SIZE, check_input_side, check_kind, detect_kind, require
+from fastmtl.options import (
+    ENCODER_STRIDE,
+    MAX_BATCH_SIZE,
+    MAX_EXPORT_BATCH,
+    check_device_name,
+    check_img_size,
+    check_input_side,
+    check_kind,
+    check_range,
+    detect_kind,
+    require,
+)
 
 __all__ = ["check_args", "stored_model_config"]
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d{1,4})?|mps)$")
 _HEADER_LIMIT = 100_000_000  # safetensors' own bound on a header
 
 
@@ -39,14 +48,14 @@ def _output(path: str, kind: str) -> None:
 
 
 def _in_range(value: int | None, flag: str, low: int, high: int) -> None:
-    if value is not None and not low <= value <= high:
-        raise ValueError(f"{flag} must be between {low} and {high}, got {value}")
+    if value is not None:
+        check_range(value, flag, low, high)
 
 
 def _check_device(device: str | None) -> None:
     """A device name; for ``cuda:N`` or ``mps``, whether PyTorch sees that device (only then is PyTorch asked)."""
-    if device is not None and not _DEVICE.match(device):
-        raise ValueError(f"--device {device!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
+    if device is not None:
+        check_device_name(device)
     if device is not None and (device.startswith("cuda:") or device == "mps"):
         import torch
 
@@ -74,12 +83,12 @@ def stored_model_config(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _check_img_size(args: argparse.Namespace) -> None:
-    """``--img-size``: a positive multiple of 16 up to 8192, and one the checkpoint's model takes."""
+    """``--img-size``: an image side (:func:`fastmtl.options.check_img_size`), and one the checkpoint's model takes
+    (its config read from the checkpoint's header, before any model is built)."""
     img_size = getattr(args, "img_size", None)
     if img_size is None:
         return
-    if not (0 < img_size <= MAX_IMG_SIZE and img_size % ENCODER_STRIDE == 0):
-        raise ValueError(f"--img-size must be a positive multiple of 16 up to {MAX_IMG_SIZE}, got {img_size}")
+    check_img_size(img_size, "--img-size")
     config = stored_model_config(args.checkpoint)
     if config is not None:
         check_input_side(img_size, config["name"], config["img_size"], args.checkpoint)
@@ -107,7 +116,7 @@ def check_args(args: argparse.Namespace) -> None:
     _in_range(args.threads, "--threads", 1, 4 * cores)  # far more threads than cores only thrashes (or crashes)
     _existing(getattr(args, "checkpoint", None), "checkpoint")
     _existing(getattr(args, "data_root", None), "data folder", kind="dir")
-    high = 1024 if args.command == "export" else 65536  # export: a dynamic batch spans 1..1024
+    high = MAX_EXPORT_BATCH if args.command == "export" else MAX_BATCH_SIZE
     _in_range(getattr(args, "batch_size", None), "--batch-size", 1, high)
     _in_range(getattr(args, "workers", None), "--workers", 0, 4 * cores)
     if getattr(args, "out", None) is not None:  # export and check-data write a file, the others a folder

@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastmtl.backend import check_backend, default_backend
-from fastmtl.options import check_img_size
+from fastmtl.backend import default_backend
+from fastmtl.options import MIN_MODEL_IMG_SIZE, check_backend, check_img_size
 
+DEFAULT_DILATIONS = (6, 12, 18)  # the DFE's dilated branches (SPEC.md section 2)
 _CHOICES = {
     "fusion": ("parallel", "serial"),
     "dfe": ("four", "three", "none"),
@@ -23,7 +24,8 @@ class ModelConfig:
 
     Attributes:
         name: registered model name.
-        img_size: nominal input side; sets the Swin window side (img_size // 16). Must be a multiple of 16.
+        img_size: nominal input side; sets the Swin window side (img_size // 16). A multiple of 16 from 32 to 8192
+            (:func:`fastmtl.options.check_img_size`).
         in_chans: image channels.
         seg_classes: 1 for binary segmentation (sigmoid), else the number of classes incl. background (softmax).
         cls_classes: number of multi-label classification outputs.
@@ -41,7 +43,7 @@ class ModelConfig:
     in_chans: int = 3
     seg_classes: int = 1
     cls_classes: int = 3
-    dilations: tuple[int, ...] = (6, 12, 18)
+    dilations: tuple[int, ...] = DEFAULT_DILATIONS
     drop_path_rate: float = 0.1
     fusion: str = "parallel"
     dfe: str = "four"
@@ -56,7 +58,7 @@ class ModelConfig:
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not valid; expected one of {', '.join(valid)}")
         check_backend(self.kernels)
-        check_img_size(self.img_size)
+        check_img_size(self.img_size, "img_size", MIN_MODEL_IMG_SIZE)
         for key in ("in_chans", "seg_classes", "cls_classes"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be a positive int, got {getattr(self, key)}")

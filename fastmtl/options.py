@@ -1,41 +1,107 @@
-"""Vocabularies and rules that need no PyTorch: the command line checks them before importing it, and the library
-uses the same ones, so each rule has one home.
+"""Every vocabulary and range rule of fastmtl, with no PyTorch: the command line checks them before importing it,
+and the configs, the models and the engine use the same ones, so each rule has one home.
 
-- :data:`DATA_KINDS`: the dataset kinds (:mod:`fastmtl.data.registry` maps each to its class) and
-  :func:`detect_kind`, the kind of a folder from its layout;
-- :func:`require`: an optional package an operation needs, named with the extra that installs it;
-- the input sizes a model takes: :func:`input_step` (every model's sides are multiples of the encoder's stride,
-  16; a ResFormer's, built with a Swin window of ``img_size // 16``, multiples of ``img_size``) and
-  :func:`check_input_side`, which says which sizes a checkpoint takes.
+- devices: :data:`DEVICES` (the names a config or ``--device`` choice takes) and :func:`check_device_name` (also
+  ``cuda:N`` and ``mps``);
+- mixed precision: :data:`AMP_CHOICES` (:mod:`fastmtl.runtime` maps them to dtypes); ``torch.compile`` modes:
+  :data:`COMPILE_MODES`;
+- kernel backends: :data:`KERNEL_BACKENDS` and :func:`check_backend`;
+- image sizes: :func:`check_img_size`, the one rule for an image side (a model's ``img_size``, a training config's,
+  ``--img-size``, ``predict(img_size=...)``), and the input sizes a built model takes: :func:`input_step` (every
+  model's sides are multiples of the encoder's stride, 16; a ResFormer's, built with a Swin window of
+  ``img_size // 16``, multiples of ``img_size``) and :func:`check_input_side`, which says which sizes a checkpoint
+  takes;
+- batch sizes and other counts: :data:`MAX_BATCH_SIZE`, :data:`MAX_EXPORT_BATCH` and :func:`check_range`;
+- export: :data:`EXPORT_FORMATS` and :data:`EXPORT_PRECISIONS`;
+- datasets: :data:`DATA_KINDS` (:mod:`fastmtl.data.registry` maps each to its class) and :func:`detect_kind`, the
+  kind of a folder from its layout;
+- :func:`require`: an optional package an operation needs, named with the extra that installs it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import operator
+import re
 from pathlib import Path
 
 __all__ = [
+    "AMP_CHOICES",
+    "COMPILE_MODES",
     "DATA_KINDS",
+    "DEVICES",
     "ENCODER_STRIDE",
+    "EXPORT_FORMATS",
+    "EXPORT_PRECISIONS",
+    "KERNEL_BACKENDS",
+    "MAX_BATCH_SIZE",
+    "MAX_EXPORT_BATCH",
     "MAX_IMG_SIZE",
-    "MIN_IMG_SIZE",
+    "MIN_MODEL_IMG_SIZE",
     "WINDOWED_MODELS",
+    "check_backend",
+    "check_device_name",
     "check_img_size",
     "check_input_side",
     "check_kind",
+    "check_range",
     "detect_kind",
     "input_step",
     "require",
     "window_step",
 ]
 
-DATA_KINDS = ("isic2017", "retouch", "oct", "folder", "synthetic")
+DEVICES = ("auto", "cpu", "cuda")  # a config's device; --device also takes cuda:N and mps (check_device_name)
+_DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d{1,4})?|mps)$")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # fastmtl.runtime: bf16 on CUDA / none elsewhere, ..., fp32
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+KERNEL_BACKENDS = ("reference", "triton", "auto")
+EXPORT_FORMATS = ("aoti", "onnx")
+EXPORT_PRECISIONS = ("fp32", "int8")
+MAX_BATCH_SIZE = 65536
+MAX_EXPORT_BATCH = 1024  # an exported program's dynamic batch spans 1..1024
 ENCODER_STRIDE = 16  # the encoders' total downsampling: every input side is a multiple of it
 MAX_IMG_SIZE = 8192
+MIN_MODEL_IMG_SIZE = 2 * ENCODER_STRIDE  # a model is built for Swin windows of at least 2 x 2 tokens
 # The registered models with Swin windows; the baselines and models registered elsewhere have none here (a model
 # of your own checks its input itself when it runs).
 WINDOWED_MODELS = ("resformer_mtl", "resformer_mtl_serial", "resformer_mtl_nodfe")
+DATA_KINDS = ("isic2017", "retouch", "oct", "folder", "synthetic")
+
+
+def check_device_name(name: str, what: str = "--device") -> str:
+    """``name`` if it names a device (auto, cpu, cuda, cuda:N or mps), else a ValueError; whether that device is
+    present is for :func:`fastmtl.runtime.resolve_device` to say."""
+    if not _DEVICE_NAME.match(name):
+        raise ValueError(f"{what} {name!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is a kernel backend, else a ValueError listing them."""
+    if name not in KERNEL_BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; expected one of {', '.join(KERNEL_BACKENDS)}")
+    return name
+
+
+def check_range(value: int, what: str, low: int, high: int) -> int:
+    """``value`` if ``low <= value <= high``, else a ValueError naming ``what`` (e.g. ``--batch-size``)."""
+    if type(value) is bool or not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value!r}")
+    return value
+
+
+def _is_side(side: int, step: int, minimum: int = ENCODER_STRIDE) -> bool:
+    return type(side) is int and minimum <= side <= MAX_IMG_SIZE and side % step == 0
+
+
+def check_img_size(side: int, what: str = "img_size", minimum: int = ENCODER_STRIDE) -> int:
+    """``side`` if it is an image side: a multiple of 16 (the encoders' stride) from ``minimum`` up to 8192; else
+    a ValueError naming ``what``. A model's own ``img_size`` takes ``minimum=MIN_MODEL_IMG_SIZE`` (32: Swin
+    windows of at least 2 x 2 tokens); which sides a built model then takes is :func:`check_input_side`'s rule."""
+    if not _is_side(side, ENCODER_STRIDE, minimum):
+        raise ValueError(f"{what} must be a multiple of {ENCODER_STRIDE} from {minimum} up to {MAX_IMG_SIZE}, "
+                         f"got {side!r}")  # fmt: skip
+    return side
 
 
 def check_kind(kind: str) -> str:
@@ -107,7 +173,7 @@ def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
     """Raises ValueError when ``side`` (an ``--img-size``) is not one that ``model`` built for ``img_size`` (the
     checkpoint ``source``) takes; the message lists the sizes it does take."""
     step = input_step(model, img_size)
-    if 0 < side <= MAX_IMG_SIZE and side % step == 0:
+    if _is_side(side, step):
         return
     sizes = ", ".join(str(step * k) for k in range(1, 5) if step * k <= MAX_IMG_SIZE)
     why = f" (its Swin windows are {img_size // ENCODER_STRIDE} tokens wide)" if model in WINDOWED_MODELS else ""
@@ -115,21 +181,3 @@ def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
         f"--img-size {side} does not fit checkpoint {source}: its {model} was built for {img_size} px{why} and takes "
         f"sides that are multiples of {step} up to {MAX_IMG_SIZE}: {sizes}, ..."
     )
-
-
-MIN_IMG_SIZE = 32  # two 16-pixel encoder steps: the smallest side every registered model builds at
-
-
-def check_img_size(value: object, what: str = "img_size") -> int:
-    """``value`` when it is an image side a model can be built for (a multiple of 16 from 32 to
-    :data:`MAX_IMG_SIZE`); else a ValueError naming ``what``. The one rule of the model config, the training config
-    and the command line."""
-    try:
-        side = operator.index(value) if not isinstance(value, bool) else None
-    except TypeError:
-        side = None
-    if side is None or not MIN_IMG_SIZE <= side <= MAX_IMG_SIZE or side % ENCODER_STRIDE:
-        raise ValueError(
-            f"{what} must be a multiple of {ENCODER_STRIDE} from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {value!r}"
-        )
-    return side

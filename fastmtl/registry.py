@@ -11,6 +11,7 @@ from torch import nn
 import fastmtl.models  # noqa: F401  (registers the entrypoints)
 from fastmtl.config import ModelConfig
 from fastmtl.models._registry import ENTRYPOINTS, OPTIONS, check_name, list_models, register_model
+from fastmtl.models.base import MTLModel
 from fastmtl.weights import load_trunk_weights
 
 __all__ = ["create_model", "create_model_from_config", "list_models", "model_options", "register_model"]
@@ -22,7 +23,15 @@ def model_options(name: str) -> tuple[str, ...]:
     return OPTIONS[name]
 
 
-def create_model(name: str, *, trunk_weights: str | None = None, **overrides: Any) -> nn.Module:
+def _built(name: str, model: nn.Module) -> MTLModel:
+    """``model`` if the entrypoint of ``name`` kept the contract, else a TypeError naming the entrypoint."""
+    if not isinstance(model, MTLModel):
+        raise TypeError(f"model {name!r} built a {type(model).__name__}; a registered model derives from "
+                        "fastmtl.models.base.MTLModel")  # fmt: skip
+    return model
+
+
+def create_model(name: str, *, trunk_weights: str | None = None, **overrides: Any) -> MTLModel:
     """Builds a registered model.
 
     Args:
@@ -35,22 +44,23 @@ def create_model(name: str, *, trunk_weights: str | None = None, **overrides: An
 
     Raises:
         ValueError: unknown model name or option (the message lists the valid ones), or an invalid value.
+        TypeError: the registered entrypoint built something that is not an :class:`MTLModel`.
     """
     check_name(name)
     unknown = sorted(set(overrides) - set(OPTIONS[name]))
     if unknown:
         raise ValueError(f"model {name!r} has no option(s) {unknown}; valid options: {', '.join(OPTIONS[name])}")
-    model = ENTRYPOINTS[name](**overrides)
+    model = _built(name, ENTRYPOINTS[name](**overrides))
     if trunk_weights is not None:
         model.trunk_weights_report = load_trunk_weights(model, trunk_weights)
     return model
 
 
-def create_model_from_config(config: ModelConfig | dict[str, Any]) -> nn.Module:
+def create_model_from_config(config: ModelConfig | dict[str, Any]) -> MTLModel:
     """Rebuilds a model from the config stored with it (a :class:`ModelConfig` or its dict form)."""
     if isinstance(config, ModelConfig):
         config = config.to_dict()
     config = dict(config)
     name = config.pop("name")
     check_name(name)
-    return ENTRYPOINTS[name](**{k: v for k, v in config.items() if k in OPTIONS[name]})
+    return _built(name, ENTRYPOINTS[name](**{k: v for k, v in config.items() if k in OPTIONS[name]}))

@@ -29,8 +29,9 @@ from typing import Any, Literal
 
 import torch
 
+from fastmtl.options import AMP_CHOICES
+
 __all__ = [
-    "AMP_CHOICES",
     "CPU_ENV",
     "SIMULATED_CPUS",
     "Amp",
@@ -46,7 +47,6 @@ __all__ = [
     "resolve_device",
 ]
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 Amp = Literal["auto", "bf16", "fp16", "off"] | bool | torch.dtype
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None, True: torch.bfloat16, False: None}

@@ -5,8 +5,8 @@ package (``dfe/``, ``window_attention/``) has ``kernels.py`` (Triton code), ``op
 ops, fakes, autograd; tensors only), ``ref.py`` (the PyTorch reference, importable without Triton) and ``aot.py``;
 shared helpers are in ``_utils.py``. Nothing is compiled or launched at import time; an ``ops`` module registers
 its ``torch.library`` ops when it is first imported (the layers import it lazily, only on the Triton path).
-``python -m fastmtl.kernels.aot`` prints the ahead-of-time compilation report (registers, spills, load kinds) of
-every kernel configuration.
+:func:`fastmtl.kernels.aot.report` is the ahead-of-time compilation report (registers, spills, load kinds) of every
+kernel configuration at the launch shapes it is given; ``python -m fastmtl.kernel_report`` prints it for the model's.
 """
 
 import sys

@@ -6,7 +6,7 @@ how it moves data (:func:`ptx_ops`: plain ``ld.global`` vs ``cp.async`` vs TMA, 
 Kernel arguments may be meta tensors, so launch plans built for real tensors can be compiled without a device.
 
 Imports no op: each op's ``aot.py`` builds its launches on meta tensors and compiles them through this module;
-:mod:`fastmtl.kernels.aot` (``python -m fastmtl.kernels.aot``) gathers them into the report.
+:mod:`fastmtl.kernels.aot` (``python -m fastmtl.kernel_report``) gathers them into the report.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Each kernel launch's limit before any GPU measures it: resources from ptxas, FLOPs and bytes, roofline bound.
 
-``python -m fastmtl.kernels.aot --report OUT.json`` compiles, for every kernel launch the model makes at 224 and
-512 px (batch 8 and 64), its default configuration for sm_90a (no GPU needed: Triton ships ptxas) and reports the
-registers, spilled bytes, shared memory and the occupancy they allow on an H100 SXM, the launch's FLOPs and the
-bytes it must move at least (every input read once, every output written once), and its roofline lower bound
-``max(FLOPs / peak, bytes / bandwidth)`` with the constants of :data:`H100_SXM`. ``groups`` sums the bounds per
-benchmark group of ``bench/test_window_attention.py`` and ``bench/test_dfe.py`` (the forward launches; window
-attention's forward+backward also its three backward launches), so that the GPU suite's ``summary.md`` shows each
-measured time as a percentage of its bound: 100 % would be the hardware's limit.
+``python -m fastmtl.kernel_report --report OUT.json`` compiles, for every kernel launch the model makes at 224 and
+512 px (batch 8 and 64; the shapes are :mod:`fastmtl.models.launches`'), its default configuration for sm_90a (no
+GPU needed: Triton ships ptxas) and reports the registers, spilled bytes, shared memory and the occupancy they allow
+on an H100 SXM, the launch's FLOPs and the bytes it must move at least (every input read once, every output written
+once), and its roofline lower bound ``max(FLOPs / peak, bytes / bandwidth)`` with the constants of :data:`H100_SXM`.
+``groups`` sums the bounds per benchmark group of ``bench/test_window_attention.py`` and ``bench/test_dfe.py`` (the
+forward launches; window attention's forward+backward also its three backward launches), so that the GPU suite's
+``summary.md`` shows each measured time as a percentage of its bound: 100 % would be the hardware's limit.
 
 The bound is a floor, not a prediction: it assumes perfect overlap of compute and memory and full-rate tensor
 cores, so the real kernels land above it. Launches without tensor-core code are bounded with the CUDA-core rate.
@@ -41,7 +41,6 @@ H100_SXM = {
     "max_blocks_per_sm": 32,
 }
 BATCHES = (8, 64)
-IMG_SIZES = (224, 512)
 DFE_FORWARD = ("branches", "merge", "sa-pool", "sa-gate")  # the eval (folded, fused) path of a DFE level
 WA_FORWARD, WA_BACKWARD = ("fwd",), ("bwd_dkdv", "bwd_dq", "bwd_dbias")
 
@@ -86,7 +85,8 @@ def dfe_work(launch: str, batch: int, c: int, side: int, nb: int = 4, elem: int 
 
 
 def window_attention_work(launch: str, batch: int, shape, elem: int = 2) -> tuple[float, float]:
-    """(FLOPs, bytes) of one window-attention launch over ``batch`` maps of a ``bench.shapes`` stage."""
+    """(FLOPs, bytes) of one window-attention launch over ``batch`` maps of a stage ``shape``
+    (:class:`fastmtl.models.launches.WindowAttentionShape`)."""
     n, d, heads = shape.window**2, shape.head_dim, shape.heads
     tokens = batch * shape.side * shape.side
     pairs = batch * (shape.side // shape.window) ** 2 * heads * n * n * d  # one N x N x d matmul, multiply-adds
@@ -111,13 +111,11 @@ def _resources(fn, args, const, options, cache: dict) -> dict:
     return cache[key]
 
 
-def report(img_sizes=IMG_SIZES, batches=BATCHES, dtype=torch.bfloat16) -> dict:
-    """Every launch row and the per-group bounds (see the module docstring)."""
-    from bench.shapes import dfe_shapes, window_attention_shapes
-
+def report(dfe_shapes, window_attention_shapes, batches=BATCHES, dtype=torch.bfloat16) -> dict:
+    """Every launch row of the given launch shapes and the per-group bounds (see the module docstring)."""
     cache: dict = {}
     rows = []
-    for shape in dfe_shapes(img_sizes):
+    for shape in dfe_shapes:
         configs = {name: (fn, args, const, opts) for name, fn, args, const, opts, cand in
                    kernel_configs(shape.channels, shape.side, dtype) if cand == 0}  # fmt: skip
         for launch in DFE_FORWARD:
@@ -125,7 +123,7 @@ def report(img_sizes=IMG_SIZES, batches=BATCHES, dtype=torch.bfloat16) -> dict:
             for batch in batches:
                 flops, moved = dfe_work(launch, batch, shape.channels, shape.side)
                 rows.append(_row("dfe", launch, shape.name, batch, flops, moved, res))
-    for shape in window_attention_shapes(img_sizes):
+    for shape in window_attention_shapes:
         for launch in (*WA_FORWARD, *WA_BACKWARD):
             for shifted in sorted({False, shape.shifted}):
                 args, constexprs = wa.launch_args(launch, shape, dtype, shifted)
@@ -185,9 +183,10 @@ def markdown(result: dict, batch: int = 64) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, img_sizes=IMG_SIZES) -> dict:
-    """Compiles and writes the report to ``path`` (JSON) and its tables next to it (``.md``); returns it."""
-    result = report(img_sizes)
+def write(path: Path, dfe_shapes, window_attention_shapes) -> dict:
+    """Compiles and writes the report of the given launch shapes to ``path`` (JSON) and its tables next to it
+    (``.md``); returns it."""
+    result = report(dfe_shapes, window_attention_shapes)
     path.write_text(json.dumps(result, indent=1) + "\n")
     tables = [f"## batch {b}\n\n{markdown(result, b)}\n" for b in sorted({r["batch"] for r in result["rows"]})]
     head = f"# Roofline of every kernel launch (sm_90a, {result['gpu']['name']}, triton {result['triton']})\n"

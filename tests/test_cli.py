@@ -53,7 +53,7 @@ def test_train_with_overrides_writes_run_and_resolved_config(tmp_path, capsys):
     [
         (["--set", "nope=1"], r"unknown key 'nope'; valid keys: model, model_options"),
         (["--set", "epochs=abc"], r"config optim.epochs expects int, got 'abc'"),
-        (["--set", "model.img_size=40"], r"config model.img_size must be a multiple of 16 from 32 to 8192, got 40"),
+        (["--set", "model.img_size=40"], r"config model.img_size must be a multiple of 16 from 32 up to 8192, got 40"),
         (["--set", "lr"], r"--set expects key=value, got 'lr'"),
         (["--set", "epochs.x=1"], r"optim.epochs is not a table"),
         (["--set", "amp=fp8"], r"amp='fp8' is not valid; expected one of auto, bf16, fp16, off"),

@@ -135,7 +135,7 @@ def test_an_export_without_its_extra_is_answered_before_torch_is_imported(precis
     [
         ("predict", "resformer_mtl_nodfe", 64, 96, "multiples of 64 up to 8192: 64, 128, 192, 256, ..."),
         ("export", "resformer_mtl", 224, 448 + 16, "multiples of 224 up to 8192: 224, 448, 672, 896, ..."),
-        ("predict", "unet_resnet34_mtl", 64, 8208, "a positive multiple of 16 up to 8192"),  # the general rule first
+        ("predict", "unet_resnet34_mtl", 64, 8208, "a multiple of 16 from 16 up to 8192"),  # the general rule first
     ],
 )
 def test_an_img_size_the_checkpoint_does_not_take_is_answered_before_torch_names_the_sizes_it_takes(

@@ -18,7 +18,6 @@ from fastmtl.cli import main
 from fastmtl.data.transforms import normalize_image
 from fastmtl.files import exclusive_folder
 from fastmtl.inference.export import (
-    MAX_BATCH,
     ExportCheckError,
     _check,
     export,
@@ -26,6 +25,7 @@ from fastmtl.inference.export import (
     normalization_stats,
     output_lock,
 )
+from fastmtl.options import MAX_EXPORT_BATCH
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
 
@@ -214,9 +214,9 @@ def test_an_export_output_that_is_a_folder_is_refused(checkpoint, tmp_path) -> N
         export(checkpoint, tmp_path)
 
 
-@pytest.mark.parametrize("batch_size", [0, MAX_BATCH + 1])
+@pytest.mark.parametrize("batch_size", [0, MAX_EXPORT_BATCH + 1])
 def test_a_batch_outside_the_dynamic_range_is_refused_before_any_work(checkpoint, tmp_path, batch_size) -> None:
-    with pytest.raises(ValueError, match=f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}"):
+    with pytest.raises(ValueError, match=f"batch_size must be between 1 and {MAX_EXPORT_BATCH}, got {batch_size}"):
         export(checkpoint, tmp_path / "m.pt2", batch_size=batch_size)
     assert list(tmp_path.iterdir()) == []  # no lock, no file
 

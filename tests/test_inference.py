@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import fastmtl
+from fastmtl.backend import kernel_layers
 from fastmtl.checkpoint.store import model_config
 from fastmtl.inference.optimize import count_batchnorms, fold_batchnorms, fold_conv_bn, optimize_for_inference
 
@@ -56,7 +57,7 @@ def test_folded_channels_last_matches_eager(name: str, img_size: int) -> None:
     # The caller's model is untouched: same weights, same BN modules, same backend, same mode.
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert all(m.kernels == "auto" for m in model.modules() if isinstance(getattr(m, "kernels", None), str))
+    assert {m.kernels for m in kernel_layers(model)} <= {"auto"}
     assert all(p.is_contiguous() for p in model.parameters()) and not model.training
 
 
@@ -67,7 +68,7 @@ def test_triton_backend_folds_dfe_convbn_too() -> None:
     model = _model("resformer_mtl", 32)
     fast = optimize_for_inference(model, kernels="triton", channels_last=False)
     assert count_batchnorms(fast) == BN_AFTER_FOLD["resformer_mtl"]
-    assert {m.kernels for m in fast.modules() if isinstance(getattr(m, "kernels", None), str)} == {"triton"}
+    assert {m.kernels for m in kernel_layers(fast)} == {"triton"} == {model_config(fast).kernels}
     x = torch.randn(1, 3, 32, 32)  # one image: under the interpreter every kernel launch is slow
     with torch.inference_mode():
         _assert_outputs_close(fast(x), model(x))
@@ -75,7 +76,7 @@ def test_triton_backend_folds_dfe_convbn_too() -> None:
 
 def test_reference_backend_sets_every_module() -> None:
     fast = optimize_for_inference(_model("resformer_mtl", 32), kernels="reference")
-    kernels = {type(m).__name__: m.kernels for m in fast.modules() if isinstance(getattr(m, "kernels", None), str)}
+    kernels = {type(m).__name__: m.kernels for m in kernel_layers(fast)}
     assert kernels == {"DFE": "reference", "WindowAttention": "reference"}
 
 

@@ -27,14 +27,14 @@ ROOTS = {
 LAYERS = (
     ("kernels", ("fastmtl.kernels",)),
     ("base", ("fastmtl", "fastmtl.options", "fastmtl.files", "fastmtl.runtime", "fastmtl.output", "fastmtl.config",
-              "fastmtl.backend", "fastmtl.metrics", "fastmtl.losses", "fastmtl.presets")),
+              "fastmtl.backend", "fastmtl.metrics", "fastmtl.losses")),
     ("layers", ("fastmtl.layers",)),
     ("models", ("fastmtl.models", "fastmtl.registry", "fastmtl.weights", "fastmtl.authors")),
     ("data", ("fastmtl.data",)),
     ("checkpoint", ("fastmtl.checkpoint", "fastmtl.loading")),
     ("inference", ("fastmtl.inference",)),
     ("engine", ("fastmtl.engine",)),
-    ("cli", ("fastmtl.cli", "fastmtl.cli_checks")),
+    ("cli", ("fastmtl.cli", "fastmtl.cli_checks", "fastmtl.kernel_report")),
     ("experiments", ("experiments",)),
     ("bench", ("bench",)),
 )  # fmt: skip

@@ -29,10 +29,12 @@ def test_wheel_contains_fastmtl_kernels_and_no_top_level_kernels(tmp_path) -> No
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("fastmtl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("__init__.py", "dfe/__init__.py", "dfe/ops.py", "window_attention/__init__.py", "aot.py"):
+    for module in ("__init__.py", "dfe/__init__.py", "dfe/ops.py", "dfe/backward.py", "window_attention/__init__.py",
+                   "aot.py"):  # fmt: skip
         assert f"fastmtl/kernels/{module}" in names
     assert not any(n.startswith("kernels/") for n in names)
     assert "fastmtl/cli.py" in names and "fastmtl/data/isic2017.py" in names
+    assert "fastmtl/kernel_report.py" in names and "fastmtl/models/launches.py" in names  # the report needs no checkout
     presets = ("quick", "demo", "isic2017_paper", "oct_fluid", "retouch_paper")
     assert all(f"fastmtl/configs/{name}.toml" in names for name in presets)  # package data: the presets
     site = tmp_path / "site"

@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from fastmtl.runtime import AMP_CHOICES, amp_dtype, autocast, batch_to_device, resolve_device
+from fastmtl.options import AMP_CHOICES
+from fastmtl.runtime import amp_dtype, autocast, batch_to_device, resolve_device
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -41,7 +42,7 @@ def test_values_outside_the_vocabulary_raise(amp):
 def test_the_training_config_accepts_the_same_words():
     from fastmtl.engine.train.config import _RUN_CHOICES
 
-    assert _RUN_CHOICES["amp"] == AMP_CHOICES
+    assert _RUN_CHOICES["amp"] is AMP_CHOICES  # the one vocabulary, not a copy
 
 
 def test_autocast_is_a_no_op_or_torch_autocast():

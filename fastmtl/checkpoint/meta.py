@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from fastmtl.options import MAX_IMG_SIZE
+
 __all__ = ["MAX_DEPTH", "MAX_META_CHARS", "check_finite", "checked_config", "checked_meta"]
 
 MAX_META_CHARS = 4_000_000
@@ -96,7 +98,7 @@ def checked_meta(text: Any, field: str) -> dict[str, Any]:
 
 # Sane bounds of a stored config, checked before anything is built from it: --img-size's own limit, and channel and
 # class counts far above any real dataset's (a crafted 100000 input channels alone asks for gigabytes).
-_BOUNDS = {"img_size": 8192, "in_chans": 64, "seg_classes": 1024, "cls_classes": 1024}
+_BOUNDS = {"img_size": MAX_IMG_SIZE, "in_chans": 64, "seg_classes": 1024, "cls_classes": 1024}
 
 
 def checked_config(text: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from fastmtl.checkpoint.sets import TOKEN_KEY, CheckpointError, save_set, set_fi
 from fastmtl.config import ModelConfig
 from fastmtl.files import json_dumps, not_regular, replacing
 from fastmtl.metrics import default_class_names, default_seg_class_names
+from fastmtl.models.base import MTLModel
 from fastmtl.registry import create_model_from_config
 
 
@@ -40,11 +41,12 @@ def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata:
 
 
 def model_config(model: nn.Module) -> ModelConfig:
-    """The :class:`ModelConfig` a registered model was built from."""
-    config = getattr(_unwrap(model), "config", None)
-    if not isinstance(config, ModelConfig):
-        raise TypeError(f"{type(model).__name__} has no fastmtl ModelConfig; build it with fastmtl.create_model")
-    return config
+    """The :class:`ModelConfig` a registered model was built from (and runs with: ``set_backend`` keeps it)."""
+    inner = _unwrap(model)
+    if not isinstance(inner, MTLModel):
+        raise TypeError(f"{type(model).__name__} is not a fastmtl model (fastmtl.models.base.MTLModel); build it "
+                        "with fastmtl.create_model")  # fmt: skip
+    return inner.config
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

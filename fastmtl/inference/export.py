@@ -52,12 +52,11 @@ from fastmtl.data.transforms import _stats  # the exact float32 statistics norma
 from fastmtl.files import exclusive_folder, reporting_full_disk
 from fastmtl.inference import onnxrt
 from fastmtl.inference.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
-from fastmtl.inference.traced import MAX_BATCH, batch_dim, deployable, flat, output_names, write_onnx
-from fastmtl.options import check_input_side
+from fastmtl.inference.traced import batch_dim, deployable, flat, output_names, write_onnx
+from fastmtl.options import EXPORT_FORMATS, EXPORT_PRECISIONS, MAX_EXPORT_BATCH, check_input_side, check_range
 
-__all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
+__all__ = ["ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
 
-FORMATS = ("aoti", "onnx")
 CHECK_TOL = 1e-4  # fp32 row of the tolerance table: Inductor reorders the convolutions' sums
 
 
@@ -192,15 +191,14 @@ def export(
         ModuleNotFoundError: ONNX export without onnx/onnxscript (the message says what to install).
         ExportCheckError: the parity check failed.
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    check_range(batch_size, "batch_size", 1, MAX_EXPORT_BATCH)
     if img_size is not None:  # before any work: the model's rule, from the checkpoint's header
         stored, _ = read_checkpoint_info(checkpoint)
         check_input_side(img_size, stored.name, stored.img_size, str(checkpoint))
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"export precision must be fp32 or int8, got {precision!r}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"export precision must be {' or '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     if precision == "int8" and (format != "onnx" or calibrate is None):
         raise ValueError("an int8 export is an ONNX file calibrated on your images: use --format onnx and "
                          "--calibrate PATH (AOTInductor packages are fp32)")  # fmt: skip
@@ -258,7 +256,7 @@ def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynam
     folded = deployable(model)
     metadata = {**export_metadata(model, meta, size), "outputs": ",".join(names)}
     dynamic = batch_dim(dynamic_batch)
-    shape = f"{config.name} at {size} px, batch {'1..' + str(MAX_BATCH) if dynamic_batch else batch_size}"
+    shape = f"{config.name} at {size} px, batch {'1..' + str(MAX_EXPORT_BATCH) if dynamic_batch else batch_size}"
     if format == "aoti":
         with _step(f"tracing {shape} with torch.export", "traced"):
             program = torch.export.export(folded, (example,), dynamic_shapes=dynamic)
@@ -285,7 +283,7 @@ def _export(checkpoint, out: Path, format: str, img_size, batch_size: int, dynam
         elif check:
             runner = _load_onnx(out)
     if runner is not None:
-        batches = [batch_size] + ([batch_size + 1] if dynamic_batch and batch_size < MAX_BATCH else [])
+        batches = [batch_size] + ([batch_size + 1] if dynamic_batch and batch_size < MAX_EXPORT_BATCH else [])
         with _step(f"checking it against the eager model at batch {' and '.join(map(str, batches))}", "checked"):
             _check(runner, model, example, names, batches)
     return out

@@ -3,8 +3,10 @@
 :func:`optimize_for_inference` deep-copies a model (the caller's module is never touched), puts it in eval mode
 and applies, in order:
 
-1. **Kernel backend** (``kernels``): ``"auto"`` picks the Triton kernels when the model sits on CUDA and Triton
-   imports, the PyTorch reference otherwise (see :mod:`fastmtl.backend`).
+1. **Kernel backend** (``kernels``): the model's own (``model.config.kernels``, set at construction) unless
+   ``kernels`` names another, which the copy's ``set_backend`` records in its config; ``"auto"`` runs the Triton
+   kernels when the model sits on CUDA and Triton imports, the PyTorch reference otherwise (see
+   :mod:`fastmtl.backend`).
 2. **BN folding** (``fold_bn``): every eval-mode ``BatchNorm2d`` fed directly by a ``Conv2d`` (nothing in
    between) is folded into that convolution's weight and bias and replaced by ``nn.Identity``: the trunk stem,
    each BasicBlock's conv1/bn1, conv2/bn2 and downsample, every ``ConvBN`` of the DFE modules and each decoder
@@ -29,8 +31,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fastmtl.backend import check_backend, set_kernel_backend, use_triton
 from fastmtl.layers.conv_bn import fold_conv_bn, foldable
+from fastmtl.models.base import set_kernel_backend
+from fastmtl.options import check_backend
 from fastmtl.output import MTLOutput
 from fastmtl.runtime import amp_dtype
 
@@ -134,7 +137,7 @@ def optimize_for_inference(
     channels_last: bool = True,
     compile: CompileMode = False,
     cuda_graphs: bool = False,
-    kernels: str = "auto",
+    kernels: str | None = None,
     amp: AmpSpec = "auto",
 ) -> InferenceModel:
     """Returns an eval-mode copy of ``model`` tuned for inference on the device it sits on.
@@ -145,7 +148,8 @@ def optimize_for_inference(
         channels_last: weights and input in channels_last (NHWC) memory format.
         compile: False, ``"default"`` (or True) or ``"max-autotune"`` for ``torch.compile``.
         cuda_graphs: with ``compile``, capture CUDA graphs (fixed batch shape; ignored off CUDA).
-        kernels: ``"auto"`` (Triton on CUDA when available), ``"triton"`` or ``"reference"``.
+        kernels: None (the model's own backend), ``"auto"`` (Triton on CUDA when available), ``"triton"`` or
+            ``"reference"``.
         amp: ``"auto"`` (bf16 on CUDA, none elsewhere), ``"bf16"``/True, ``"fp16"``, a dtype, or ``"off"``/False/
             None (:func:`fastmtl.runtime.amp_dtype`; None means ``"off"``).
 
@@ -158,9 +162,11 @@ def optimize_for_inference(
     device = _device_of(model)
     mode = _compile_mode(compile, cuda_graphs, device)
     dtype = amp_dtype("off" if amp is None else amp, device)  # the shared vocabulary; None keeps meaning "off"
-    triton = use_triton(check_backend(kernels), device.type == "cuda")
+    if kernels is not None:
+        check_backend(kernels)
     net = copy.deepcopy(model).eval().requires_grad_(False)
-    set_kernel_backend(net, "triton" if triton else "reference")
+    if kernels is not None:
+        set_kernel_backend(net, kernels)
     if fold_bn:
         fold_batchnorms(net)
     if channels_last:

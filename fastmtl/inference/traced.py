@@ -10,14 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastmtl.backend import set_kernel_backend
 from fastmtl.files import replacing
 from fastmtl.inference.optimize import fold_batchnorms
-from fastmtl.options import require
+from fastmtl.models.base import MTLModel
+from fastmtl.options import MAX_EXPORT_BATCH, require
 
-__all__ = ["MAX_BATCH", "batch_dim", "deployable", "flat", "output_names", "require", "write_onnx"]
-
-MAX_BATCH = 1024
+__all__ = ["batch_dim", "deployable", "flat", "output_names", "require", "write_onnx"]
 
 
 def output_names(model: nn.Module, x: torch.Tensor) -> list[str]:
@@ -45,9 +43,9 @@ class _TupleOutputs(nn.Module):
         return tuple(flat(self.model(x)))
 
 
-def deployable(model: nn.Module) -> nn.Module:
+def deployable(model: MTLModel) -> nn.Module:
     """A copy of ``model`` as exports trace it: reference layers, BatchNorms folded, outputs a plain tuple."""
-    net = _TupleOutputs(set_kernel_backend(copy.deepcopy(model), "reference")).eval().requires_grad_(False)
+    net = _TupleOutputs(copy.deepcopy(model).set_backend("reference")).eval().requires_grad_(False)
     fold_batchnorms(net)
     return net
 
@@ -55,7 +53,7 @@ def deployable(model: nn.Module) -> nn.Module:
 def batch_dim(dynamic_batch: bool) -> tuple[dict[int, Any], ...] | None:
     """``dynamic_shapes`` for an export whose batch is dynamic (1..1024), or None for a fixed one. Trace a dynamic
     batch with an example of at least 2: a dimension traced at size 1 is specialised to 1."""
-    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)},) if dynamic_batch else None
 
 
 def write_onnx(model: nn.Module, example: torch.Tensor, out: Path, dynamic, names, metadata) -> Path:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from fastmtl.backend import default_backend, use_triton
+from fastmtl.backend import KernelLayer
 from fastmtl.kernels.dfe.ref import taps_from_conv_weight as _taps
 from fastmtl.layers.conv_bn import ConvBN
 from fastmtl.layers.spatial_attention import SpatialAttention
@@ -38,7 +38,7 @@ def _check_dilations(dilations: tuple[int, ...]) -> tuple[int, ...]:
     return dilations
 
 
-class DFE(nn.Module):
+class DFE(KernelLayer):
     """Four-branch DFE: ``SA(ReLU(BN(conv3x3(cat(branches))) + BN(conv1x1(x))))``.
 
     Each branch is conv (no bias) -> BN -> ReLU with ``channels`` outputs: a 1x1 conv and one 3x3 conv per
@@ -51,9 +51,8 @@ class DFE(nn.Module):
     """
 
     def __init__(self, channels: int, dilations: tuple[int, ...] = (6, 12, 18), kernels: str | None = None) -> None:
-        super().__init__()
+        super().__init__(kernels)
         self.dilations = _check_dilations(dilations)
-        self.kernels = kernels or default_backend()
         self.branches = nn.ModuleList(
             [ConvBN(channels, channels, 1)] + [ConvBN(channels, channels, 3, dilation=d) for d in self.dilations]
         )
@@ -66,7 +65,7 @@ class DFE(nn.Module):
         return self.attention(torch.relu(self.merge(cat) + self.shortcut(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_triton(self.kernels, x.is_cuda):
+        if self.runs_triton(x):
             return self.forward_triton(x)
         return self.forward_reference(x)
 
@@ -77,21 +76,23 @@ class DFE(nn.Module):
         rates = [b.rate for b in self.branches]
         if not any(cb.uses_batch_stats() for cb in (*self.branches, self.merge, self.shortcut)):
             taps, biases = zip(*((_taps(w), b) for w, b in (cb.folded() for cb in self.branches)), strict=True)
-            cat = dfe_branches(x, _stack(list(taps), x.dtype), torch.cat(biases), rates, False, True)  # (B, nb*C, H, W)
+            cat = dfe_branches(
+                x, _stack(list(taps), x.dtype), rates=rates, bias=torch.cat(biases), relu=True
+            )  # (B, nb*C, H, W)
             (wm, bm), (ws, bs) = self.merge.folded(), self.shortcut.folded()
-            y = dfe_merge(cat, x, _taps(wm).to(x.dtype), _taps(ws).to(x.dtype), bm + bs, True)
+            y = dfe_merge(cat, x, _taps(wm).to(x.dtype), shortcut=_taps(ws).to(x.dtype), bias=bm + bs, relu=True)
         else:
             weight = _stack([_taps(b.conv.weight.float()) for b in self.branches], x.dtype)
-            raw = dfe_branches(x, weight, None, rates, False, False)
+            raw = dfe_branches(x, weight, rates=rates)
             c = raw.shape[1] // len(rates)
             cat = torch.cat([torch.relu(b.bn(raw[:, i * c : (i + 1) * c])) for i, b in enumerate(self.branches)], 1)
-            merged = dfe_merge(cat, x, _taps(self.merge.conv.weight).to(x.dtype), None, None, False)
-            short = dfe_branches(x, _stack([_taps(self.shortcut.conv.weight)], x.dtype), None, [0], False, False)
+            merged = dfe_merge(cat, x, _taps(self.merge.conv.weight).to(x.dtype))
+            short = dfe_branches(x, _stack([_taps(self.shortcut.conv.weight)], x.dtype), rates=[0])
             y = torch.relu(self.merge.bn(merged) + self.shortcut.bn(short))
         return spatial_attention(y, self.attention.conv.weight)
 
 
-class DFE3(nn.Module):
+class DFE3(KernelLayer):
     """Three-branch DFE of the paper's text: ``SA(ReLU(sum_d BN(conv1x1(BN(conv3x3_d(x))))))``.
 
     Args:
@@ -102,9 +103,8 @@ class DFE3(nn.Module):
     """
 
     def __init__(self, channels: int, dilations: tuple[int, ...] = (6, 12, 18), kernels: str | None = None) -> None:
-        super().__init__()
+        super().__init__(kernels)
         self.dilations = _check_dilations(dilations)
-        self.kernels = kernels or default_backend()
         self.branches = nn.ModuleList(
             nn.Sequential(
                 OrderedDict(dilated=ConvBN(channels, channels, 3, dilation=d), point=ConvBN(channels, channels, 1))
@@ -120,7 +120,7 @@ class DFE3(nn.Module):
         return self.attention(torch.relu(total))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_triton(self.kernels, x.is_cuda):
+        if self.runs_triton(x):
             return self.forward_triton(x)
         return self.forward_reference(x)
 
@@ -141,10 +141,12 @@ class DFE3(nn.Module):
                 biases.append(point @ b1 + b2)
             centre = sum(t[4] for t in taps)
             first = torch.cat([taps[0][:4], centre[None], taps[0][5:]])
-            y = dfe_branches(x, _stack([first, *taps[1:]], x.dtype), sum(biases), rates, True, True)
+            y = dfe_branches(
+                x, _stack([first, *taps[1:]], x.dtype), rates=rates, bias=sum(biases), sum_branches=True, relu=True
+            )
         else:
             weight = _stack([_taps(b.dilated.conv.weight.float()) for b in self.branches], x.dtype)
-            raw = dfe_branches(x, weight, None, rates, False, False)  # (B, nb*C_mid, H, W)
+            raw = dfe_branches(x, weight, rates=rates)  # (B, nb*C_mid, H, W)
             c = raw.shape[1] // len(rates)
             parts = [b.point(b.dilated.bn(raw[:, i * c : (i + 1) * c])) for i, b in enumerate(self.branches)]
             y = torch.relu(sum(parts[1:], parts[0]))

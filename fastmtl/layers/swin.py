@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastmtl.backend import default_backend, use_triton
+from fastmtl.backend import KernelLayer
 
 # The window helpers and the reference live with the kernel (``fastmtl.kernels.window_attention.ref``, no Triton)
 # and are re-exported here for the layers' users.
@@ -30,7 +30,7 @@ __all__ = ["MASK_VALUE", "Mlp", "SwinBlock", "SwinStage", "WindowAttention", "re
            "shift_region_ids", "window_attention_ref", "window_partition", "window_reverse"]  # fmt: skip
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(KernelLayer):
     """W-MSA / SW-MSA: qkv Linear (bias), relative position bias, softmax attention, output Linear.
 
     Args:
@@ -41,12 +41,11 @@ class WindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window: int, kernels: str | None = None) -> None:
-        super().__init__()
+        super().__init__(kernels)
         if dim % num_heads != 0:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.window = window
-        self.kernels = kernels or default_backend()
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
@@ -55,7 +54,7 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, shift: int = 0) -> torch.Tensor:  # x: (B, H, W, C)
         b, h, w, c = x.shape
         qkv = self.qkv(x).view(b, h, w, 3, self.num_heads, c // self.num_heads)
-        if use_triton(self.kernels, x.is_cuda):
+        if self.runs_triton(x):
             from fastmtl.kernels.window_attention import window_attention
 
             out = window_attention(qkv, self.relative_position_bias_table, window=self.window, shift=shift)

@@ -7,55 +7,47 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from fastmtl.config import ModelConfig
 from fastmtl.models._registry import register_model
+from fastmtl.models.base import MTLModel
 from fastmtl.models.decoder import UNetDecoder
 from fastmtl.models.heads import ClassificationHead
 from fastmtl.models.resformer import WIDTHS, ResNet34Trunk
-from fastmtl.options import ENCODER_STRIDE
 from fastmtl.output import MTLOutput
 
 _BASE_OPTIONS = ("img_size", "in_chans", "seg_classes", "cls_classes", "kernels")  # kernels: accepted, no kernel layers
 
 
-def _check_input(x: torch.Tensor) -> None:
-    if x.ndim != 4 or x.shape[-1] % ENCODER_STRIDE or x.shape[-2] % ENCODER_STRIDE:
-        raise ValueError(
-            f"expected a (B, C, H, W) batch with H and W multiples of {ENCODER_STRIDE}, got {tuple(x.shape)}"
-        )
-
-
-class UNetResNet34(nn.Module):
+class UNetResNet34(MTLModel):
     """ResNet-34 UNet; with ``cls_head="single"`` it also classifies from e3 (the common multi-task baseline)."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.encoder = ResNet34Trunk(config.in_chans)
         self.decoder = UNetDecoder(WIDTHS, config.seg_classes, dfe="none")
         self.cls_head = None if config.cls_head == "none" else ClassificationHead(WIDTHS, config.cls_classes, (3,))
 
-    def forward(self, x: torch.Tensor) -> MTLOutput:
-        _check_input(x)
-        feats = self.encoder(x)
-        cls = None if self.cls_head is None else self.cls_head(feats)
-        return MTLOutput(self.decoder(feats), cls)
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(x)
+
+    def forward_head(self, feats: list[torch.Tensor]) -> MTLOutput:
+        return MTLOutput(self.decoder(feats), None if self.cls_head is None else self.cls_head(feats))
 
 
-class ResNet34Classifier(nn.Module):
+class ResNet34Classifier(MTLModel):
     """ResNet-34 trunk with the one-level head; ``seg_logits`` is None."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.encoder = ResNet34Trunk(config.in_chans)
         self.cls_head = ClassificationHead(WIDTHS, config.cls_classes, (3,))
 
-    def forward(self, x: torch.Tensor) -> MTLOutput:
-        _check_input(x)
-        return MTLOutput(None, self.cls_head(self.encoder(x)))
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(x)
+
+    def forward_head(self, feats: list[torch.Tensor]) -> MTLOutput:
+        return MTLOutput(None, self.cls_head(feats))
 
 
 def _config(name: str, overrides: dict[str, Any], **fixed: Any) -> ModelConfig:

@@ -8,7 +8,6 @@ from torch import nn
 from fastmtl.config import ModelConfig
 from fastmtl.layers.patch_embed import MultiScalePatchEmbed, MultiScalePatchMerging
 from fastmtl.layers.swin import SwinStage
-from fastmtl.options import window_step
 
 WIDTHS = (64, 128, 256, 512)
 DEPTHS = (3, 4, 6, 3)  # ResNet-34 BasicBlocks per stage
@@ -109,21 +108,7 @@ class ResFormerEncoder(nn.Module):
             )
             self.swin_stages.append(stage)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raises ValueError for an input the window layout cannot take."""
-        if x.ndim != 4:
-            raise ValueError(f"expected a (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        step = window_step(self.window)  # the rule fastmtl.options states for every model
-        h, w = x.shape[-2:]
-        if h % step or w % step:
-            raise ValueError(
-                f"input size {h}x{w} does not fit the window layout: this model was built for img_size="
-                f"{step} (window side {self.window}), so H and W must be multiples of {step}; resize the input "
-                f"or build the model with img_size={h if h == w else 'H'} (a multiple of 16)"
-            )
-
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # (B, in, H, W) -> [e0, e1, e2, e3]
-        self.check_input(x)
         trunk, feats = self.trunk, []
         if self.fusion == "parallel":
             f = trunk.stem(x) + self.patch_embed(x)

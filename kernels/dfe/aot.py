@@ -62,7 +62,7 @@ def aot_report(
     kernels=None,
     tuned_capabilities=(90,),
 ):
-    """Compiles every distinct configuration the given ``bench.shapes.DFEShape`` s use; one dict per compile.
+    """Compiles every distinct configuration the given ``fastmtl.models.launches.DFEShape`` s use; one dict per compile.
 
     Args:
         shapes: DFE levels (``channels`` and ``side`` attributes).

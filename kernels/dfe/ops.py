@@ -8,20 +8,19 @@ fake implementation of each op is the op function itself, which ``triton_op`` tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import triton
-from torch.nn import functional as F
 
 from .._utils import dot_precision, interpreted, register_op, runs_kernels
 from ..autotune import Tuned, split
+from .backward import branches_backward, branches_setup, merge_backward, merge_setup, sa_backward, sa_setup
 from .kernels import _dfe_branches_kernel, _dfe_merge_kernel, _sa_gate_kernel, _sa_pool_kernel
 from .ref import (
-    conv_weight_from_taps,
     dfe_branches_ref,
     dfe_merge_ref,
-    drop_center,
     spatial_attention_ref,
-    taps_from_conv_weight,
 )
 
 MAX_BRANCHES = 8  # rates travel packed 8 bits each in one integer kernel argument
@@ -202,19 +201,10 @@ def _merge_fake(cat, x, weight, shortcut, bias, relu):
 
 
 @_register("fastmtl::dfe_branches", _branches_fake)
-def dfe_branches(
+def _dfe_branches_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rates: list[int], sum_branches: bool, relu: bool
 ) -> torch.Tensor:
-    """All DFE branches in one launch: ``(B, nb*C_out, H, W)`` concatenated, or ``(B, C_out, H, W)`` summed.
-
-    Args:
-        x: (B, C_in, H, W) input, NCHW or channels_last.
-        weight: (nb, T, C_in, C_out) taps per branch in x's dtype (T = 9, or 1 when every rate is 0).
-        bias: (nb*C_out,) or, when summing, (C_out,) fp32 epilogue bias, or None.
-        rates: dilation per branch, 0 for a 1x1 conv (reads tap 0).
-        sum_branches: sum the branches (their centre taps pre-summed into branch 0) instead of concatenating.
-        relu: apply ReLU in the epilogue.
-    """
+    """The op behind :func:`dfe_branches` (its schema is positional)."""
     _check_branches(x, weight, bias, rates, sum_branches)
     if not runs_kernels(x):
         return dfe_branches_ref(x, weight, bias, rates, sum_branches, relu)
@@ -225,7 +215,7 @@ def dfe_branches(
 
 
 @_register("fastmtl::dfe_merge", _merge_fake)
-def dfe_merge(
+def _dfe_merge_op(
     cat: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -233,7 +223,7 @@ def dfe_merge(
     bias: torch.Tensor | None,
     relu: bool,
 ) -> torch.Tensor:
-    """``act(conv3x3(cat) + conv1x1(x) + bias)`` in one launch; weight (9, C_cat, C_out), shortcut (1, C_in, C_out)."""
+    """The op behind :func:`dfe_merge` (its schema is positional)."""
     if weight.shape[:2] != (9, cat.shape[1]) or (shortcut is not None and shortcut.shape[1] != x.shape[1]):
         raise ValueError(f"merge weight {tuple(weight.shape)} / shortcut does not fit cat {tuple(cat.shape)}")
     if weight.dtype != cat.dtype or x.dtype != cat.dtype:
@@ -263,89 +253,54 @@ def spatial_attention(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------- autograd
-# Analytic backward from ATen ops (cuDNN convolution_backward on GPU); traceable, so compiled graphs keep it.
-def _conv_grads(grad, inp, w, rate, needs):
-    """(grad_input, grad_weight) of ``conv2d(inp, w, padding=rate, dilation=max(rate, 1))``."""
-    pad, dil = [rate, rate], [max(rate, 1)] * 2
-    gi, gw, _ = torch.ops.aten.convolution_backward(grad, inp, w, None, [1, 1], pad, dil, False, [0, 0], 1, needs)
-    return gi, gw
+_dfe_branches_op.register_autograd(branches_backward, setup_context=branches_setup)
+_dfe_merge_op.register_autograd(merge_backward, setup_context=merge_setup)
+spatial_attention.register_autograd(sa_backward, setup_context=sa_setup)
 
 
-def _taps_grad(gw: torch.Tensor, n_taps: int) -> torch.Tensor:
-    g = taps_from_conv_weight(gw)  # (1 or 9, C_in, C_out)
-    return g if g.shape[0] == n_taps else torch.cat([g, g.new_zeros(n_taps - g.shape[0], *g.shape[1:])])
+# ---------------------------------------------------------------------------------------------------- the public ops
+def dfe_branches(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    rates: Sequence[int],
+    bias: torch.Tensor | None = None,
+    sum_branches: bool = False,
+    relu: bool = False,
+) -> torch.Tensor:
+    """All DFE branches in one launch: ``(B, nb*C_out, H, W)`` concatenated, or ``(B, C_out, H, W)`` summed.
+
+    Args:
+        x: (B, C_in, H, W) input, NCHW or channels_last.
+        weight: (nb, T, C_in, C_out) taps per branch in x's dtype (T = 9, or 1 when every rate is 0).
+        rates: dilation per branch, 0 for a 1x1 conv (reads tap 0).
+        bias: (nb*C_out,) or, when summing, (C_out,) fp32 epilogue bias, or None.
+        sum_branches: sum the branches (their centre taps pre-summed into branch 0) instead of concatenating.
+        relu: apply ReLU in the epilogue.
+    """
+    return _dfe_branches_op(x, weight, bias, [int(r) for r in rates], sum_branches, relu)
 
 
-def _relu_grad(grad, out, relu):
-    return torch.where(out > 0, grad, torch.zeros_like(grad)) if relu else grad
+def dfe_merge(
+    cat: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    shortcut: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``act(conv3x3(cat) + conv1x1(x) + bias)`` in one launch.
 
-
-def _branches_setup(ctx, inputs, output):
-    x, weight, bias, rates, sum_branches, relu = inputs
-    ctx.save_for_backward(x, weight, output if relu else None)
-    ctx.rates, ctx.sum_branches, ctx.relu, ctx.has_bias = list(rates), sum_branches, relu, bias is not None
-
-
-def _branches_backward(ctx, grad):
-    x, weight, out = ctx.saved_tensors
-    grad = _relu_grad(grad, out, ctx.relu)
-    c_out, needs = weight.shape[-1], [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
-    gx, gws = None, []
-    for i, r in enumerate(ctx.rates):
-        center = not (ctx.sum_branches and i > 0)
-        g = grad if ctx.sum_branches else grad[:, i * c_out : (i + 1) * c_out]
-        gi, gw = _conv_grads(g, x, conv_weight_from_taps(weight[i], r, center), r, needs)
-        if needs[0]:
-            gx = gi if gx is None else gx + gi
-        if needs[1]:  # the kernel never reads a skipped centre tap, so it gets no gradient
-            gws.append(_taps_grad(gw if center else drop_center(gw), weight.shape[1]))
-    gbias = grad.sum((0, 2, 3), dtype=torch.float32) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return gx, torch.stack(gws) if needs[1] else None, gbias, None, None, None
-
-
-def _merge_setup(ctx, inputs, output):
-    cat, x, weight, shortcut, bias, relu = inputs
-    ctx.save_for_backward(cat, x, weight, shortcut, output if relu else None)
-    ctx.relu, ctx.has_bias = relu, bias is not None
-
-
-def _merge_backward(ctx, grad):
-    cat, x, weight, shortcut, out = ctx.saved_tensors
-    grad = _relu_grad(grad, out, ctx.relu)
-    need = ctx.needs_input_grad
-    gcat, gw = _conv_grads(grad, cat, conv_weight_from_taps(weight, 1), 1, [need[0], need[2], False])
-    gx = gs = None
-    if shortcut is not None:
-        gx, gs = _conv_grads(grad, x, conv_weight_from_taps(shortcut, 0), 0, [need[1], need[3], False])
-        gs = taps_from_conv_weight(gs) if need[3] else None
-    gw = taps_from_conv_weight(gw) if need[2] else None
-    gbias = grad.sum((0, 2, 3), dtype=torch.float32) if ctx.has_bias and need[4] else None
-    return gcat, gx, gw, gs, gbias, None
-
-
-def _sa_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _sa_backward(ctx, grad):
-    """Closed form in fp32; the max's gradient is shared evenly between tied channels, as ``amax`` does."""
-    x, weight = ctx.saved_tensors
-    xf, wf, gf, pad = x.float(), weight.float(), grad.float(), weight.shape[-1] // 2
-    peak = xf.amax(dim=1, keepdim=True)
-    pooled = torch.cat([xf.mean(dim=1, keepdim=True), peak], dim=1)  # (B, 2, H, W)
-    gate = torch.sigmoid(F.conv2d(pooled, wf, padding=pad))  # (B, 1, H, W)
-    dlogit = (gf * xf).sum(dim=1, keepdim=True) * gate * (1 - gate)
-    dpool, dw, _ = torch.ops.aten.convolution_backward(
-        dlogit, pooled, wf, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, False]
-    )
-    tie = (xf == peak).to(torch.float32)
-    gx = gf * gate + dpool[:, :1] / x.shape[1] + dpool[:, 1:] * tie / tie.sum(dim=1, keepdim=True)
-    return gx.to(x.dtype), dw.to(weight.dtype)
-
-
-dfe_branches.register_autograd(_branches_backward, setup_context=_branches_setup)
-dfe_merge.register_autograd(_merge_backward, setup_context=_merge_setup)
-spatial_attention.register_autograd(_sa_backward, setup_context=_sa_setup)
+    Args:
+        cat: (B, C_cat, H, W) the concatenated branches.
+        x: (B, C_in, H, W) the DFE input, read by the shortcut.
+        weight: (9, C_cat, C_out) merge taps in cat's dtype.
+        shortcut: (1, C_in, C_out) 1x1 shortcut taps, or None (no shortcut).
+        bias: (C_out,) fp32 epilogue bias (merge and shortcut BNs folded), or None.
+        relu: apply ReLU in the epilogue.
+    """
+    return _dfe_merge_op(cat, x, weight, shortcut, bias, relu)
 
 
 # ------------------------------------------------------------------------------------------------- dead-tap counters
@@ -370,7 +325,7 @@ def live_tap_counts(batch, height, width, rates, block_m, sum_branches=False) ->
     return torch.tensor(counts * batch, dtype=torch.int32)
 
 
-def branch_tap_counts(x, weight, bias, rates, sum_branches=False, relu=False):
+def branch_tap_counts(x, weight, *, rates, bias=None, sum_branches=False, relu=False):
     """Debug launch of ``_dfe_branches_kernel`` (default tiles) with its tap counter on: returns (output, taps per
     program row)."""
     _check_branches(x, weight, bias, rates, sum_branches)

@@ -25,7 +25,7 @@ KERNELS = {
 
 def launch_args(kernel: str, shape, dtype: torch.dtype, shifted: bool, batch: int = 1) -> tuple[dict, dict]:
     """(arguments by name, constexprs but the tiles) of ``kernel`` launched for one
-    ``bench.shapes.WindowAttentionShape``."""
+    ``fastmtl.models.launches.WindowAttentionShape``."""
     window, heads, d = shape.window, shape.heads, shape.head_dim
     shift = window // 2 if shifted else 0
     n = window * window
@@ -51,7 +51,8 @@ def launch_args(kernel: str, shape, dtype: torch.dtype, shifted: bool, batch: in
 def variants(shapes, dtypes=(torch.float16, torch.bfloat16)) -> list[tuple[str, object, torch.dtype, bool]]:
     """(kernel, shape, dtype, shifted) for every kernel the ``shapes`` launch, forward and backward.
 
-    ``shapes`` is ``bench.shapes.window_attention_shapes()``; a stage whose map is one window runs unshifted only.
+    ``shapes`` is ``fastmtl.models.launches.window_attention_shapes()``; a stage whose map is one window runs
+    unshifted only.
     """
     return [
         (kernel, shape, dtype, shifted)

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import fastmtl
+from fastmtl.backend import KernelLayer
+from fastmtl.checkpoint.store import read_checkpoint_info
 from fastmtl.config import ModelConfig
 from fastmtl.engine.distributed import DistInfo
 from fastmtl.engine.train.device_loader import decode_split
@@ -20,7 +22,6 @@ from fastmtl.engine.train.job import train
 from fastmtl.engine.train.loaders import build_run_data, make_val_loader
 from fastmtl.engine.train.loop import NonFiniteLossError, StepContext, validate
 from fastmtl.losses import MTLLoss
-from fastmtl.output import MTLOutput
 from fastmtl.registry import register_model
 from tests.engine.test_resume import _assert_same_tensors, _kill_and_resume, _losses
 from tests.engine.test_train import TinyMTL, tiny_config
@@ -104,13 +105,13 @@ def test_a_compile_failure_falls_back_to_the_eager_step(tmp_path, monkeypatch, c
     assert "the compiled step failed (RuntimeError: inductor could not lower this)" in capsys.readouterr().out
 
 
-class _FlakyKernel(nn.Module):
+class _FlakyKernel(KernelLayer):
     """A kernel-backed layer whose 'Triton' path raises, as a kernel that does not build on a new GPU would;
     ``only_eval``: only its inference kernels fail."""
 
-    def __init__(self, only_eval: bool = False) -> None:
-        super().__init__()
-        self.kernels, self.only_eval = "triton", only_eval
+    def __init__(self, kernels: str, only_eval: bool = False) -> None:
+        super().__init__(kernels)
+        self.only_eval = only_eval
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernels == "triton" and not (self.only_eval and self.training):
@@ -121,22 +122,26 @@ class _FlakyKernel(nn.Module):
 class _TinyWithKernel(TinyMTL):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.flaky = _FlakyKernel(only_eval=config.name == "tiny_eval_kernel_test")
+        self.flaky = _FlakyKernel(config.kernels, only_eval=config.name == "tiny_eval_kernel_test")
 
-    def forward(self, x: torch.Tensor) -> MTLOutput:
-        return super().forward(self.flaky(x))
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return super().forward_features(self.flaky(x))
 
 
 @register_model(("img_size", "in_chans", "seg_classes", "cls_classes"))
 def tiny_kernel_test(**kwargs) -> _TinyWithKernel:
     """Test-only: the tiny model plus a kernel-backed layer that fails on its Triton path."""
-    return _TinyWithKernel(ModelConfig(name="tiny_kernel_test", dfe="none", drop_path_rate=0.0, **kwargs))
+    return _TinyWithKernel(
+        ModelConfig(name="tiny_kernel_test", dfe="none", drop_path_rate=0.0, kernels="triton", **kwargs)
+    )
 
 
 @register_model(("img_size", "in_chans", "seg_classes", "cls_classes"))
 def tiny_eval_kernel_test(**kwargs) -> _TinyWithKernel:
     """Test-only: the tiny model plus a kernel-backed layer whose inference kernels fail."""
-    return _TinyWithKernel(ModelConfig(name="tiny_eval_kernel_test", dfe="none", drop_path_rate=0.0, **kwargs))
+    return _TinyWithKernel(
+        ModelConfig(name="tiny_eval_kernel_test", dfe="none", drop_path_rate=0.0, kernels="triton", **kwargs)
+    )
 
 
 def test_a_kernel_failure_in_validation_falls_back_too(tmp_path, capsys):
@@ -149,6 +154,8 @@ def test_a_kernel_failure_falls_back_to_the_reference_layers(tmp_path, capsys):
     result = train(fast_config(model="tiny_kernel_test", epochs=1), None, tmp_path)
     assert result["epochs_completed"] == 1 and "Triton kernels failed" in result["step"]
     assert "the Triton kernels failed in training (RuntimeError: PassManager::run failed)" in capsys.readouterr().out
+    config, _ = read_checkpoint_info(tmp_path / "last.safetensors")
+    assert config.kernels == "reference"  # the saved config says what ran
 
 
 def test_layer_paths_name_the_implementation_of_each_kind_of_layer():

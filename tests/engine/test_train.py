@@ -22,27 +22,29 @@ from fastmtl.engine.train.config_file import load_config
 from fastmtl.engine.train.job import train
 from fastmtl.engine.train.loop import NonFiniteLossError
 from fastmtl.engine.train.schedule import poly_lr
+from fastmtl.models.base import MTLModel
 from fastmtl.output import MTLOutput
 from fastmtl.registry import register_model
 
 ISIC_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isic2017"
 
 
-class TinyMTL(nn.Module):
+class TinyMTL(MTLModel):
     """Conv-BN-ReLU-dropout trunk with a 1x1 seg head and a linear class head; dropout draws from the global RNG."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.body = nn.Sequential(
             nn.Conv2d(config.in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.2)
         )
         self.seg = nn.Conv2d(8, config.seg_classes, 1)
         self.cls = nn.Linear(8, config.cls_classes)
 
-    def forward(self, x: torch.Tensor) -> MTLOutput:
-        features = self.body(x)  # (B, 8, H, W)
-        return MTLOutput(self.seg(features), self.cls(features.mean(dim=(2, 3))))
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.body(x)]  # (B, 8, H, W)
+
+    def forward_head(self, feats: list[torch.Tensor]) -> MTLOutput:
+        return MTLOutput(self.seg(feats[-1]), self.cls(feats[-1].mean(dim=(2, 3))))
 
 
 @register_model(("img_size", "in_chans", "seg_classes", "cls_classes"))

@@ -54,7 +54,7 @@ def test_the_image_size_has_one_owner_and_one_rule():
     with pytest.raises(ValueError, match="model.options.img_size: the image size is model.img_size"):
         load_config(None, ["model_options.img_size=64"])
     for bad in (40, 16, 8208):
-        with pytest.raises(ValueError, match=f"model.img_size must be a multiple of 16 from 32 to 8192, got {bad}"):
+        with pytest.raises(ValueError, match=f"model.img_size must be a multiple of 16 from 32 up to 8192, got {bad}"):
             load_config(None, [f"img_size={bad}"])
 
 

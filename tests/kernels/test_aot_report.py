@@ -1,7 +1,7 @@
-"""``python -m fastmtl.kernels.aot``: the JSON report of every kernel configuration (here a small slice of it).
+"""``python -m fastmtl.kernel_report``: the JSON report of every kernel configuration (here a small slice of it).
 
-Runs in a fresh process without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled), from the repository
-root (the shapes come from ``bench/shapes.py``).
+Runs in a fresh process without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled), outside the
+repository: the launch shapes come from the installed library (``fastmtl.models.launches``), not from a checkout.
 """
 
 import json
@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_report_command_writes_json(tmp_path):
     out = tmp_path / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "fastmtl.kernels.aot", "--json", str(out), "--img-sizes", "224", "--dtypes",
+    cmd = [sys.executable, "-m", "fastmtl.kernel_report", "--json", str(out), "--img-sizes", "224", "--dtypes",
            "float16", "--capabilities", "90", "--launches", "sa-pool", "fwd"]  # fmt: skip
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(out.read_text())
     rows = report["rows"]

@@ -56,7 +56,7 @@ def test_window_attention_candidates_are_tuner_configs():
 def test_interpreter_runs_the_default_candidate_and_records_it():
     x = torch.randn(1, 5, 6, 7)
     weight = torch.randn(2, 9, 5, 4)
-    out = dfe_ops.dfe_branches(x, weight, None, [0, 2], False, True)
+    out = dfe_ops.dfe_branches(x, weight, rates=[0, 2], relu=True)
     torch.testing.assert_close(out, dfe_ops.dfe_branches_ref(x, weight, None, [0, 2], False, True))
     qkv, table = torch.randn(1, 8, 8, 3, 2, 16), torch.randn(49, 2)
     window_attention(qkv, table, window=4, shift=2)
@@ -92,7 +92,7 @@ with FakeTensorMode():  # fake CUDA tensors: traced, never launched
     w = torch.empty(2, 9, 256, 256, device="cuda", dtype=torch.bfloat16)
     qkv = torch.empty(1, 14, 14, 3, 2, 32, device="cuda", dtype=torch.bfloat16)
     table = torch.empty(169, 2, device="cuda")
-    aot_function(lambda x, w: ops.dfe_branches(x, w, None, [0, 2], False, True), keep)(x, w)
+    aot_function(lambda x, w: ops.dfe_branches(x, w, rates=[0, 2], relu=True), keep)(x, w)
     aot_function(lambda q, t: window_attention(q, t, window=7, shift=3), keep)(qkv, table)
 grids = [m.group(1) for g in graphs for m in re.finditer(r"triton_kernel_wrapper_functional.*?grid = (\\[.*?\\]),", g)]
 print(grids)

@@ -67,19 +67,39 @@ def _op_cases(channels_last):
         return torch.randn(*shape, generator=g).to(DEVICE)
 
     x, cat = _fmt(r(2, 5, 9, 11), channels_last), _fmt(r(2, 12, 9, 11), channels_last)
-    return {
-        "branches": (K.dfe_branches, K.dfe_branches_ref, (x, r(3, 9, 5, 4), r(12), [0, 2, 5], False, True)),
-        "branches-sum": (K.dfe_branches, K.dfe_branches_ref, (x, r(2, 9, 5, 4), r(4), [3, 1], True, False)),
-        "merge": (K.dfe_merge, K.dfe_merge_ref, (cat, x, r(9, 12, 4), r(1, 5, 4), r(4), True)),
-        "merge-raw": (K.dfe_merge, K.dfe_merge_ref, (cat, x, r(9, 12, 4), None, None, False)),
-        "spatial-attention": (K.spatial_attention, spatial_attention_ref, (x, r(1, 2, 7, 7))),
+    return {  # name: (op, reference, the op schema's positional arguments)
+        "branches": ("dfe_branches", K.dfe_branches_ref, (x, r(3, 9, 5, 4), r(12), [0, 2, 5], False, True)),
+        "branches-sum": ("dfe_branches", K.dfe_branches_ref, (x, r(2, 9, 5, 4), r(4), [3, 1], True, False)),
+        "merge": ("dfe_merge", K.dfe_merge_ref, (cat, x, r(9, 12, 4), r(1, 5, 4), r(4), True)),
+        "merge-raw": ("dfe_merge", K.dfe_merge_ref, (cat, x, r(9, 12, 4), None, None, False)),
+        "spatial-attention": ("spatial_attention", spatial_attention_ref, (x, r(1, 2, 7, 7))),
     }
+
+
+def _public(op: str):
+    """The public, keyword-only function of ``op`` called with the schema's positional arguments."""
+    return {
+        "dfe_branches": lambda x, w, b, rates, s, relu: K.dfe_branches(x, w, rates=rates, bias=b, sum_branches=s,
+                                                                       relu=relu),
+        "dfe_merge": lambda cat, x, w, sc, b, relu: K.dfe_merge(cat, x, w, shortcut=sc, bias=b, relu=relu),
+        "spatial_attention": K.spatial_attention,
+    }[op]  # fmt: skip
+
+
+def test_the_public_ops_take_their_options_by_keyword():
+    x, w = torch.randn(1, 4, 5, 5, device=DEVICE), torch.randn(1, 9, 4, 4, device=DEVICE)
+    with pytest.raises(TypeError, match="positional argument"):
+        K.dfe_branches(x, w, None, [1], False, False)
+    with pytest.raises(TypeError, match="positional argument"):
+        K.dfe_merge(torch.randn(1, 4, 5, 5, device=DEVICE), x, w[0], None, None, False)
+    assert K.dfe_branches(x, w, rates=(1,)).shape == (1, 4, 5, 5)  # defaults: no bias, concatenated, no ReLU
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("name", list(_op_cases(False)))
 def test_op_matches_reference(name, channels_last, assert_close):
     op, ref, args = _op_cases(channels_last)[name]
+    op = _public(op)
     out_shape = ref(*args).shape
     grad_out = torch.randn(out_shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     out, grads = _grads(op, args, grad_out)
@@ -96,16 +116,17 @@ def test_op_matches_reference(name, channels_last, assert_close):
 @pytest.mark.parametrize("name", list(_op_cases(False)))
 def test_opcheck(name):
     op, _, args = _op_cases(False)[name]
+    _public(op)  # the ops register on first use
     args = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args)
-    torch.library.opcheck(op, args)
+    torch.library.opcheck(getattr(torch.ops.fastmtl, op).default, args)
 
 
 def test_op_validation():
     x = torch.randn(1, 4, 5, 5, device=DEVICE)
     with pytest.raises(ValueError, match="rates"):
-        K.dfe_branches(x, torch.randn(2, 9, 4, 4, device=DEVICE), None, [1], False, False)
+        K.dfe_branches(x, torch.randn(2, 9, 4, 4, device=DEVICE), rates=[1])
     with pytest.raises(TypeError, match="dtype"):
-        K.dfe_branches(x, torch.randn(1, 9, 4, 4, device=DEVICE).double(), None, [1], False, False)
+        K.dfe_branches(x, torch.randn(1, 9, 4, 4, device=DEVICE).double(), rates=[1])
     with pytest.raises(ValueError, match="weight"):
         K.spatial_attention(x, torch.randn(1, 2, 4, 4, device=DEVICE))
 
@@ -117,7 +138,7 @@ def test_op_validation():
 def test_dead_taps_skipped(size, rates, sum_branches, assert_close):
     x = torch.randn(2, 16, *size, device=DEVICE)
     weight = torch.randn(len(rates), 9, 16, 16, device=DEVICE)
-    out, counts = K.branch_tap_counts(x, weight, None, rates, sum_branches)
+    out, counts = K.branch_tap_counts(x, weight, rates=rates, sum_branches=sum_branches)
     block_m = K.conv_config(16, 16, x.dtype)["BLOCK_M"]
     expected = K.live_tap_counts(2, *size, rates, block_m, sum_branches)
     assert counts.cpu().tolist() == expected.tolist()

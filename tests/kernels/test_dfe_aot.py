@@ -28,7 +28,7 @@ def _report(calls: str) -> list[dict]:
     script = "\n".join(
         [
             "import json, torch",
-            "from bench.shapes import dfe_shapes",
+            "from fastmtl.models.launches import dfe_shapes",
             "from fastmtl.kernels.dfe.aot import aot_report",
             "at_224 = dfe_shapes((224,))",
             f"print(json.dumps({calls}))",

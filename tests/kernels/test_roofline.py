@@ -1,4 +1,4 @@
-"""The roofline report (``python -m fastmtl.kernels.aot --report``): its arithmetic, and the committed report
+"""The roofline report (``python -m fastmtl.kernel_report --report``): its arithmetic, and the committed report
 covers every launch the model makes at 224 / 512 px, batch 8 / 64, with sm_90a resources that ptxas reproduces."""
 
 import json
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.shapes import dfe_shapes, window_attention_shapes
 from fastmtl.kernels.roofline import (
     BATCHES,
     DFE_FORWARD,
@@ -22,6 +21,7 @@ from fastmtl.kernels.roofline import (
     occupancy,
     window_attention_work,
 )
+from fastmtl.models.launches import dfe_shapes, window_attention_shapes
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "bench" / "results" / "roofline" / "h100-sxm.json"
@@ -53,7 +53,7 @@ def test_work_counts() -> None:
 @pytest.fixture(scope="module")
 def committed() -> dict:
     if not COMMITTED.is_file():
-        pytest.fail(f"{COMMITTED} is missing: python -m fastmtl.kernels.aot --report {COMMITTED}")
+        pytest.fail(f"{COMMITTED} is missing: python -m fastmtl.kernel_report --report {COMMITTED}")
     return json.loads(COMMITTED.read_text())
 
 
@@ -79,7 +79,7 @@ def test_ptxas_reproduces_a_committed_row(committed) -> None:
         pytest.skip(f"the report was compiled by triton {committed['triton']}; ptxas of {triton.__version__} differs")
     script = "\n".join([
         "import json, torch",
-        "from bench.shapes import window_attention_shapes",
+        "from fastmtl.models.launches import window_attention_shapes",
         "from fastmtl.kernels import roofline",
         "from fastmtl.kernels.autotune import split",
         "from fastmtl.kernels.window_attention import aot as wa",

@@ -14,7 +14,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.shapes import window_attention_shapes
 from fastmtl.kernels._utils import interpreted
 from fastmtl.kernels.window_attention import ops, table_grad, window_attention
 from fastmtl.kernels.window_attention.ref import window_attention_bwd_ref, window_attention_fwd_ref
@@ -25,6 +24,7 @@ from fastmtl.layers.swin import (
     window_attention_ref,
     window_partition,
 )
+from fastmtl.models.launches import window_attention_shapes
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.triton

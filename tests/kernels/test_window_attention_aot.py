@@ -1,13 +1,12 @@
 """GPU readiness without a GPU: every window-attention kernel the model launches compiles ahead of time.
 
-Each stage at 224 and 512 (``bench.shapes.window_attention_shapes()``), forward and the three backward kernels,
-fp16 and bf16, shifted and plain, for sm_90a and sm_80: the kernels must compile, issue tensor-core instructions
-(wgmma on sm_90a, mma.sync on sm_80) and spill no registers. Every autotuning candidate compiles for sm_90a (the
-GPU target), the default candidate for sm_80 too. Compilation runs in a fresh process because the kernel tests
-import the kernels under the Triton interpreter. Kernel variants depend on window, dtype and shift only (batch,
-heads and map size are runtime arguments), so the quick test compiles each variant once; the slow test compiles
-every stage.
-"""
+Each stage at 224 and 512 (``fastmtl.models.launches.window_attention_shapes()``), forward and the three backward
+kernels, fp16 and bf16, shifted and plain, for sm_90a and sm_80: the kernels must compile, issue tensor-core
+instructions (wgmma on sm_90a, mma.sync on sm_80) and spill no registers. Every autotuning candidate compiles for
+sm_90a (the GPU target), the default candidate for sm_80 too. Compilation runs in a fresh process because the kernel
+tests import the kernels under the Triton interpreter. Kernel variants depend on window, dtype and shift only
+(batch, heads and map size are runtime arguments), so the quick test compiles each variant once; the slow test
+compiles every stage."""
 
 import json
 import os
@@ -20,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 _COMPILE = """
 import json, sys, torch
-from bench.shapes import window_attention_shapes
+from fastmtl.models.launches import window_attention_shapes
 from fastmtl.kernels.window_attention.aot import candidates, kernel_resources, variants
 capabilities, dtypes, every_stage, all_candidates = json.loads(sys.argv[1])
 seen, rows = set(), []

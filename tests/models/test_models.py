@@ -7,6 +7,7 @@ import torch
 
 import fastmtl
 from fastmtl import MTLOutput
+from fastmtl.backend import kernel_layers
 
 SEG_ONLY = {"unet_resnet34"}
 CLS_ONLY = {"resnet34_cls"}
@@ -133,7 +134,7 @@ def test_state_dict_is_the_same_for_every_kernel_backend() -> None:
         with fastmtl.kernel_backend(backend):
             model = fastmtl.create_model("resformer_mtl", img_size=32)
         keys[backend] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        assert all(m.kernels == backend for m in model.modules() if hasattr(m, "kernels"))
+        assert {m.kernels for m in kernel_layers(model)} == {backend} == {model.config.kernels}
     assert keys["reference"] == keys["triton"] == keys["auto"]
     fastmtl.set_kernel_backend(model, "reference")
-    assert all(m.kernels == "reference" for m in model.modules() if hasattr(m, "kernels"))
+    assert {m.kernels for m in kernel_layers(model)} == {"reference"} == {model.config.kernels}

@@ -163,9 +163,8 @@ def predict(
                          "--no-optimize")  # fmt: skip
     if not 0.0 < threshold < 1.0:  # NaN fails too
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-    if batch_size < 1 or num_workers < 0 or (img_size is not None and img_size < 1):
-        raise ValueError(f"batch_size must be >= 1, num_workers >= 0 and img_size >= 1; got {batch_size}, "
-                         f"{num_workers}, {img_size}")  # fmt: skip
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0; got {batch_size}, {num_workers}")
     if img_size is not None:  # before any work: the model's rule, from the checkpoint's header
         stored, _ = read_checkpoint_info(checkpoint)
         check_input_side(img_size, stored.name, stored.img_size, str(checkpoint))

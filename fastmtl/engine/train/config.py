@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastmtl.options import DATA_KINDS, check_img_size
+from fastmtl.options import AMP_CHOICES, COMPILE_MODES, DATA_KINDS, DEVICES, MIN_MODEL_IMG_SIZE, check_img_size
 
 __all__ = [
     "FLAT_KEYS",
@@ -60,7 +60,7 @@ class ModelSection:
     trunk_weights: str = ""
 
     def __post_init__(self) -> None:
-        check_img_size(self.img_size, "config model.img_size")
+        check_img_size(self.img_size, "config model.img_size", MIN_MODEL_IMG_SIZE)
         if "img_size" in self.options:
             raise ValueError(
                 "config model.options.img_size: the image size is model.img_size (img_size = ... in a flat file); "
@@ -137,9 +137,9 @@ class OptimSection:
 
 
 _RUN_CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "amp": ("auto", "bf16", "fp16", "off"),  # fastmtl.runtime.AMP_CHOICES (not imported: no torch here)
-    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "device": DEVICES,
+    "amp": AMP_CHOICES,
+    "compile_mode": COMPILE_MODES,
 }
 
 

@@ -30,20 +30,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastmtl.backend import set_kernel_backend, use_triton
+from fastmtl.backend import kernel_layers, use_triton
 from fastmtl.engine.evaluate.loop import EvalState, sync_state
 from fastmtl.engine.train.device_loader import DeviceSplit, eval_batches
 from fastmtl.engine.train.loop import NonFiniteLossError, StepContext
 from fastmtl.engine.train.state import RunState
 from fastmtl.layers.swin import WindowAttention
 from fastmtl.metrics import ClassificationMeter, SegmentationMeter
+from fastmtl.models.base import MTLModel
 
 __all__ = [
     "DeviceStep",
     "evaluate_split",
     "layer_paths",
     "tensor_learning_rates",
-    "uses_triton",
     "with_kernel_fallback",
 ]
 
@@ -59,23 +59,18 @@ def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device
         group["lr"] = torch.tensor(value, dtype=torch.float32, device=device)
 
 
-def uses_triton(model: nn.Module, device: torch.device) -> bool:
-    """Whether any kernel-backed layer of ``model`` runs its Triton kernels on ``device``."""
-    cuda = torch.device(device).type == "cuda"
-    return any(use_triton(m.kernels, cuda) for m in model.modules() if isinstance(getattr(m, "kernels", None), str))
-
-
-def with_kernel_fallback(model: nn.Module, device: torch.device, fn: Callable[[], Any], log, what: str) -> Any:
+def with_kernel_fallback(model: MTLModel, device: torch.device, fn: Callable[[], Any], log, what: str) -> Any:
     """Runs ``fn()``; if it fails while ``model`` uses Triton kernels, switches the model to the PyTorch reference
-    layers (printing one line) and runs it again. Other failures propagate."""
+    layers (printing one line; ``model.config`` says so too, and the checkpoints saved after) and runs it again.
+    Other failures propagate."""
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - kernel build / launch errors have many types
-        if not uses_triton(model, device):
+        if not model.uses_triton(device):
             raise
         log(f"the Triton kernels failed in {what} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
             "using the PyTorch reference layers")  # fmt: skip
-        set_kernel_backend(model, "reference")
+        model.set_backend("reference")
         return fn()
 
 
@@ -140,9 +135,9 @@ class DeviceStep:
             if self.compiled is not None:
                 self.log(f"the compiled step failed ({reason}); running it eagerly")
                 self.compiled, self.compile_status = None, f"eager (compile failed: {type(e).__name__})"
-            elif uses_triton(self.ctx.raw_model, self.ctx.world.device):
+            elif self.ctx.raw_model.uses_triton(self.ctx.world.device):
                 self.log(f"the Triton kernels failed in training ({reason}); using the PyTorch reference layers")
-                set_kernel_backend(self.ctx.raw_model, "reference")
+                self.ctx.raw_model.set_backend("reference")
                 self.compile_status += " (Triton kernels failed: reference layers)"
             else:
                 raise
@@ -290,12 +285,11 @@ def layer_paths(model: nn.Module, device: torch.device, compile_status: str, dty
     cuda = torch.device(device).type == "cuda"
     counts: dict[str, list[int]] = {}
     inside: set[int] = set()  # modules a Triton kernel runs instead of their own forward
-    for module in model.modules():
-        if hasattr(module, "kernels") and isinstance(module.kernels, str):
-            triton = use_triton(module.kernels, cuda)
-            counts.setdefault(type(module).__name__, [0, 0])[0 if triton else 1] += 1
-            if triton and not isinstance(module, _ATTENTION):  # attention keeps its qkv / proj linears
-                inside.update(id(m) for m in module.modules())
+    for module in kernel_layers(model):
+        triton = use_triton(module.kernels, cuda)
+        counts.setdefault(type(module).__name__, [0, 0])[0 if triton else 1] += 1
+        if triton and not isinstance(module, _ATTENTION):  # attention keeps its qkv / proj linears
+            inside.update(id(m) for m in module.modules())
     described = {
         "WindowAttention": "Triton window attention, forward and backward",
         "DFE": "Triton fused DFE branches + merge forward (BN unfolded), PyTorch/cuDNN backward",
