@@ -170,7 +170,7 @@ def _triton_version() -> str:
 
 
 def markdown(result: dict, batch: int = 64) -> str:
-    """The report's launches at ``batch`` as one Markdown table (the README's GPU section shows it)."""
+    """The report's launches at ``batch`` as one Markdown table (docs/DEVELOPMENT.md shows it)."""
     head = ("| kernel | launch | shape | regs | spills B | smem KiB | occupancy (limit) | GFLOP | MB | bound us "
             "(by) |\n| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |")  # fmt: skip
     lines = [head]
