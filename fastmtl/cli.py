@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmtl.cli_checks import check_args
+from fastmtl.options import EXPORT_FORMATS, EXPORT_PRECISIONS, PRECISIONS, RUNTIMES
 
 __all__ = ["build_parser", "main"]
 
@@ -96,10 +97,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--no-optimize", action="store_true", help="run the model as saved (no BN folding etc.)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized model (slow to start)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="default auto: bf16 on CUDA; on a CPU the fastest path within tolerance of fp32, measured "
                         "for jobs of 1000+ images and cached, else fp32 (README: Precision)")  # fmt: skip
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="runs a CPU --precision (default auto: OpenVINO, else ONNX Runtime, for int8)")  # fmt: skip
     p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate int8 / auto on (default: input)")
 
@@ -107,7 +108,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "export", "export a checkpoint as an AOTInductor package (.pt2) or an ONNX file")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors file written by fastmtl")
-    p.add_argument("--format", choices=("aoti", "onnx"), default="aoti", help="aoti (.pt2, default) or onnx")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="aoti", help="aoti (.pt2, default) or onnx")
     _add_out(p, "FILE to write (.pt2 or .onnx)", required=True)
     p.add_argument("--img-size", type=int, metavar="N", help="input side (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
@@ -115,7 +116,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of 1..1024")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
     p.add_argument("--device", default="cpu", help="compile for cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="int8: ONNX only, needs --calibrate")
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
+                   help="int8: ONNX only, needs --calibrate")  # fmt: skip
     p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate an int8 export on")
 
 

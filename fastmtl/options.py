@@ -6,7 +6,9 @@ uses the same ones, so each rule has one home.
 - :func:`require`: an optional package an operation needs, named with the extra that installs it;
 - the input sizes a model takes: :func:`input_step` (every model's sides are multiples of the encoder's stride,
   16; a ResFormer's, built with a Swin window of ``img_size // 16``, multiples of ``img_size``) and
-  :func:`check_input_side`, which says which sizes a checkpoint takes.
+  :func:`check_input_side`, which says which sizes a checkpoint takes;
+- the inference vocabularies (:data:`PRECISIONS`, :data:`RUNTIMES`, the export formats and precisions) and their
+  checks, :func:`check_inference` and :func:`check_export`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,15 @@ from pathlib import Path
 __all__ = [
     "DATA_KINDS",
     "ENCODER_STRIDE",
+    "EXPORT_FORMATS",
+    "EXPORT_PRECISIONS",
+    "FILE_RUNTIMES",
     "MAX_IMG_SIZE",
+    "PRECISIONS",
+    "RUNTIMES",
     "WINDOWED_MODELS",
+    "check_export",
+    "check_inference",
     "check_input_side",
     "check_kind",
     "detect_kind",
@@ -112,3 +121,43 @@ def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
         f"--img-size {side} does not fit checkpoint {source}: its {model} was built for {img_size} px{why} and takes "
         f"sides that are multiples of {step} up to {MAX_IMG_SIZE}: {sizes}, ..."
     )
+
+
+# ------------------------------------------------------------------------------------ inference: precision, runtime
+# What ``fastmtl predict`` and ``fastmtl export`` take: the command line offers these as its choices and
+# :class:`fastmtl.inference.path.Request` checks a request against them once (:func:`check_inference`); nothing
+# downstream checks them again.
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+FILE_RUNTIMES = ("onnxruntime", "openvino")  # optimize their own graph (no torch.compile), cached on disk
+EXPORT_FORMATS = ("aoti", "onnx")
+EXPORT_PRECISIONS = ("fp32", "int8")
+
+
+def _one_of(what: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
+def check_inference(precision: str, runtime: str, compile: bool, optimize: bool) -> None:
+    """Raises ValueError, naming the value and the choices, for a request ``fastmtl predict`` cannot take: an
+    unknown precision or runtime, ``compile`` on a runtime that optimizes its own graph, or a precision / runtime
+    other than fp32 on torch for the model as saved (``optimize=False``)."""
+    _one_of("precision", precision, PRECISIONS)
+    _one_of("runtime", runtime, RUNTIMES)
+    if compile and runtime in FILE_RUNTIMES:
+        raise ValueError(f"compile applies to the torch runtime; {runtime} optimizes its own graph")
+    if not optimize and (precision not in ("auto", "fp32") or runtime in FILE_RUNTIMES):
+        raise ValueError(f"precision {precision!r} on runtime {runtime!r} needs the optimized model; drop "
+                         "--no-optimize")  # fmt: skip
+
+
+def check_export(format: str, precision: str, calibrate: object) -> None:
+    """Raises ValueError for an export ``fastmtl export`` cannot write: an unknown format or precision, or int8 not
+    as an ONNX file calibrated on the user's images (``calibrate`` None)."""
+    _one_of("export format", format, EXPORT_FORMATS)
+    _one_of("export precision", precision, EXPORT_PRECISIONS)
+    if precision == "int8" and (format != "onnx" or calibrate is None):
+        raise ValueError("an int8 export is an ONNX file calibrated on your images: use --format onnx and "
+                         "--calibrate PATH (AOTInductor packages are fp32)")  # fmt: skip

@@ -53,11 +53,10 @@ from fastmtl.files import exclusive_folder, reporting_full_disk
 from fastmtl.inference import onnxrt
 from fastmtl.inference.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
 from fastmtl.inference.traced import MAX_BATCH, batch_dim, deployable, flat, output_names, write_onnx
-from fastmtl.options import check_input_side
+from fastmtl.options import check_export, check_input_side
 
-__all__ = ["FORMATS", "ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
+__all__ = ["ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
 
-FORMATS = ("aoti", "onnx")
 CHECK_TOL = 1e-4  # fp32 row of the tolerance table: Inductor reorders the convolutions' sums
 
 
@@ -192,18 +191,12 @@ def export(
         ModuleNotFoundError: ONNX export without onnx/onnxscript (the message says what to install).
         ExportCheckError: the parity check failed.
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    check_export(format, precision, calibrate)
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
     if img_size is not None:  # before any work: the model's rule, from the checkpoint's header
         stored, _ = read_checkpoint_info(checkpoint)
         check_input_side(img_size, stored.name, stored.img_size, str(checkpoint))
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"export precision must be fp32 or int8, got {precision!r}")
-    if precision == "int8" and (format != "onnx" or calibrate is None):
-        raise ValueError("an int8 export is an ONNX file calibrated on your images: use --format onnx and "
-                         "--calibrate PATH (AOTInductor packages are fp32)")  # fmt: skip
     if precision == "int8" and (reason := onnxrt.missing()):
         raise ModuleNotFoundError(reason)
     out = Path(out_path)
