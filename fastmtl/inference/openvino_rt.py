@@ -3,7 +3,7 @@
 OpenVINO reads the fp32 ONNX file that :mod:`inference.onnxrt` exports and caches (one export serves both runtimes)
 and compiles it for the CPU at the job's batch shape in seconds. fp32 and bf16 are that file compiled with
 OpenVINO's inference precision set to f32 or bf16; bf16 only on a CPU with native bf16 (avx512_bf16 / AMX), as
-torch's bf16 (:mod:`fastmtl.inference.precision`).
+torch's bf16 (:mod:`fastmtl.inference.path`).
 
 int8 is NNCF's post-training quantization of that model (the transformer preset: convolutions and matmuls in int8,
 softmax, LayerNorm and GELU left to OpenVINO in the inference precision), calibrated on the job's images, and saved
@@ -65,7 +65,7 @@ def cached_int8(model: nn.Module, shape: Sequence[int], cpu: CpuInfo, *, digest:
 
 class OpenVinoModel(nn.Module):
     """An ONNX or IR file compiled by OpenVINO for the CPU at one batch shape, called like a fastmtl model:
-    ``(batch, C, H, W) -> MTLOutput`` (:class:`fastmtl.inference.precision.FixedBatch` pads a short batch).
+    ``(batch, C, H, W) -> MTLOutput`` (:class:`fastmtl.inference.torch_paths.FixedBatch` pads a short batch).
 
     Args:
         path: the ``.onnx`` or ``.xml`` file; its outputs are named ``seg_logits`` and / or ``cls_logits``.
