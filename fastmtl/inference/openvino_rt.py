@@ -143,7 +143,8 @@ def build(
     log: Callable[[str], None] = print,
 ) -> OpenVinoModel:
     """``model`` compiled by OpenVINO in ``precision`` (``fp32``, ``bf16`` or ``int8``) for batches shaped like
-    ``example``, from the cached files or exported / quantized now (module docstring).
+    ``example``, from the cached files or exported / quantized now (module docstring); the path was checked by
+    :func:`fastmtl.inference.resolve.resolve` (:func:`fastmtl.inference.path.unavailable`).
 
     Args:
         model: a fastmtl model on the CPU.
@@ -154,11 +155,6 @@ def build(
         refresh: rebuild the int8 file from ``calibration`` even when one is cached.
         log: where lines about exporting and quantizing go.
     """
-    if precision not in ("fp32", "bf16", "int8"):
-        raise ValueError(f"OpenVINO paths are fp32, bf16 and int8, got {precision!r}")
-    reason = missing()
-    if reason:
-        raise ModuleNotFoundError(reason)
     digest = onnxrt.weights_digest(model, example.shape)
     fp32 = onnxrt.exported_fp32(model, example, digest=digest, log=log)
     float_precision = "bf16" if cpu.bf16 else "f32"
