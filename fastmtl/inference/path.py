@@ -1,11 +1,11 @@
 """What a prediction runs in: the request, the path it resolves to, and the job's images a path is built on.
 
 A :class:`Request` is what the user asked for (``--precision``, ``--runtime``, ``--compile``, ``--no-optimize``),
-checked once, when it is made, against the vocabularies of :mod:`fastmtl.options`. :func:`fastmtl.inference.resolve.
-resolve` turns it, with the device, the CPU's facts and the job's size, into an :class:`InferencePath`: a precision
-(never ``auto``) on a runtime (never ``auto``), compiled or not, for one CPU; :func:`fastmtl.inference.build.build`
-makes it a runnable module. The path is frozen: ``fastmtl predict``, the bench and the Python API build it and
-report it as it is, and nothing after :func:`resolve` decides it again.
+checked once, when it is made, against the vocabularies of :mod:`fastmtl.options`. :mod:`fastmtl.inference.resolve`
+turns it, with the device, the CPU's facts and the job's size, into an :class:`InferencePath`: a precision (never
+``auto``) on a runtime (never ``auto``), compiled or not, for one CPU; :mod:`fastmtl.inference.build` makes that a
+runnable module. The path is frozen: ``fastmtl predict``, the bench and the Python API build it and report it as it
+is, and nothing after ``resolve`` decides it again.
 
 ========  ========================================================================================================
 ``fp32``  :func:`~inference.optimize.optimize_for_inference`'s model (BN folded, channels_last), optionally compiled
