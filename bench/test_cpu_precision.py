@@ -6,16 +6,18 @@ each compiled in every process); ``--bench-quick``: 64 px batch 2, uncompiled pa
 ``resformer_mtl`` (the weights of ``--bench-checkpoint`` when given, else seeded random ones, which the results say):
 
 - ``eager-fp32``: the model as built (the baseline);
-- fastmtl's paths, :func:`fastmtl.inference.precision.build_path`: ``fp32+onnxruntime``, ``int8+onnxruntime`` (the
+- fastmtl's paths, resolved (:func:`fastmtl.inference.resolve.resolve`) and built
+  (:func:`fastmtl.inference.build.build`) as ``fastmtl predict`` does: ``fp32+onnxruntime``, ``int8+onnxruntime`` (the
   ``export`` extra), ``fp32+openvino``, ``bf16+openvino``, ``int8+openvino`` (the ``openvino`` extra) and, with
   ``--bench-full``, torch's (bf16 only where the CPU computes it natively; skipped with the reason otherwise);
 - the peer, OpenVINO as a user runs it in a few lines on the same exported ONNX file (:func:`_openvino_peer`):
   ``openvino-fp32``, ``openvino-default`` (its own default precision: bf16 on a CPU that has it) and
   ``openvino-int8`` (NNCF post-training quantization, transformer preset, on the calibration images);
-- ``auto``: what ``fastmtl predict`` runs by default on a job large enough to measure
-  (:func:`fastmtl.inference.precision.choose_precision`, its cached decision removed first).
+- ``auto``: what ``fastmtl predict`` runs by default on a job large enough to measure (``resolve`` of
+  ``Request("auto")``, which measures with :func:`fastmtl.inference.precision.measure`, its cached decision removed
+  first).
 
-int8 and ``auto`` calibrate on :data:`~inference.precision.CALIBRATION_IMAGES` ISIC 2017 images from the end of the
+int8 and ``auto`` calibrate on :data:`~inference.path.CALIBRATION_IMAGES` ISIC 2017 images from the end of the
 sorted list (random inputs without the data), as ``fastmtl predict`` calibrates on the user's own images. Builds are
 shared within the run: the ONNX file is exported once into the session's private cache folder, and ``auto`` reuses
 the int8 files the cases before it calibrated on the same images (it times and compares them all the same). Each
@@ -40,8 +42,14 @@ import torch
 import torch.nn.functional as F
 
 import fastmtl
-from fastmtl.inference import precision as P
+from fastmtl.inference.agreement import agreement, cat_outputs
+from fastmtl.inference.build import build
+from fastmtl.inference.path import CALIBRATION_IMAGES, PrecisionUnavailable, Request, Sample
+from fastmtl.inference.precision import decision_file
+from fastmtl.inference.resolve import resolve
+from fastmtl.options import FILE_RUNTIMES
 from fastmtl.output import MTLOutput
+from fastmtl.runtime import cpu_info
 
 ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
 PROVIDERS = ("eager-fp32", "fp32+onnxruntime", "int8+onnxruntime", "openvino-fp32", "openvino-default",
@@ -105,11 +113,11 @@ def isic_images(bench_quick: bool, pytestconfig: pytest.Config) -> list[tuple[Pa
 
 
 def _calibration(example: torch.Tensor) -> list[torch.Tensor]:
-    """:data:`~inference.precision.CALIBRATION_IMAGES` images in batches shaped like ``example``, from the last ISIC
+    """:data:`~inference.path.CALIBRATION_IMAGES` images in batches shaped like ``example``, from the last ISIC
     images (disjoint from the accuracy images), or random ones without the data."""
     from fastmtl.data.images import ImagePaths
 
-    batches = -(-P.CALIBRATION_IMAGES // example.shape[0])
+    batches = -(-CALIBRATION_IMAGES // example.shape[0])
     n = batches * example.shape[0]
     files = _isic_files()[-n:]
     if len(files) < n:
@@ -166,21 +174,25 @@ def _openvino_peer(kind: str, model, example: torch.Tensor, calibration) -> torc
 
 
 def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibration):
-    """(module to time, auto's decision or None) for ``provider``."""
+    """(module to time, auto's choice in words or None) for ``provider``: fastmtl's paths resolved and built as
+    ``fastmtl predict`` does, on the calibration images (the int8 files the cases before calibrated are reused)."""
     if provider == "eager-fp32":
         return model, None
     if provider.startswith("openvino-"):
         return _openvino_peer(provider.removeprefix("openvino-"), model, example, calibration), None
+    sample, cpu, said = Sample.of(calibration), cpu_info(), []
     if provider == "auto":
-        P.decision_file(checkpoint, example.shape, P.cpu_info()).unlink(missing_ok=True)
-        return P.choose_precision(model, checkpoint, calibration, n_images=10**6, min_images=0, refresh=False)
+        decision_file(checkpoint, example.shape, cpu).unlink(missing_ok=True)
+        path = resolve(Request("auto"), device="cpu", cpu=cpu, n_images=10**6, sample=sample, model=model,
+                       checkpoint=checkpoint, log=said.append)  # fmt: skip
+        return build(path, model, sample), said[-1].removeprefix("auto: ")
     precision, _, suffix = provider.partition("+")
-    runtime = suffix if suffix in ("onnxruntime", "openvino") else "torch"
+    request = Request(precision, suffix if suffix in FILE_RUNTIMES else "torch", compile=suffix == "compile")
     try:
-        return P.build_path(model, precision, example, compile=suffix == "compile", runtime=runtime,
-                            calibration=calibration), None  # fmt: skip
-    except P.PrecisionUnavailable as e:
+        path = resolve(request, device="cpu", cpu=cpu, n_images=len(calibration), sample=sample, fallback=False)
+    except PrecisionUnavailable as e:
         pytest.skip(f"{provider}: {e}")
+    return build(path, model, sample), None
 
 
 _REFERENCE: dict[tuple, tuple] = {}  # (checkpoint, img_size, batch) -> (images, eager fp32 outputs, truth)
@@ -197,7 +209,7 @@ def _reference(model, checkpoint: Path, images: list[tuple[Path, Path]], img_siz
         data = ImagePaths([p for p, _ in images[:n]], (img_size, img_size))
         x = torch.stack([data[i]["image"] for i in range(n)])
         with torch.inference_mode():
-            ref = P.cat_outputs([model(c) for c in x.split(batch)])
+            ref = cat_outputs([model(c) for c in x.split(batch)])
         masks = [torch.from_numpy((read_mask(m) > 0).astype(np.float32))[None, None] for _, m in images[:n]]
         truth = torch.cat([F.interpolate(m, size=(img_size, img_size), mode="nearest") for m in masks])[:, 0] > 0
         _REFERENCE[key] = (x, ref, truth)
@@ -213,8 +225,8 @@ def _dsc(out: MTLOutput, truth: torch.Tensor) -> float:
 def _accuracy(net, x: torch.Tensor, ref: MTLOutput, truth: torch.Tensor, batch: int) -> dict[str, Any]:
     """Agreement with eager fp32 and the change in mean DSC against the ground truth."""
     with torch.inference_mode():
-        got = P.cat_outputs([net(c) for c in x.split(batch)])
-    found, fp32 = P.agreement(ref, got), _dsc(ref, truth)
+        got = cat_outputs([net(c) for c in x.split(batch)])
+    found, fp32 = agreement(ref, got), _dsc(ref, truth)
     return {"accuracy_images": x.shape[0], **{f"vs_fp32_{k}": round(v, 5) for k, v in found.items()},
             "dsc_gt_fp32": round(fp32, 3), "dsc_gt_delta": round(_dsc(got, truth) - fp32, 3)}  # fmt: skip
 
@@ -228,8 +240,8 @@ def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic
     model = _model(checkpoint, img_size)
     torch.manual_seed(1)
     example = torch.randn(batch, 3, img_size, img_size)
-    net, decision = _build(provider, model, checkpoint, example, _calibration(example))
-    cpu = P.cpu_info()
+    net, choice = _build(provider, model, checkpoint, example, _calibration(example))
+    cpu = cpu_info()
     facts: dict[str, Any] = {
         "weights": what,
         "img_size": img_size,
@@ -237,8 +249,8 @@ def test_cpu_precision(cpu_case, measure, benchmark, bench_device, weights, isic
         "cpu": cpu.key,
         "cpu_kind": cpu.kind,
     }
-    if decision is not None:
-        facts.update(auto_choice=decision.describe())
+    if choice is not None:
+        facts.update(auto_choice=choice)
 
     def forward():
         with torch.inference_mode():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmtl.cli_checks import check_args
-from fastmtl.options import DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, MAX_EXPORT_BATCH
+from fastmtl.options import DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, MAX_EXPORT_BATCH, PRECISIONS, RUNTIMES
 
 __all__ = ["build_parser", "main"]
 
@@ -100,10 +100,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--no-optimize", action="store_true", help="run the model as saved (no BN folding etc.)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized model (slow to start)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="default auto: bf16 on CUDA; on a CPU the fastest path within tolerance of fp32, measured "
                         "for jobs of 1000+ images and cached, else fp32 (README: Precision)")  # fmt: skip
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="runs a CPU --precision (default auto: OpenVINO, else ONNX Runtime, for int8)")  # fmt: skip
     p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate int8 / auto on (default: input)")
 

@@ -15,7 +15,9 @@ and the configs, the models and the engine use the same ones, so each rule has o
 - export: :data:`EXPORT_FORMATS` and :data:`EXPORT_PRECISIONS`;
 - datasets: :data:`DATA_KINDS` (:mod:`fastmtl.data.registry` maps each to its class) and :func:`detect_kind`, the
   kind of a folder from its layout;
-- :func:`require`: an optional package an operation needs, named with the extra that installs it.
+- :func:`require`: an optional package an operation needs, named with the extra that installs it;
+- inference: :data:`PRECISIONS`, :data:`RUNTIMES` and their check, :func:`check_inference`; the export check,
+  :func:`check_export`.
 """
 
 from __future__ import annotations
@@ -32,15 +34,20 @@ __all__ = [
     "ENCODER_STRIDE",
     "EXPORT_FORMATS",
     "EXPORT_PRECISIONS",
+    "FILE_RUNTIMES",
     "KERNEL_BACKENDS",
     "MAX_BATCH_SIZE",
     "MAX_EXPORT_BATCH",
     "MAX_IMG_SIZE",
     "MIN_MODEL_IMG_SIZE",
+    "PRECISIONS",
+    "RUNTIMES",
     "WINDOWED_MODELS",
     "check_backend",
     "check_device_name",
+    "check_export",
     "check_img_size",
+    "check_inference",
     "check_input_side",
     "check_kind",
     "check_range",
@@ -181,3 +188,41 @@ def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
         f"--img-size {side} does not fit checkpoint {source}: its {model} was built for {img_size} px{why} and takes "
         f"sides that are multiples of {step} up to {MAX_IMG_SIZE}: {sizes}, ..."
     )
+
+
+# ------------------------------------------------------------------------------------ inference: precision, runtime
+# What ``fastmtl predict`` and ``fastmtl export`` take: the command line offers these as its choices and
+# :class:`fastmtl.inference.path.Request` checks a request against them once (:func:`check_inference`); nothing
+# downstream checks them again.
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+FILE_RUNTIMES = ("onnxruntime", "openvino")  # optimize their own graph (no torch.compile), cached on disk
+
+
+def _one_of(what: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
+def check_inference(precision: str, runtime: str, compile: bool, optimize: bool) -> None:
+    """Raises ValueError, naming the value and the choices, for a request ``fastmtl predict`` cannot take: an
+    unknown precision or runtime, ``compile`` on a runtime that optimizes its own graph, or a precision / runtime
+    other than fp32 on torch for the model as saved (``optimize=False``)."""
+    _one_of("precision", precision, PRECISIONS)
+    _one_of("runtime", runtime, RUNTIMES)
+    if compile and runtime in FILE_RUNTIMES:
+        raise ValueError(f"compile applies to the torch runtime; {runtime} optimizes its own graph")
+    if not optimize and (precision not in ("auto", "fp32") or runtime in FILE_RUNTIMES):
+        raise ValueError(f"precision {precision!r} on runtime {runtime!r} needs the optimized model; drop "
+                         "--no-optimize")  # fmt: skip
+
+
+def check_export(format: str, precision: str, calibrate: object) -> None:
+    """Raises ValueError for an export ``fastmtl export`` cannot write: an unknown format or precision, or int8 not
+    as an ONNX file calibrated on the user's images (``calibrate`` None)."""
+    _one_of("export format", format, EXPORT_FORMATS)
+    _one_of("export precision", precision, EXPORT_PRECISIONS)
+    if precision == "int8" and (format != "onnx" or calibrate is None):
+        raise ValueError("an int8 export is an ONNX file calibrated on your images: use --format onnx and "
+                         "--calibrate PATH (AOTInductor packages are fp32)")  # fmt: skip

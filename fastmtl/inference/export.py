@@ -53,7 +53,7 @@ from fastmtl.files import exclusive_folder, reporting_full_disk
 from fastmtl.inference import onnxrt
 from fastmtl.inference.agreement import TOLERANCE, agreement, cat_outputs, within_tolerance
 from fastmtl.inference.traced import batch_dim, deployable, flat, output_names, write_onnx
-from fastmtl.options import EXPORT_FORMATS, EXPORT_PRECISIONS, MAX_EXPORT_BATCH, check_input_side, check_range
+from fastmtl.options import MAX_EXPORT_BATCH, check_export, check_input_side, check_range
 
 __all__ = ["ExportCheckError", "export", "export_metadata", "normalization_stats", "output_lock"]
 
@@ -191,17 +191,11 @@ def export(
         ModuleNotFoundError: ONNX export without onnx/onnxscript (the message says what to install).
         ExportCheckError: the parity check failed.
     """
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    check_export(format, precision, calibrate)
     check_range(batch_size, "batch_size", 1, MAX_EXPORT_BATCH)
     if img_size is not None:  # before any work: the model's rule, from the checkpoint's header
         stored, _ = read_checkpoint_info(checkpoint)
         check_input_side(img_size, stored.name, stored.img_size, str(checkpoint))
-    if precision not in EXPORT_PRECISIONS:
-        raise ValueError(f"export precision must be {' or '.join(EXPORT_PRECISIONS)}, got {precision!r}")
-    if precision == "int8" and (format != "onnx" or calibrate is None):
-        raise ValueError("an int8 export is an ONNX file calibrated on your images: use --format onnx and "
-                         "--calibrate PATH (AOTInductor packages are fp32)")  # fmt: skip
     if precision == "int8" and (reason := onnxrt.missing()):
         raise ModuleNotFoundError(reason)
     out = Path(out_path)

@@ -222,7 +222,8 @@ def build(
     int8_vnni: bool = False,
     log: Callable[[str], None] = print,
 ) -> OnnxRuntimeModel:
-    """``model`` on ONNX Runtime in ``precision`` (``fp32`` or ``int8``), from the cache or exported now.
+    """``model`` on ONNX Runtime in ``precision`` (``fp32`` or ``int8``), from the cache or exported now; the path
+    was checked by :func:`fastmtl.inference.resolve.resolve` (:func:`fastmtl.inference.path.unavailable`).
 
     Args:
         model: a fastmtl model on the CPU.
@@ -233,11 +234,6 @@ def build(
         int8_vnni: the CPU has VNNI, so int8 weights use all 8 bits (module docstring).
         log: where lines about exporting and quantizing go.
     """
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"ONNX Runtime paths are fp32 and int8, got {precision!r}")
-    reason = missing()
-    if reason:
-        raise ModuleNotFoundError(reason)
     cache_limit_bytes()  # a malformed $FASTMTL_ONNX_CACHE_GB fails now, not after a minute of exporting
     digest = weights_digest(model, example.shape)
     fp32 = cached_file(model, example.shape, "fp32", digest=digest)

@@ -3,7 +3,7 @@
 OpenVINO reads the fp32 ONNX file that :mod:`inference.onnxrt` exports and caches (one export serves both runtimes)
 and compiles it for the CPU at the job's batch shape in seconds. fp32 and bf16 are that file compiled with
 OpenVINO's inference precision set to f32 or bf16; bf16 only on a CPU with native bf16 (avx512_bf16 / AMX), as
-torch's bf16 (:mod:`fastmtl.inference.precision`).
+torch's bf16 (:mod:`fastmtl.inference.path`).
 
 int8 is NNCF's post-training quantization of that model (the transformer preset: convolutions and matmuls in int8,
 softmax, LayerNorm and GELU left to OpenVINO in the inference precision), calibrated on the job's images, and saved
@@ -65,7 +65,7 @@ def cached_int8(model: nn.Module, shape: Sequence[int], cpu: CpuInfo, *, digest:
 
 class OpenVinoModel(nn.Module):
     """An ONNX or IR file compiled by OpenVINO for the CPU at one batch shape, called like a fastmtl model:
-    ``(batch, C, H, W) -> MTLOutput`` (:class:`fastmtl.inference.precision.FixedBatch` pads a short batch).
+    ``(batch, C, H, W) -> MTLOutput`` (:class:`fastmtl.inference.torch_paths.FixedBatch` pads a short batch).
 
     Args:
         path: the ``.onnx`` or ``.xml`` file; its outputs are named ``seg_logits`` and / or ``cls_logits``.
@@ -143,7 +143,8 @@ def build(
     log: Callable[[str], None] = print,
 ) -> OpenVinoModel:
     """``model`` compiled by OpenVINO in ``precision`` (``fp32``, ``bf16`` or ``int8``) for batches shaped like
-    ``example``, from the cached files or exported / quantized now (module docstring).
+    ``example``, from the cached files or exported / quantized now (module docstring); the path was checked by
+    :func:`fastmtl.inference.resolve.resolve` (:func:`fastmtl.inference.path.unavailable`).
 
     Args:
         model: a fastmtl model on the CPU.
@@ -154,11 +155,6 @@ def build(
         refresh: rebuild the int8 file from ``calibration`` even when one is cached.
         log: where lines about exporting and quantizing go.
     """
-    if precision not in ("fp32", "bf16", "int8"):
-        raise ValueError(f"OpenVINO paths are fp32, bf16 and int8, got {precision!r}")
-    reason = missing()
-    if reason:
-        raise ModuleNotFoundError(reason)
     digest = onnxrt.weights_digest(model, example.shape)
     fp32 = onnxrt.exported_fp32(model, example, digest=digest, log=log)
     float_precision = "bf16" if cpu.bf16 else "f32"

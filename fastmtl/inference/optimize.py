@@ -37,7 +37,14 @@ from fastmtl.options import check_backend
 from fastmtl.output import MTLOutput
 from fastmtl.runtime import amp_dtype
 
-__all__ = ["InferenceModel", "count_batchnorms", "fold_batchnorms", "fold_conv_bn", "optimize_for_inference"]
+__all__ = [
+    "InferenceModel",
+    "count_batchnorms",
+    "fold_batchnorms",
+    "fold_conv_bn",
+    "optimize_for_inference",
+    "optimized",
+]
 
 CompileMode = Literal["default", "max-autotune"] | bool
 AmpSpec = Literal["auto", "bf16", "fp16", "off"] | bool | torch.dtype | None
@@ -162,6 +169,21 @@ def optimize_for_inference(
     device = _device_of(model)
     mode = _compile_mode(compile, cuda_graphs, device)
     dtype = amp_dtype("off" if amp is None else amp, device)  # the shared vocabulary; None keeps meaning "off"
+    return optimized(model, dtype, mode=mode, fold_bn=fold_bn, channels_last=channels_last, kernels=kernels)
+
+
+def optimized(
+    model: nn.Module,
+    dtype: torch.dtype | None,
+    *,
+    mode: str | None = None,
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    kernels: str | None = "auto",
+) -> InferenceModel:
+    """:func:`optimize_for_inference` with its switches decided: autocast ``dtype`` (None: fp32) and the
+    ``torch.compile`` ``mode`` (None: not compiled); what an inference path's torch float build calls. ``kernels``
+    None keeps the model's own backend; a deployment (``build``) takes ``"auto"`` (the best here)."""
     if kernels is not None:
         check_backend(kernels)
     net = copy.deepcopy(model).eval().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""torch's own inference paths' pieces (:mod:`fastmtl.inference.precision` builds the paths): a fixed-batch wrapper for
+"""torch's own inference paths' pieces (:mod:`fastmtl.inference.build` builds the paths): a fixed-batch wrapper for
 shape-specialised models (compiled graphs, OpenVINO), Inductor's freezing, and PT2E static int8 with torchao's x86
 Inductor quantizer."""
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmtl.inference.optimize import optimize_for_inference
+from fastmtl.inference.optimize import optimized
 from fastmtl.output import MTLOutput
 
 __all__ = ["FixedBatch", "inductor_cpu", "quantize_int8"]
@@ -50,7 +50,7 @@ def quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Modul
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
-    net = optimize_for_inference(model, fold_bn=False, channels_last=False, amp="off").module
+    net = optimized(model, None, fold_bn=False, channels_last=False).module
     _unshare_activations(net)
     graph = torch.export.export(net, (calibration[0],)).module()
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import fastmtl
 from fastmtl.checkpoint.store import save_checkpoint
+from fastmtl.inference.build import build
+from fastmtl.inference.path import Request, Sample
+from fastmtl.inference.resolve import resolve
+from fastmtl.runtime import cpu_info
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +31,22 @@ def module_cache(_module_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     per-test folder is set), so a module's ONNX exports and OpenVINO files are built once."""
     monkeypatch.setenv("FASTMTL_CACHE", str(_module_cache_dir))
     return _module_cache_dir
+
+
+@pytest.fixture(scope="session")
+def built_path() -> Callable[..., nn.Module]:
+    """``built_path(model, precision, example, runtime=, compile=, calibration=, refresh=, log=)``: the path resolved
+    as ``fastmtl predict`` resolves it, but strictly (PrecisionUnavailable where it cannot run here), then built on
+    ``calibration`` (default ``[example]``)."""
+
+    def make(model: nn.Module, precision: str, example: torch.Tensor, *, runtime: str = "torch", compile: bool = False,
+             calibration: list[torch.Tensor] | None = None, refresh: bool = False, log=print) -> nn.Module:  # fmt: skip
+        sample, device = Sample.of(calibration or [example], refresh=refresh), next(model.parameters()).device
+        path = resolve(Request(precision, runtime, compile), device=device, cpu=cpu_info(), n_images=example.shape[0],
+                       sample=sample, fallback=False, log=log)  # fmt: skip
+        return build(path, model, sample, log=log)
+
+    return make
 
 
 @pytest.fixture(scope="session")

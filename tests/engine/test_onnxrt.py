@@ -12,9 +12,12 @@ from torch import nn
 
 import fastmtl
 from fastmtl.config import ModelConfig
-from fastmtl.inference import onnxrt
+from fastmtl.inference import onnxrt, openvino_rt
 from fastmtl.inference import precision as P
+from fastmtl.inference.agreement import agreement
+from fastmtl.inference.path import PrecisionUnavailable, Request, auto_runtime
 from fastmtl.registry import register_model
+from fastmtl.runtime import cpu_info
 from tests.engine.test_train import TinyMTL
 
 pytestmark = pytest.mark.skipif(onnxrt.missing() is not None, reason=str(onnxrt.missing()))
@@ -40,7 +43,7 @@ def model():
     return fastmtl.create_model("resformer_mtl", img_size=32).eval()
 
 
-def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, module_cache):
+def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, module_cache, built_path):
     import onnx
 
     torch.manual_seed(1)
@@ -49,9 +52,9 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, module_cache)
     with torch.inference_mode():
         ref = model(x)
     built = []
-    fp32 = P.build_path(model, "fp32", calibration[0], runtime="onnxruntime", log=built.append)
-    int8 = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration,
-                        log=built.append)  # fmt: skip
+    fp32 = built_path(model, "fp32", calibration[0], runtime="onnxruntime", log=built.append)
+    int8 = built_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration,
+                      log=built.append)  # fmt: skip
     assert [line.split(":")[0] for line in built] == ["onnxruntime", "onnxruntime"]  # exported, then calibrated
     assert "exported" in built[0] and "int8 calibrated on 6 image(s)" in built[1]
 
@@ -60,7 +63,7 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, module_cache)
     torch.testing.assert_close(out32.seg_logits, ref.seg_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out32.cls_logits, ref.cls_logits, atol=1e-4, rtol=1e-4)
     assert out8.seg_logits.shape == ref.seg_logits.shape and out8.cls_logits.dtype == torch.float32
-    assert P.agreement(ref, out8)["mask_agreement"] > 95.0, P.agreement(ref, out8)
+    assert agreement(ref, out8)["mask_agreement"] > 95.0, agreement(ref, out8)
 
     graph = onnx.load(str(int8.path)).graph
     ops = Counter(node.op_type for node in graph.node)
@@ -92,17 +95,17 @@ def test_fp32_and_int8_follow_eager_and_load_from_the_cache(model, module_cache)
 
     again = []
     os.utime(int8.path, (1e9, 1e9))
-    reused = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=again.append)
+    reused = built_path(model, "int8", calibration[0], runtime="onnxruntime", log=again.append)
     assert again == [] and reused.path == int8.path  # nothing exported or calibrated: read from the cache
     assert int8.path.stat().st_mtime > 1e9  # marked as used: the cache bound removes the least recently used
 
     checkpoint = module_cache / "model.safetensors"
     checkpoint.write_bytes(b"stands in for the checkpoint in auto's cache key")
-    small = P.plan_auto("cpu", checkpoint, x.shape, n_images=5, model=model)  # exported already: worth it
+    small = P.plan_auto("cpu", checkpoint, x.shape, 5, cpu_info(), model=model)  # exported already: worth it
     assert small.name == "fp32+onnxruntime" and "exported by an earlier job" in small.reason
 
     other = fastmtl.create_model("resformer_mtl", img_size=32).eval()  # other weights: another file
-    assert P.plan_auto("cpu", checkpoint, x.shape, n_images=5, model=other).name == "fp32"
+    assert P.plan_auto("cpu", checkpoint, x.shape, 5, cpu_info(), model=other).name == "fp32"
     assert onnxrt.cached_file(other, x.shape, "fp32") != onnxrt.cached_file(model, x.shape, "fp32") == fp32.path
     assert onnxrt.cached_file(model, (1, 3, 64, 64), "fp32") != fp32.path  # another image size
 
@@ -116,14 +119,14 @@ def tiny_model():
 
 
 @pytest.mark.parametrize("damage", ["altered weights", "no checksum", "truncated"])
-def test_a_cached_file_altered_on_disk_is_never_used(tiny_model, module_cache, damage):
+def test_a_cached_file_altered_on_disk_is_never_used(tiny_model, module_cache, damage, built_path):
     """A cached file whose weights were altered still loads in ONNX Runtime, with outputs far from the model's: the
     checksum recorded when it was written catches it, and it is exported again with one line."""
     import onnx
     from onnx import numpy_helper
 
     x = torch.randn(2, 3, 32, 32)
-    P.build_path(tiny_model, "fp32", x, runtime="onnxruntime", log=lambda line: None)
+    built_path(tiny_model, "fp32", x, runtime="onnxruntime", log=lambda line: None)
     path = onnxrt.cached_file(tiny_model, x.shape, "fp32")
     if damage == "altered weights":
         proto = onnx.load(str(path))
@@ -136,7 +139,7 @@ def test_a_cached_file_altered_on_disk_is_never_used(tiny_model, module_cache, d
     else:
         path.write_bytes(path.read_bytes()[:-1000])
     lines = []
-    rebuilt = P.build_path(tiny_model, "fp32", x, runtime="onnxruntime", log=lines.append)
+    rebuilt = built_path(tiny_model, "fp32", x, runtime="onnxruntime", log=lines.append)
     assert len(lines) == 2 and lines[0].startswith(f"onnxruntime: the cached {path} is damaged (")
     assert "exported to" in lines[1] and onnxrt.verify_cached(path) is None
     with torch.inference_mode():
@@ -147,7 +150,7 @@ def _int8_tag(vnni: bool) -> str:
     return f"{onnxrt._INT8}-vnni" if vnni else onnxrt._INT8
 
 
-def test_the_int8_recipe_and_file_follow_the_cpu_kind_and_older_recipes_are_pruned(module_cache, cpu_kind):
+def test_the_int8_recipe_and_file_follow_the_cpu_kind_and_older_recipes_are_pruned(module_cache, cpu_kind, built_path):
     import onnx
     from onnx import numpy_helper
 
@@ -155,8 +158,8 @@ def test_the_int8_recipe_and_file_follow_the_cpu_kind_and_older_recipes_are_prun
     model = two_conv_mtl_test(img_size=32, in_chans=3, seg_classes=1, cls_classes=2).eval()
     calibration = [torch.randn(2, 3, 32, 32)]
     lines = []
-    int8 = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration, refresh=True,
-                        log=lines.append)  # fmt: skip
+    int8 = built_path(model, "int8", calibration[0], runtime="onnxruntime", calibration=calibration, refresh=True,
+                      log=lines.append)  # fmt: skip
     assert f"-{_int8_tag(cpu_kind.int8_vnni)}-" in int8.path.name and "int8 calibrated on 2 image(s)" in lines[-1]
     graph = onnx.load(str(int8.path)).graph
     weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
@@ -171,7 +174,7 @@ def test_the_int8_recipe_and_file_follow_the_cpu_kind_and_older_recipes_are_prun
         path.write_bytes(b"a file of an older recipe, or of another CPU kind")
     int8.path.write_bytes(b"damaged on disk")
     repaired = []
-    again = P.build_path(model, "int8", calibration[0], runtime="onnxruntime", log=repaired.append)
+    again = built_path(model, "int8", calibration[0], runtime="onnxruntime", log=repaired.append)
     assert "is damaged" in repaired[0] and "int8 calibrated on 2 image(s)" in repaired[1], repaired
     assert again.path == int8.path
     assert not any(p.exists() for p in older) and other_cpu.exists()  # older recipes' files pruned when calibrating
@@ -203,25 +206,26 @@ def test_the_cache_folder_keeps_the_most_recently_used_files_within_its_bound(tm
     assert onnxrt.cache_limit_bytes() == 2_000_000_000
 
 
-def test_onnxruntime_refuses_what_it_cannot_run(model):
-    with pytest.raises(P.PrecisionUnavailable, match="fp32 and int8 on a CPU"):
-        P.build_path(model, "bf16", torch.randn(2, 3, 32, 32), runtime="onnxruntime")
+def test_onnxruntime_refuses_what_it_cannot_run(model, built_path):
+    with pytest.raises(PrecisionUnavailable, match="fp32 and int8 on a CPU"):
+        built_path(model, "bf16", torch.randn(2, 3, 32, 32), runtime="onnxruntime")
     with pytest.raises(ValueError, match="compile applies to the torch runtime"):
-        P.build_path(model, "fp32", torch.randn(2, 3, 32, 32), runtime="onnxruntime", compile=True)
-    with pytest.raises(ValueError, match="runtime must be one of"):
-        P.resolve_runtime("tensorrt", "fp32", "cpu")
-    int8 = "onnxruntime" if P.openvino_rt.missing() else "openvino"  # OpenVINO's int8 is faster where installed
-    assert P.resolve_runtime("auto", "int8", "cpu") == int8
-    assert P.resolve_runtime("auto", "fp32", "cpu") == P.resolve_runtime("auto", "int8", "cuda") == "torch"
+        built_path(model, "fp32", torch.randn(2, 3, 32, 32), runtime="onnxruntime", compile=True)
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'; expected one of auto, torch, onnxruntime"):
+        Request("fp32", "tensorrt")
+    int8 = "onnxruntime" if openvino_rt.missing() else "openvino"  # OpenVINO's int8 is faster where installed
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_runtime("int8", cpu) == int8
+    assert auto_runtime("fp32", cpu) == auto_runtime("int8", cuda) == "torch"
 
 
-def test_a_missing_package_is_named(monkeypatch):
+def test_a_missing_package_is_named(monkeypatch, built_path):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name))
     assert "onnxruntime" in onnxrt.missing() and "fastmtl[export]" in onnxrt.missing()
-    assert P.resolve_runtime("auto", "int8", "cpu") == "torch"  # int8 then runs on torchao
-    with pytest.raises(P.PrecisionUnavailable, match="need onnxruntime"):
-        P.build_path(fastmtl.create_model("resformer_mtl", img_size=32), "fp32", torch.randn(2, 3, 32, 32),
-                     runtime="onnxruntime")  # fmt: skip
+    assert auto_runtime("int8", torch.device("cpu")) == "torch"  # int8 then runs on torchao
+    with pytest.raises(PrecisionUnavailable, match="need onnxruntime"):
+        built_path(fastmtl.create_model("resformer_mtl", img_size=32), "fp32", torch.randn(2, 3, 32, 32),
+                   runtime="onnxruntime")  # fmt: skip

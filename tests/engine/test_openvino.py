@@ -12,7 +12,10 @@ import torch
 from fastmtl.engine.predict.job import predict
 from fastmtl.inference import openvino_rt
 from fastmtl.inference import precision as P
-from fastmtl.runtime import SIMULATED_CPUS
+from fastmtl.inference.agreement import agreement, within_tolerance
+from fastmtl.inference.path import PrecisionUnavailable, Request, Sample
+from fastmtl.inference.resolve import resolve
+from fastmtl.runtime import SIMULATED_CPUS, cpu_info
 from tests.engine.test_onnxrt import two_conv_mtl_test
 
 pytestmark = pytest.mark.skipif(openvino_rt.missing() is not None, reason=str(openvino_rt.missing()))
@@ -24,20 +27,22 @@ def model():
     return two_conv_mtl_test(img_size=32, in_chans=3, seg_classes=1, cls_classes=2).eval()
 
 
-def test_fp32_matches_eager_and_pads_a_short_batch(model, module_cache):
+def test_fp32_matches_eager_and_pads_a_short_batch(model, module_cache, built_path):
     x = torch.randn(4, 3, 32, 32)
-    net = P.build_path(model, "fp32", x, runtime="openvino")
+    net = built_path(model, "fp32", x, runtime="openvino")
     with torch.inference_mode():
         ref, out = model(x[:3]), net(x[:3])  # compiled for batch 4: padded, the padding's outputs dropped
     torch.testing.assert_close(out.seg_logits, ref.seg_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.cls_logits, ref.cls_logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="compile applies to the torch runtime; openvino optimizes its own graph"):
-        P.build_path(model, "fp32", x, runtime="openvino", compile=True)
-    with pytest.raises(P.PrecisionUnavailable, match="OpenVINO runs fp32, bf16 and int8 on a CPU, not fp16"):
-        P.build_path(model, "fp16", x, runtime="openvino")
+        built_path(model, "fp32", x, runtime="openvino", compile=True)
+    with pytest.raises(PrecisionUnavailable, match="OpenVINO runs fp32, bf16 and int8 on a CPU, not fp16"):
+        built_path(model, "fp16", x, runtime="openvino")
 
 
-def test_bf16_and_int8_follow_the_cpu_kind_and_the_int8_file_is_cached_and_verified(model, module_cache, cpu_kind):
+def test_bf16_and_int8_follow_the_cpu_kind_and_the_int8_file_is_cached_and_verified(
+    model, module_cache, cpu_kind, built_path
+):
     torch.manual_seed(1)
     calibration = [torch.randn(4, 3, 32, 32) for _ in range(2)]
     x = calibration[0]
@@ -45,14 +50,14 @@ def test_bf16_and_int8_follow_the_cpu_kind_and_the_int8_file_is_cached_and_verif
         ref = model(x)
     if cpu_kind.bf16:
         with torch.inference_mode():
-            out = P.build_path(model, "bf16", x, runtime="openvino")(x)
-        assert P.agreement(ref, out)["mask_agreement"] > 97.0
+            out = built_path(model, "bf16", x, runtime="openvino")(x)
+        assert agreement(ref, out)["mask_agreement"] > 97.0
     else:
-        with pytest.raises(P.PrecisionUnavailable, match="has no native bf16"):
-            P.build_path(model, "bf16", x, runtime="openvino")
+        with pytest.raises(PrecisionUnavailable, match="has no native bf16"):
+            built_path(model, "bf16", x, runtime="openvino")
 
     lines = []
-    net = P.build_path(model, "int8", x, runtime="auto", calibration=calibration, refresh=True, log=lines.append)
+    net = built_path(model, "int8", x, runtime="auto", calibration=calibration, refresh=True, log=lines.append)
     xml = openvino_rt.cached_int8(model, x.shape, cpu_kind)
     assert f"-{openvino_rt.RECIPE}-" in xml.name and xml.is_file() and xml.with_suffix(".bin").is_file()
     assert any("int8 (NNCF) calibrated on 8 image(s)" in line and cpu_kind.kind in line for line in lines), lines
@@ -60,14 +65,14 @@ def test_bf16_and_int8_follow_the_cpu_kind_and_the_int8_file_is_cached_and_verif
     others = {openvino_rt.cached_int8(model, x.shape, kind) for kind in SIMULATED_CPUS.values()}
     assert len(others) == 3  # one file per CPU kind
     with torch.inference_mode():
-        assert P.agreement(ref, net(x))["mask_agreement"] > 95.0
+        assert agreement(ref, net(x))["mask_agreement"] > 95.0
 
     again = []
-    P.build_path(model, "int8", x, runtime="openvino", log=again.append)
+    built_path(model, "int8", x, runtime="openvino", log=again.append)
     assert again == []  # read from the cache: nothing exported or calibrated
     xml.with_suffix(".bin").write_bytes(xml.with_suffix(".bin").read_bytes()[:-8] + b"damaged!")
     repaired = []
-    P.build_path(model, "int8", x, runtime="openvino", log=repaired.append)
+    built_path(model, "int8", x, runtime="openvino", log=repaired.append)
     assert "does not match its checksum" in repaired[0] and "calibrated on 4 image(s)" in repaired[1], repaired
     assert openvino_rt._verified(xml)
 
@@ -78,14 +83,17 @@ def test_auto_measures_openvino_beside_the_others_and_a_small_job_reuses_its_dec
     checkpoint.write_bytes(b"stands in for the checkpoint in the cache key")
     sample = [torch.randn(4, 3, 32, 32) for _ in range(2)]
     lines = []
-    _, decision = P.choose_precision(model, checkpoint, sample, n_images=5000, min_images=0, log=lines.append)
+    path = resolve(Request("auto"), device="cpu", cpu=cpu_info(), n_images=5000, sample=Sample.of(sample),
+                   model=model, checkpoint=checkpoint, log=lines.append)  # fmt: skip
+    decision = P.Decision(**json.loads(P.decision_file(checkpoint, sample[0].shape, cpu_info()).read_text()))
+    assert decision.path(cpu_info()) == path
     measured = [name for name in decision.images_per_s if name != "eager"]
     assert {"fp32+openvino", "int8+openvino"} <= set(measured) and not any("compile" in n for n in measured)
-    assert P.within_tolerance(decision.agreement[decision.name])
-    cached = json.loads(P.decision_file(checkpoint, sample[0].shape, P.cpu_info()).read_text())
+    assert within_tolerance(decision.agreement[decision.name])
+    cached = json.loads(P.decision_file(checkpoint, sample[0].shape, cpu_info()).read_text())
     cached.update(precision="int8", runtime="openvino")  # as if OpenVINO's int8 had been the fastest
-    P.decision_file(checkpoint, sample[0].shape, P.cpu_info()).write_text(json.dumps(cached))
-    small = P.plan_auto("cpu", checkpoint, sample[0].shape, n_images=10)  # cached files: no compile to pay
+    P.decision_file(checkpoint, sample[0].shape, cpu_info()).write_text(json.dumps(cached))
+    small = P.plan_auto("cpu", checkpoint, sample[0].shape, 10, cpu_info())  # cached files: no compile to pay
     assert small.cached and small.name == "int8+openvino"
 
 

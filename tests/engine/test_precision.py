@@ -1,5 +1,6 @@
-"""Precision paths (inference.precision) and ``predict --precision``: each path against fp32 on a tiny model, the
-``auto`` decision measured, cached and reused, and a CPU without native bf16 falling back with a message."""
+"""Precision paths (inference.path, .build, .precision) and ``predict --precision``: each path against fp32 on a
+tiny model, the ``auto`` decision measured, cached and reused, and a CPU without native bf16 falling back with a
+message."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import pytest
 import torch
 
 from fastmtl.engine.predict.job import predict
-from fastmtl.inference import onnxrt
+from fastmtl.inference import onnxrt, openvino_rt
 from fastmtl.inference import precision as P
-from fastmtl.runtime import SIMULATED_CPUS
+from fastmtl.inference.agreement import agreement, within_tolerance
+from fastmtl.inference.build import build
+from fastmtl.inference.path import PrecisionUnavailable, Request, Sample, auto_runtime, path_name
+from fastmtl.inference.resolve import resolve
+from fastmtl.options import PRECISIONS, RUNTIMES
+from fastmtl.runtime import SIMULATED_CPUS, cpu_info
 from tests.engine.test_train import tiny_mtl_test
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
                                    reason="int8 needs torchao (pip install 'fastmtl[int8]')")  # fmt: skip
-needs_onnxruntime = pytest.mark.skipif(P.onnxrt.missing() is not None, reason=str(P.onnxrt.missing()))
+needs_onnxruntime = pytest.mark.skipif(onnxrt.missing() is not None, reason=str(onnxrt.missing()))
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +45,9 @@ def _reference(model, x):
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_fp32_path_matches_the_model_and_pads_short_batches(tiny, compiled):
+def test_fp32_path_matches_the_model_and_pads_short_batches(tiny, compiled, built_path):
     x = torch.randn(4, 3, 32, 32)
-    net = P.build_path(tiny, "fp32", x, compile=compiled)
+    net = built_path(tiny, "fp32", x, compile=compiled)
     with torch.inference_mode():
         short = net(x[:3])  # the last batch of a job: padded to the compiled shape, padding dropped
     ref = _reference(tiny, x[:3])
@@ -51,48 +57,48 @@ def test_fp32_path_matches_the_model_and_pads_short_batches(tiny, compiled):
 
 
 @needs_torchao
-def test_int8_path_stays_close_to_fp32(tiny):
+def test_int8_path_stays_close_to_fp32(tiny, built_path):
     calibration = [torch.randn(4, 3, 32, 32) for _ in range(3)]
-    net = P.build_path(tiny, "int8", calibration[0], calibration=calibration)
+    net = built_path(tiny, "int8", calibration[0], calibration=calibration)
     x = torch.randn(5, 3, 32, 32)  # more than the compiled batch: run in chunks
     with torch.inference_mode():
         out = net(x)
-    measured = P.agreement(_reference(tiny, x), out)
+    measured = agreement(_reference(tiny, x), out)
     assert out.seg_logits.shape == (5, 1, 32, 32) and out.seg_logits.dtype == torch.float32
     assert measured["mask_agreement"] > 97.0 and measured["prob_max_abs"] < 0.02, measured
 
 
 def test_bf16_on_a_cpu_without_it_is_refused_by_the_path_and_falls_back_in_predict(
-    tiny, tiny_checkpoint, image_files, tmp_path, monkeypatch, capsys
+    tiny, tiny_checkpoint, image_files, tmp_path, monkeypatch, capsys, built_path
 ):
     monkeypatch.setenv("FASTMTL_CPU", "avx2")  # an AVX2-only CPU, whatever CPU runs the test
-    with pytest.raises(P.PrecisionUnavailable, match="no native bf16"):
-        P.build_path(tiny, "bf16", torch.randn(2, 3, 32, 32))
-    with pytest.raises(P.PrecisionUnavailable, match="CUDA only"):
-        P.build_path(tiny, "fp16", torch.randn(2, 3, 32, 32))
+    with pytest.raises(PrecisionUnavailable, match="no native bf16"):
+        built_path(tiny, "bf16", torch.randn(2, 3, 32, 32))
+    with pytest.raises(PrecisionUnavailable, match="CUDA only"):
+        built_path(tiny, "fp16", torch.randn(2, 3, 32, 32))
     ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
     summary = predict(ckpt, tmp_path / "images", tmp_path / "out", num_workers=0, precision="bf16")
     assert "no native bf16" in capsys.readouterr().err and summary.precision == "fp32"
     assert summary.n_images == len(image_files)
 
 
-def test_bf16_runs_where_the_cpu_kind_has_it(tiny, cpu_kind):
+def test_bf16_runs_where_the_cpu_kind_has_it(tiny, cpu_kind, built_path):
     x = torch.randn(4, 3, 32, 32)
     if not cpu_kind.bf16:
-        with pytest.raises(P.PrecisionUnavailable, match=f"this CPU \\({cpu_kind.name}, AVX2\\) has no native bf16"):
-            P.build_path(tiny, "bf16", x)
+        with pytest.raises(PrecisionUnavailable, match=f"this CPU \\({cpu_kind.name}, AVX2\\) has no native bf16"):
+            built_path(tiny, "bf16", x)
         return
     with torch.inference_mode():  # emulated where the real CPU lacks it: slower, the same numbers
-        out = P.build_path(tiny, "bf16", x)(x)
-    assert P.agreement(_reference(tiny, x), out)["mask_agreement"] > 97.0
+        out = built_path(tiny, "bf16", x)(x)
+    assert agreement(_reference(tiny, x), out)["mask_agreement"] > 97.0
 
 
 @pytest.mark.parametrize("installed", [(), ("onnxruntime",), ("onnxruntime", "openvino")],
                          ids=["torch-only", "onnxruntime", "openvino"])  # fmt: skip
 def test_auto_candidates_follow_the_cpu_kind_and_the_runtimes_installed(cpu_kind, installed, monkeypatch):
-    monkeypatch.setattr(P.onnxrt, "missing", lambda: None if "onnxruntime" in installed else "no onnxruntime")
-    monkeypatch.setattr(P.openvino_rt, "missing", lambda: None if "openvino" in installed else "no openvino")
-    names = [P.path_name(*c) for c in P._candidates(torch.device("cpu"), P.cpu_info())]
+    monkeypatch.setattr(onnxrt, "missing", lambda: None if "onnxruntime" in installed else "no onnxruntime")
+    monkeypatch.setattr(openvino_rt, "missing", lambda: None if "openvino" in installed else "no openvino")
+    names = [path.name for path in P.candidates(torch.device("cpu"), cpu_info())]
     assert names[0] == "fp32" and len(set(names)) == len(names)
     assert ("bf16+compile" in names or "bf16+openvino" in names) == cpu_kind.bf16  # bf16 only where native
     torchao = importlib.util.find_spec("torchao") is not None
@@ -104,69 +110,80 @@ def test_auto_candidates_follow_the_cpu_kind_and_the_runtimes_installed(cpu_kind
         assert ("int8" in names) == (cpu_kind.int8_vnni and torchao)
     else:
         assert "fp32+compile" in names and ("int8" in names) == torchao
-    assert P.resolve_runtime("auto", "int8", "cpu") == (["torch", *installed])[-1]
+    assert auto_runtime("int8", torch.device("cpu")) == (["torch", *installed])[-1]
     checkpoint = Path(__file__)  # the decision is cached per CPU kind (and per runtimes installed)
     keys = {P.decision_file(checkpoint, (8, 3, 224, 224), kind) for kind in SIMULATED_CPUS.values()}
     assert len(keys) == len(SIMULATED_CPUS)
 
 
+def _auto(model, checkpoint, sample: Sample, n_images: int, log):
+    return resolve(Request("auto"), device="cpu", cpu=cpu_info(), n_images=n_images, sample=sample, model=model,
+                   checkpoint=checkpoint, log=log)  # fmt: skip
+
+
 def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"stands in for the checkpoint in the cache key")
-    sample = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    sample = Sample.of([torch.randn(4, 3, 32, 32) for _ in range(2)])
     lines = []
-    net, decision = P.choose_precision(tiny, checkpoint, sample, n_images=5000, min_images=0, log=lines.append)
-    assert not decision.cached and "eager" in decision.images_per_s
-    measured = [name for name in decision.images_per_s if name != "eager"]
-    assert measured == [P.path_name(*c) for c in P._candidates(torch.device("cpu"), P.cpu_info())]
-    assert lines[0].startswith(f"auto: a job of 5000 images: timing {', '.join(measured)} against eager fp32")
-    assert "on 8 of its images" in lines[0] and "reuse the decision" in lines[0]
+    path = _auto(tiny, checkpoint, sample, 5000, lines.append)
+    cache = P.decision_file(checkpoint, sample.shape, cpu_info())
+    decision = P.Decision(**json.loads(cache.read_text()))
+    assert decision.path(cpu_info()) == path and "eager" in decision.images_per_s
+    measured = [p.name for p in P.candidates(torch.device("cpu"), cpu_info())]
+    assert set(decision.images_per_s) == {"eager", *measured}  # every candidate was built and timed
+    (plan,) = [line for line in lines if line.startswith("auto: a job of")]
+    assert plan.startswith(f"auto: a job of 5000 images: timing {', '.join(measured)} against eager fp32")
+    assert "on 8 of its images" in plan and "reuse the decision" in plan
+    assert lines[-1] == f"auto: {decision.describe()}"
     assert "fp32" in measured and ("fp32+onnxruntime" in measured or "fp32+compile" in measured)
     for name in measured:  # every measured path reports its agreement with fp32
         assert set(decision.agreement[name]) >= {"mask_dsc", "mask_agreement", "prob_mean_abs", "prob_max_abs"}
-    assert P.within_tolerance(decision.agreement[decision.name]), decision
-    cache = P.decision_file(checkpoint, sample[0].shape, P.cpu_info())
-    assert json.loads(cache.read_text())["precision"] == decision.precision
+    assert within_tolerance(decision.agreement[decision.name]), decision
+    net = build(path, tiny, sample)
+    assert net is sample.built[path]  # the measured path is not built a second time
     with torch.inference_mode():
-        assert P.agreement(_reference(tiny, sample[1]), net(sample[1]))["mask_agreement"] > 97.0
+        assert agreement(_reference(tiny, sample.batches[1]), net(sample.batches[1]))["mask_agreement"] > 97.0
 
     again = []
-    _, reused = P.choose_precision(tiny, checkpoint, sample, n_images=5000, min_images=0, log=again.append)
-    assert reused.cached and reused.precision == decision.precision and "cached decision" in reused.describe()
+    reused = _auto(tiny, checkpoint, Sample.of(sample.batches), 5000, again.append)
+    assert reused == path and again[-1].endswith("(cached decision)")
     assert not any("measuring" in line for line in again)  # nothing measured the second time
 
     checkpoint.write_bytes(b"a different checkpoint")  # new size and mtime: a new key, no stale decision
-    assert P.decision_file(checkpoint, sample[0].shape, P.cpu_info()) != cache
+    assert P.decision_file(checkpoint, sample.shape, cpu_info()) != cache
 
 
 def test_auto_takes_fp32_for_a_small_job_and_says_why(tiny, tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"x")
-    net, decision = P.choose_precision(tiny, checkpoint, [torch.randn(2, 3, 32, 32)], n_images=20, min_images=1000)
-    assert decision.precision == "fp32" and "below 1000" in decision.reason
-    assert not P.decision_file(checkpoint, (2, 3, 32, 32), P.cpu_info()).exists()
+    lines = []
+    path = _auto(tiny, checkpoint, Sample.of([torch.randn(2, 3, 32, 32)]), 20, lines.append)
+    assert path.precision == "fp32" and "below 1000" in lines[-1]
+    assert not P.decision_file(checkpoint, (2, 3, 32, 32), cpu_info()).exists()
 
 
 def test_a_small_job_reuses_a_cached_decision_only_when_it_compiles_nothing(tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"x")
-    shape, cache = (2, 3, 32, 32), P.decision_file(checkpoint, (2, 3, 32, 32), P.cpu_info())
+    cpu = cpu_info()
+    shape, cache = (2, 3, 32, 32), P.decision_file(checkpoint, (2, 3, 32, 32), cpu)
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps({"precision": "fp32", "compile": True, "images_per_s": {}, "agreement": {},
                                  "reason": "measured", "runtime": "torch"}))  # fmt: skip
-    assert P.plan_auto("cpu", checkpoint, shape, n_images=20).reason.startswith("a job of 20 image(s)")
-    assert P.plan_auto("cpu", checkpoint, shape, n_images=5000).cached  # a large job compiles it
+    assert P.plan_auto("cpu", checkpoint, shape, n_images=20, cpu=cpu).reason.startswith("a job of 20 image(s)")
+    assert P.plan_auto("cpu", checkpoint, shape, n_images=5000, cpu=cpu).cached  # a large job compiles it
     cache.write_text(json.dumps({"precision": "int8", "compile": False, "images_per_s": {}, "agreement": {},
                                  "reason": "measured", "runtime": "onnxruntime"}))  # fmt: skip
-    small = P.plan_auto("cpu", checkpoint, shape, n_images=20)
+    small = P.plan_auto("cpu", checkpoint, shape, n_images=20, cpu=cpu)
     assert small.cached and small.name == "int8+onnxruntime"
     cache.unlink()
-    if P.onnxrt.missing() is None:  # a small job of many pixels exports fp32 to ONNX Runtime; fewer stay on torch
-        assert P.plan_auto("cpu", checkpoint, (8, 3, 224, 224), n_images=300).name == "fp32+onnxruntime"
-        assert P.plan_auto("cpu", checkpoint, (8, 3, 224, 224), n_images=100).name == "fp32"
+    if onnxrt.missing() is None:  # a small job of many pixels exports fp32 to ONNX Runtime; fewer stay on torch
+        assert P.plan_auto("cpu", checkpoint, (8, 3, 224, 224), n_images=300, cpu=cpu).name == "fp32+onnxruntime"
+        assert P.plan_auto("cpu", checkpoint, (8, 3, 224, 224), n_images=100, cpu=cpu).name == "fp32"
     cache.write_text("{not json")  # a damaged cache is ignored, not fatal
-    assert P.plan_auto("cpu", checkpoint, shape, n_images=5000) is None
-    assert P.plan_auto("cuda", checkpoint, shape, n_images=1).name == "bf16"
+    assert P.plan_auto("cpu", checkpoint, shape, n_images=5000, cpu=cpu) is None
+    assert P.plan_auto("cuda", checkpoint, shape, n_images=1, cpu=cpu).name == "bf16"
 
 
 @pytest.mark.parametrize("runtime", [pytest.param("torch", marks=needs_torchao),
@@ -175,7 +192,7 @@ def test_predict_int8_reports_its_path_and_writes_every_output(tiny_checkpoint, 
     ckpt = tiny_checkpoint("tiny_mtl_test", img_size=32)
     summary = predict(ckpt, tmp_path / "images", tmp_path / "int8", num_workers=0, batch_size=4, precision="int8",
                       calibrate=[tmp_path / "images"], runtime=runtime)  # fmt: skip
-    name = P.path_name("int8", runtime=runtime)
+    name = path_name("int8", runtime=runtime)
     assert summary.precision == name and f"path: {name}" in capsys.readouterr().err
     fp32 = predict(ckpt, tmp_path / "images", tmp_path / "fp32", num_workers=0, batch_size=4, precision="fp32")
     rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "int8" / "probabilities.csv"))}
@@ -193,7 +210,7 @@ def test_precision_needs_the_optimized_model(tiny_checkpoint, image_files, tmp_p
             optimize=False,
             precision="int8",
         )
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; expected one of auto, fp32, bf16, fp16, int8"):
         predict(tiny_checkpoint("tiny_mtl_test", img_size=32), tmp_path / "images", tmp_path / "o", precision="fp8")
 
 
@@ -217,7 +234,7 @@ def test_the_command_line_offers_exactly_the_library_precisions():
 
     predict_parser = build_parser()._subparsers._group_actions[0].choices["predict"]
     (action,) = [a for a in predict_parser._actions if a.dest == "precision"]
-    assert tuple(action.choices) == P.PRECISIONS and action.default == "auto"
+    assert tuple(action.choices) == PRECISIONS and action.default == "auto"
     assert f"{P.AUTO_MIN_IMAGES}+" in action.help
     (runtime,) = [a for a in predict_parser._actions if a.dest == "runtime"]
-    assert tuple(runtime.choices) == P.RUNTIMES and runtime.default == "auto"
+    assert tuple(runtime.choices) == RUNTIMES and runtime.default == "auto"

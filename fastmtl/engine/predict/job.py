@@ -2,12 +2,14 @@
 
 Pipeline: the inputs (:mod:`fastmtl.data.inputs`) are decoded, resized to the model's ``img_size`` and
 normalised in DataLoader workers (:class:`fastmtl.data.images.ImagePaths`: an unreadable file becomes a failure
-marker, so one corrupt image never stops a batch); the model runs under ``inference_mode`` (bf16 autocast on CUDA)
-on pinned, non-blocking copies (:class:`fastmtl.engine.predict.runner.ChunkedRunner`: the logits of each image
-are upsampled bilinearly to its original size and thresholded (one channel: 0/255) or arg-maxed (class indices);
-a CUDA out-of-memory error splits the batch in halves without losing or repeating an image); a background thread
-writes the PNGs while the next batch runs and ``probabilities.csv`` is written atomically at the end
-(:mod:`fastmtl.engine.predict.writer`).
+marker, so one corrupt image never stops a batch); the request (``precision``, ``runtime``, ``compile``,
+``optimize``) is checked before any work, resolved once into an inference path and built once
+(:mod:`fastmtl.inference.resolve`, :mod:`fastmtl.inference.build`: bf16 autocast on CUDA by default); the built
+model runs under ``inference_mode`` on pinned, non-blocking copies (:class:`.runner.ChunkedRunner`: the logits of
+each image are upsampled bilinearly to its original size and thresholded (one channel: 0/255) or arg-maxed (class
+indices); a CUDA out-of-memory error splits the batch in halves without losing or repeating an image); a
+background thread writes the PNGs while the next batch runs and ``probabilities.csv`` is written atomically at the
+end (:mod:`fastmtl.engine.predict.writer`).
 
 The output folder is locked for the run (:func:`fastmtl.files.exclusive_folder`: a second job into it is refused
 with the holder's name), and a rerun into a folder an earlier prediction used starts clean
@@ -35,24 +37,16 @@ from tqdm.auto import tqdm
 from fastmtl.checkpoint.meta import warn_if_synthetic
 from fastmtl.checkpoint.store import load_model, model_config, read_checkpoint_info, stored_class_names
 from fastmtl.data.images import ImagePaths, collate_predict
-from fastmtl.data.inputs import collect_inputs, image_ids, sample_batches
+from fastmtl.data.inputs import collect_inputs, image_ids
 from fastmtl.engine.distributed import barrier, cleanup, init_distributed
 from fastmtl.engine.predict.runner import ChunkedRunner
 from fastmtl.engine.predict.writer import PredictionWriter, start_clean, write_tables
 from fastmtl.files import exclusive_folder, shown_path
-from fastmtl.inference import onnxrt, openvino_rt
-from fastmtl.inference.precision import (
-    CALIBRATION_IMAGES,
-    PRECISIONS,
-    RUNTIMES,
-    PrecisionUnavailable,
-    build_path,
-    choose_precision,
-    path_name,
-    plan_auto,
-    resolve_runtime,
-)
+from fastmtl.inference.build import build
+from fastmtl.inference.path import Request, Sample
+from fastmtl.inference.resolve import resolve
 from fastmtl.options import check_input_side
+from fastmtl.runtime import cpu_info
 
 __all__ = ["ImagePaths", "PredictSummary", "collate_predict", "collect_inputs", "image_ids", "predict"]
 
@@ -63,7 +57,8 @@ class PredictSummary:
 
     ``images_per_s`` is images predicted / ``seconds``, the wall time from the first batch request to the last
     file written (decoding, inference and writing included; the slowest rank in a sharded run). ``rows`` are
-    this process's CSV rows (rank 0: all of them); ``precision`` the numeric path that ran (:mod:`inference.precision`).
+    this process's CSV rows (rank 0: all of them); ``precision`` the name of the path that ran
+    (:class:`~fastmtl.inference.path.InferencePath`).
     """
 
     n_images: int
@@ -139,7 +134,7 @@ def predict(
             convolutions, channels_last, the Triton kernels and bf16 autocast on CUDA); same outputs within the
             tolerance table. False runs the checkpoint's model as it is.
         compile: also ``torch.compile`` the optimized model (worth it for large inputs; compiling takes minutes).
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (:mod:`inference.precision`): ``auto`` is bf16
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (:mod:`inference.path`): ``auto`` is bf16
             on CUDA and, on a CPU, the fastest path within tolerance of fp32 on a sample of the inputs (measured
             for jobs of :data:`~inference.precision.AUTO_MIN_IMAGES` images or more, then cached); the path taken is
             printed and stored in ``PredictSummary.precision``.
@@ -147,20 +142,16 @@ def predict(
             first images of ``inputs``. ONNX Runtime's and OpenVINO's int8 are calibrated once per checkpoint and
             image size and cached; giving ``calibrate`` calibrates them again.
         runtime: ``auto``, ``torch``, ``onnxruntime`` (CPU fp32 / int8) or ``openvino`` (CPU fp32 / bf16 / int8)
-            for an explicit ``precision`` (:func:`inference.precision.resolve_runtime`); ``auto`` precision picks its
+            for an explicit ``precision`` (:func:`fastmtl.inference.path.auto_runtime`); ``auto`` precision picks its
             own.
 
     Raises:
         FileNotFoundError: no input matches.
-        ValueError: an ``img_size`` the checkpoint's model does not take (the message lists the ones it does).
+        ValueError: an unknown ``precision`` or ``runtime`` (the message lists the choices), a combination no path
+            serves, or an ``img_size`` the checkpoint's model does not take (the message lists the ones it does);
+            all before the model is loaded.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
-    if not optimize and (precision not in ("auto", "fp32") or runtime in ("onnxruntime", "openvino")):
-        raise ValueError(f"precision {precision!r} on runtime {runtime!r} needs the optimized model; drop "
-                         "--no-optimize")  # fmt: skip
+    request = Request(precision, runtime, compile, optimize)  # checked once, here, before any work
     if not 0.0 < threshold < 1.0:  # NaN fails too
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
     if batch_size < 1 or num_workers < 0:
@@ -179,11 +170,12 @@ def predict(
             model, dataset, writer = _setup(
                 checkpoint, [paths[i] for i in mine], out, dev, img_size, threshold, overlays
             )
-            model, path = _inference_path(
-                model, checkpoint, dataset, batch_size, optimize, compile, precision, runtime, calibrate
-            )
+            sample = Sample.from_images(dataset, batch_size, calibrate, device=dev)
+            path = resolve(request, device=dev, cpu=cpu_info(), n_images=len(dataset), sample=sample, model=model,
+                           checkpoint=checkpoint, log=_log)  # fmt: skip
+            net = build(path, model, sample, log=_log)
             if rank == 0:  # only once the inputs and the model are good: a typo must not cost the earlier results
-                _log(f"path: {path}")
+                _log(f"path: {path.name}")
                 start_clean(out)
             barrier(world)  # no rank writes before rank 0 has cleared an earlier run's outputs
             loader = DataLoader(
@@ -191,7 +183,7 @@ def predict(
             )
             start = time.perf_counter()
             try:
-                runner = ChunkedRunner(model, dev, threshold, _log)
+                runner = ChunkedRunner(net, dev, threshold, _log)
                 failures, n = _run(loader, runner, writer, *_pick(paths, ids, mine), rank == 0)
                 rows = writer.close()
             except BaseException as error:  # a full disk: the CSV lists exactly the images whose masks exist
@@ -206,7 +198,7 @@ def predict(
     rate = n / max(seconds, 1e-9)
     summary = PredictSummary(
         n, len(failures), failures, rate, out / "probabilities.csv", writer.mask_dir, writer.overlay_dir, seconds,
-        world.world_size, rows, path,
+        world.world_size, rows, path.name,
     )  # fmt: skip
     if rank == 0:
         print(
@@ -225,47 +217,6 @@ def _setup(checkpoint, paths, out: Path, dev: torch.device, img_size, threshold,
     size = (img_size or config.img_size,) * 2
     dataset = ImagePaths(paths, size, meta.get("normalize", "imagenet"), config.in_chans)
     return model, dataset, PredictionWriter(out, overlays, threshold, class_names, seg_names, config.seg_classes)
-
-
-def _inference_path(model, checkpoint, dataset: ImagePaths, batch_size: int, optimize, compile, precision, runtime,
-                    calibrate):  # fmt: skip
-    """(model to run, description of the path). A precision this machine cannot run falls back to fp32 with the
-    reason; ``auto`` on a large CPU job, int8 and compiled paths are built on a sample of the images (or of
-    ``calibrate``)."""
-    if not optimize:
-        return model, "fp32, the checkpoint's model as saved (--no-optimize)"
-    device = next(model.parameters()).device
-    shaped = [torch.zeros(batch_size, dataset.in_chans, *dataset.size, device=device)]  # what the uncompiled
-    sample = shaped  # float paths need; int8, compiled paths and measuring look at images
-    if precision == "auto":
-        if device.type == "cpu" and onnxrt.missing():
-            _log(
-                f"auto: {onnxrt.missing()} (its fp32 and int8 are the fastest CPU paths measured: README, Performance)"
-            )
-        elif device.type == "cpu" and openvino_rt.missing():
-            _log(f"auto: {openvino_rt.missing()} (its int8 is the fastest CPU path measured: README, Performance)")
-        plan = plan_auto(device, checkpoint, shaped[0].shape, len(dataset), model=model)
-        if plan is not None:
-            _log(f"auto: {plan.describe()}{'' if plan.cached else '; --precision chooses another'}")
-            precision, compile, runtime = plan.precision, plan.compile or compile, plan.runtime
-    if precision in ("auto", "int8") or compile:
-        source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
-                                                              dataset.normalize, dataset.in_chans)  # fmt: skip
-        images = CALIBRATION_IMAGES if precision in ("auto", "int8") else batch_size
-        sample = sample_batches(source, batch_size, -(-images // batch_size), device)
-        if not sample:  # nothing readable: the batch loop reports every file; the plain path is enough for that
-            _log("no readable image to calibrate or compile on; running fp32")
-            precision, compile, runtime, sample = "fp32", False, "torch", shaped
-    if precision == "auto":
-        net, decision = choose_precision(model, checkpoint, sample, n_images=len(dataset), log=_log)
-        return net, decision.describe()
-    try:
-        net = build_path(model, precision, sample[0], compile=compile, runtime=runtime, calibration=sample,
-                         refresh=calibrate is not None, log=_log)  # fmt: skip
-    except PrecisionUnavailable as e:
-        _log(f"precision {precision} is not available here: {e}; running fp32 instead")
-        precision, runtime, net = "fp32", "torch", build_path(model, "fp32", sample[0], compile=compile)
-    return net, path_name(precision, compile, resolve_runtime(runtime, precision, device))
 
 
 def _pick(paths: list[Path], ids: list[str], indices: list[int]) -> tuple[list[Path], list[str]]:

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmtl.output import seg_to_classes
-from fastmtl.runtime import autocast
 
 __all__ = ["ChunkedRunner"]
 
@@ -44,7 +43,7 @@ class ChunkedRunner:
 
     def _infer(self, images: torch.Tensor, sizes: torch.Tensor) -> list[tuple[np.ndarray | None, ...]]:
         x = images.to(self.device, non_blocking=True)  # (b, C, h, w)
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode():  # the model runs in its path's precision (fastmtl.inference.build)
             out = self.model(x)
             probs = None if out.cls_logits is None else torch.sigmoid(out.cls_logits.float()).cpu().numpy()
             masks: list[np.ndarray | None] = [None] * x.shape[0]
