@@ -102,7 +102,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized model (slow to start)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="default auto: bf16 on CUDA; on a CPU the fastest path within tolerance of fp32, measured "
-                        "for jobs of 1000+ images and cached, else fp32 (README: Precision)")  # fmt: skip
+                        "for jobs of 1000+ images and cached, else fp32 (docs/INFERENCE.md)")  # fmt: skip
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="runs a CPU --precision (default auto: OpenVINO, else ONNX Runtime, for int8)")  # fmt: skip
     p.add_argument("--calibrate", nargs="+", metavar="PATH", help="images to calibrate int8 / auto on (default: input)")

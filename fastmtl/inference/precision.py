@@ -10,7 +10,7 @@ constants, oneDNN-prepacked) are paid by every process: 53 s at 224 px batch 8 o
 Inductor's disk caches warm. So ``auto`` only measures for jobs of at least :data:`AUTO_MIN_IMAGES` images and caches
 its decision; a smaller job reuses an ONNX Runtime or OpenVINO decision, or runs fp32 (on ONNX Runtime where the
 export pays back or was done before; :func:`plan_auto`). With OpenVINO installed ``auto`` measures no compiled torch
-path: its bf16 and int8 were faster than torch's compiled ones (README, Performance), so no job pays Inductor's
+path: its bf16 and int8 were faster than torch's compiled ones (docs/INFERENCE.md), so no job pays Inductor's
 compile. :func:`fastmtl.inference.resolve.resolve` asks :func:`plan_auto` once and, where it says to, :func:`measure`
 once.
 """

@@ -98,9 +98,9 @@ def _auto(request: Request, device: torch.device, cpu: CpuInfo, n_images: int, s
         raise ValueError("precision auto on a CPU needs the model and its checkpoint file (its decision is cached "
                          "per checkpoint); or name a precision")  # fmt: skip
     if device.type == "cpu" and onnxrt.missing():
-        log(f"auto: {onnxrt.missing()} (its fp32 and int8 are the fastest CPU paths measured: README, Performance)")
+        log(f"auto: {onnxrt.missing()} (its fp32 and int8 are the fastest CPU paths measured: docs/INFERENCE.md)")
     elif device.type == "cpu" and openvino_rt.missing():
-        log(f"auto: {openvino_rt.missing()} (its int8 is the fastest CPU path measured: README, Performance)")
+        log(f"auto: {openvino_rt.missing()} (its int8 is the fastest CPU path measured: docs/INFERENCE.md)")
     plan = plan_auto(device, checkpoint, sample.shape, n_images, cpu, model=model)
     if plan is not None:
         log(f"auto: {plan.describe()}{'' if plan.cached else '; --precision chooses another'}")
