@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from fastmtl.engine.train.config import config_from_dict
 from fastmtl.files import json_safe
 
 ISIC_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
@@ -41,8 +42,8 @@ def test_train_budget(benchmark, measure, bench_device, bench_quick, tmp_path) -
     if not ISIC_DATA.is_dir():
         pytest.skip(f"ISIC 2017 data not found at {ISIC_DATA} (the repository's ../shared/data/isic2017)")
     budget = {"num_workers": 0, **_budget(bench_device, bench_quick)}
-    config = engine.TrainConfig(model="resformer_mtl", data="isic2017", val_source="carve", progress=False,
-                                cache_dir="off", device=bench_device.type, **budget)  # fmt: skip
+    config = config_from_dict({"model": "resformer_mtl", "data": "isic2017", "val_source": "carve", "progress": False,
+                               "cache_dir": "off", "device": bench_device.type, **budget})  # fmt: skip
     out_dir = tmp_path / "run"
     try:
         run = lambda: engine.train(config, ISIC_DATA, out_dir)  # noqa: E731
