@@ -83,10 +83,14 @@ def check_device_name(name: str, what: str = "--device") -> str:
     return name
 
 
+def _one_of(what: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
 def check_backend(name: str) -> str:
     """``name`` if it is a kernel backend, else a ValueError listing them."""
-    if name not in KERNEL_BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}; expected one of {', '.join(KERNEL_BACKENDS)}")
+    _one_of("kernel backend", name, KERNEL_BACKENDS)
     return name
 
 
@@ -198,11 +202,6 @@ def check_input_side(side: int, model: str, img_size: int, source: str) -> None:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 FILE_RUNTIMES = ("onnxruntime", "openvino")  # optimize their own graph (no torch.compile), cached on disk
-
-
-def _one_of(what: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
 
 
 def check_inference(precision: str, runtime: str, compile: bool, optimize: bool) -> None:
