@@ -160,9 +160,7 @@ def _openvino_peer(kind: str, model, example: torch.Tensor, calibration) -> torc
 
     if openvino_rt.missing():
         pytest.skip(f"openvino-{kind}: {openvino_rt.missing()}")
-    import openvino as ov
-
-    core = ov.Core()
+    core = openvino_rt.core()  # the process's one Core, as everywhere (its docstring: a crash otherwise)
     graph = core.read_model(str(onnxrt.exported_fp32(model, example)))
     graph.reshape({graph.inputs[0].any_name: list(example.shape)})
     if kind == "int8":

@@ -22,6 +22,7 @@ The calibration of a cached int8 file is that of the job that built it; ``refres
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -40,7 +41,7 @@ from fastmtl.inference import onnxrt
 from fastmtl.output import MTLOutput
 from fastmtl.runtime import CpuInfo
 
-__all__ = ["RECIPE", "OpenVinoModel", "build", "cached_int8", "missing"]
+__all__ = ["RECIPE", "OpenVinoModel", "build", "cached_int8", "core", "missing"]
 
 _NEEDS = ("openvino", "nncf", "onnx", "onnxscript", "onnxruntime")  # the ONNX export is onnxrt's
 RECIPE = "int8ov1"  # the int8 files' name; a new name when the recipe changes, so older cached files are not reused
@@ -50,6 +51,22 @@ def missing() -> str | None:
     """None when OpenVINO paths can run here, else what to install."""
     absent = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
     return f"OpenVINO paths need {', '.join(absent)}: pip install 'fastmtl[openvino]'" if absent else None
+
+
+@functools.cache
+def core():
+    """The process's one ``openvino.Core``, never released: every OpenVINO use of fastmtl goes through it.
+
+    Each Core's CPU plugin, when created, replaces the main thread's signal stack (``sigaltstack``) with a larger
+    one of its own (OpenVINO's workaround for AMX under Python) and, when destroyed, puts back the one it found. Cores
+    that end in another order than they began leave a freed stack installed, and the next Python signal handler
+    that runs (SIGCHLD when a DataLoader worker exits, SIGINT on Ctrl-C) dies of SIGSEGV on it: seen as a crash of
+    ``fastmtl predict`` with workers, or of a test session, after ``auto`` had measured OpenVINO's paths. With one
+    Core that lives as long as the process, the stack it installs stays valid, and the Cores NNCF makes while
+    calibrating begin and end inside its life, in order."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def _slug(cpu: CpuInfo) -> str:
@@ -76,18 +93,15 @@ class OpenVinoModel(nn.Module):
 
     def __init__(self, path: str | Path, shape: Sequence[int], precision: str | None, threads: int | None = None):
         super().__init__()
-        import openvino as ov
-
-        core = ov.Core()
-        graph = core.read_model(str(path))
+        graph = core().read_model(str(path))
         graph.reshape({graph.inputs[0].any_name: list(shape)})
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if precision == "bf16" and "BF16" not in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             precision = "f32"  # a simulated bf16 CPU ($FASTMTL_CPU) on hardware without it: what the CPU can do
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.path, self.shape = Path(path), tuple(shape)
-        self.compiled = core.compile_model(graph, "CPU", config)
+        self.compiled = core().compile_model(graph, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.names = [output.any_name for output in self.compiled.outputs]
 
@@ -116,7 +130,7 @@ def quantize(fp32: Path, out: Path, calibration: list[torch.Tensor], cpu: CpuInf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    graph = ov.Core().read_model(str(fp32))
+    graph = core().read_model(str(fp32))
     graph.reshape({graph.inputs[0].any_name: list(calibration[0].shape)})
     data = nncf.Dataset([b.detach().cpu().float().contiguous().numpy() for b in calibration])
     fix = OverflowFix.DISABLE if cpu.int8_vnni else OverflowFix.ENABLE  # 7-bit weights without VNNI

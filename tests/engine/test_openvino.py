@@ -5,6 +5,10 @@ and what ``auto`` and ``predict --runtime openvino`` do with them."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +109,36 @@ def test_predict_runs_openvino_when_asked(tiny_checkpoint, image_files, tmp_path
     assert summary.n_images == len(image_files)
     with pytest.raises(ValueError, match="needs the optimized model"):
         predict(ckpt, tmp_path / "images", tmp_path / "o", optimize=False, runtime="openvino", precision="fp32")
+
+
+_SIGNAL_AFTER_OPENVINO = """
+import faulthandler, gc, os, signal, sys
+import torch
+from fastmtl.inference import openvino_rt
+from fastmtl.runtime import cpu_info
+from tests.engine.test_onnxrt import two_conv_mtl_test
+
+faulthandler.enable()  # as pytest and `python -X faulthandler` do: a signal stack of Python's own installed first
+torch.manual_seed(0)
+model, x = two_conv_mtl_test(img_size=32, in_chans=3, seg_classes=1, cls_classes=2).eval(), torch.randn(4, 3, 32, 32)
+built = [openvino_rt.build(model, p, x, cpu_info(), log=lambda line: None) for p in ("fp32", "bf16", "int8")]
+while built:  # released first built first, as a finished job's paths may be
+    built.pop(0)
+    gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handler ran"))
+os.kill(os.getpid(), signal.SIGUSR1)
+data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32))
+print(sum(len(b) for (b,) in torch.utils.data.DataLoader(data, batch_size=4, num_workers=2)), "images loaded")
+"""
+
+
+def test_python_signal_handlers_survive_openvino_models_released_out_of_order(tmp_path):
+    """Every OpenVINO Core's CPU plugin swaps the main thread's signal stack and puts back the one it found when it
+    ends; Cores ending out of order left a freed stack installed, and the next Python signal handler (SIGCHLD of a
+    DataLoader worker, SIGINT) crashed the process with SIGSEGV. fastmtl uses one Core for the process
+    (:func:`openvino_rt.core`); before it, this script died of SIGSEGV."""
+    env = {**os.environ, "FASTMTL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_OPENVINO], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, f"rc {done.returncode} (-11: SIGSEGV)\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert done.stdout.splitlines()[-2:] == ["handler ran", "8 images loaded"]
