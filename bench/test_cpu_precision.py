@@ -1,15 +1,17 @@
 """CPU inference paths side by side: images/s, the ratio to eager fp32, and agreement with fp32 on real images.
 
-Group ``cpu-precision-<img>px-b<batch>``: 224 px batch 8 by default; ``--bench-full`` (``FASTMTL_BENCH_FULL=1``)
-adds batch 1 and torch's own paths (``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``, ``int8`` on torchao,
-each compiled in every process); ``--bench-quick``: 64 px batch 2, uncompiled paths only. Providers, all of
+Group ``cpu-precision-<img>px-b<batch>``: 224 px batch 8 by default (about 8 minutes on 2 cores); ``--bench-full``
+(``FASTMTL_BENCH_FULL=1``) adds batch 1, torch's own paths (``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``,
+``int8`` on torchao, each compiled in every process) and fastmtl's ``fp32+openvino`` and ``bf16+openvino`` (the
+peer's fp32 and default compiled through fastmtl); ``--bench-quick``: 64 px batch 2, uncompiled paths only.
+Providers, all of
 ``resformer_mtl`` (the weights of ``--bench-checkpoint`` when given, else seeded random ones, which the results say):
 
 - ``eager-fp32``: the model as built (the baseline);
 - fastmtl's paths, resolved (:func:`fastmtl.inference.resolve.resolve`) and built
   (:func:`fastmtl.inference.build.build`) as ``fastmtl predict`` does: ``fp32+onnxruntime``, ``int8+onnxruntime`` (the
-  ``export`` extra), ``fp32+openvino``, ``bf16+openvino``, ``int8+openvino`` (the ``openvino`` extra) and, with
-  ``--bench-full``, torch's (bf16 only where the CPU computes it natively; skipped with the reason otherwise);
+  ``export`` extra), ``int8+openvino`` (the ``openvino`` extra) and, with ``--bench-full``, ``fp32+openvino``,
+  ``bf16+openvino`` and torch's (bf16 only where the CPU computes it natively; skipped with the reason otherwise);
 - the peer, OpenVINO as a user runs it in a few lines on the same exported ONNX file (:func:`_openvino_peer`):
   ``openvino-fp32``, ``openvino-default`` (its own default precision: bf16 on a CPU that has it) and
   ``openvino-int8`` (NNCF post-training quantization, transformer preset, on the calibration images);
@@ -18,7 +20,8 @@ each compiled in every process); ``--bench-quick``: 64 px batch 2, uncompiled pa
   first).
 
 int8 and ``auto`` calibrate on :data:`~inference.path.CALIBRATION_IMAGES` ISIC 2017 images from the end of the
-sorted list (random inputs without the data), as ``fastmtl predict`` calibrates on the user's own images. Builds are
+sorted list (random inputs without the data), as ``fastmtl predict`` calibrates on the user's own images; ``auto``
+compares its paths with fp32 on the :data:`~inference.path.CHECK_IMAGES` before them. Builds are
 shared within the run: the ONNX file is exported once into the session's private cache folder, and ``auto`` reuses
 the int8 files the cases before it calibrated on the same images (it times and compares them all the same). Each
 batch-8 case also runs the first ``FASTMTL_BENCH_ACCURACY_IMAGES`` (default 48, 200 with ``--bench-full``) images
@@ -44,7 +47,7 @@ import torch.nn.functional as F
 import fastmtl
 from fastmtl.inference.agreement import agreement, cat_outputs
 from fastmtl.inference.build import build
-from fastmtl.inference.path import CALIBRATION_IMAGES, PrecisionUnavailable, Request, Sample
+from fastmtl.inference.path import CALIBRATION_IMAGES, CHECK_IMAGES, PrecisionUnavailable, Request, Sample
 from fastmtl.inference.precision import decision_file
 from fastmtl.inference.resolve import resolve
 from fastmtl.options import FILE_RUNTIMES
@@ -53,8 +56,10 @@ from fastmtl.runtime import cpu_info
 
 ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
 PROVIDERS = ("eager-fp32", "fp32+onnxruntime", "int8+onnxruntime", "openvino-fp32", "openvino-default",
-             "openvino-int8", "fp32+openvino", "bf16+openvino", "int8+openvino", "auto")  # fmt: skip
-TORCH_PROVIDERS = ("fp32", "fp32+compile", "bf16", "bf16+compile", "int8")  # --bench-full: compiled in every process
+             "openvino-int8", "int8+openvino", "auto")  # fmt: skip
+# --bench-full adds torch's paths (compiled in every process) and fastmtl's OpenVINO fp32 and bf16, which compile the
+# same file with the same precision hint as the peer's fp32 and default (bf16 where the CPU has it)
+FULL_PROVIDERS = ("fp32", "fp32+compile", "bf16", "bf16+compile", "int8", "fp32+openvino", "bf16+openvino")
 QUICK_PROVIDERS = ("eager-fp32", "fp32", "fp32+onnxruntime", "openvino-fp32")
 _EAGER: dict[str, float] = {}  # group -> eager images/s
 
@@ -67,7 +72,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cpu_case" not in metafunc.fixturenames:
         return
     quick, full = bool(metafunc.config.getoption("bench_quick")), bool(metafunc.config.getoption("bench_full"))
-    providers = QUICK_PROVIDERS if quick else PROVIDERS[:1] + TORCH_PROVIDERS * full + PROVIDERS[1:]
+    providers = QUICK_PROVIDERS if quick else PROVIDERS[:1] + FULL_PROVIDERS * full + PROVIDERS[1:]
     # Every eager baseline first: at 224 px, batch 8, eager fp32 ran 1.15-1.35x slower in a process that held an
     # ONNX Runtime session (1.05x after it was deleted), which would inflate every ratio.
     cases = [(img, batch, p) for p in providers[:1] for img, batch in _shapes(quick, full)]
@@ -112,17 +117,18 @@ def isic_images(bench_quick: bool, pytestconfig: pytest.Config) -> list[tuple[Pa
     return [(p, masks / f"{p.stem}_segmentation.png") for p in _isic_files()[:n]]
 
 
-def _calibration(example: torch.Tensor) -> list[torch.Tensor]:
-    """:data:`~inference.path.CALIBRATION_IMAGES` images in batches shaped like ``example``, from the last ISIC
-    images (disjoint from the accuracy images), or random ones without the data."""
+def _calibration(example: torch.Tensor, images: int = CALIBRATION_IMAGES, before: int = 0) -> list[torch.Tensor]:
+    """``images`` images in batches shaped like ``example``, from the end of the sorted ISIC images (disjoint from
+    the accuracy images at the start; ``before`` more from the end), or random ones without the data. The defaults
+    are the calibration images; ``auto``'s held-out images are the ones before them."""
     from fastmtl.data.images import ImagePaths
 
-    batches = -(-CALIBRATION_IMAGES // example.shape[0])
+    batches = -(-images // example.shape[0])
     n = batches * example.shape[0]
-    files = _isic_files()[-n:]
-    if len(files) < n:
+    files = _isic_files()
+    if len(files) < n + before:
         return [example, *(torch.randn_like(example) for _ in range(batches - 1))]
-    data = ImagePaths(files, tuple(example.shape[-2:]))
+    data = ImagePaths(files[len(files) - n - before :][:n], tuple(example.shape[-2:]))
     return list(torch.stack([data[i]["image"] for i in range(n)]).split(example.shape[0]))
 
 
@@ -179,7 +185,9 @@ def _build(provider: str, model, checkpoint: Path, example: torch.Tensor, calibr
     if provider.startswith("openvino-"):
         return _openvino_peer(provider.removeprefix("openvino-"), model, example, calibration), None
     sample, cpu, said = Sample.of(calibration), cpu_info(), []
-    if provider == "auto":
+    if provider == "auto":  # compares on the images before the calibration ones, as predict on the job's next ones
+        sample = Sample.of(calibration, held_out=_calibration(example, CHECK_IMAGES, before=len(calibration) *
+                                                                  example.shape[0]))  # fmt: skip
         decision_file(checkpoint, example.shape, cpu).unlink(missing_ok=True)
         path = resolve(Request("auto"), device="cpu", cpu=cpu, n_images=10**6, sample=sample, model=model,
                        checkpoint=checkpoint, log=said.append)  # fmt: skip

@@ -38,6 +38,7 @@ from fastmtl.runtime import CpuInfo
 
 __all__ = [
     "CALIBRATION_IMAGES",
+    "CHECK_IMAGES",
     "InferencePath",
     "PrecisionUnavailable",
     "Request",
@@ -47,7 +48,8 @@ __all__ = [
     "unavailable",
 ]
 
-CALIBRATION_IMAGES = 32  # what int8 calibrates on and auto compares on, whatever the batch size
+CALIBRATION_IMAGES = 32  # what int8 calibrates on, whatever the batch size
+CHECK_IMAGES = 32  # the next images: what ``auto`` compares paths with fp32 on (int8 was not calibrated on them)
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 
 
@@ -169,13 +171,15 @@ class Sample:
     def __init__(self, shape: Sequence[int], read: Callable[[int], list[torch.Tensor]], *, refresh: bool = False,
                  device: torch.device | str = "cpu") -> None:  # fmt: skip
         self.shape, self.refresh, self.device = tuple(shape), refresh, torch.device(device)
-        self._read, self._batches = read, None
+        self._read, self._batches, self._held_out = read, None, None
         self.built: dict[InferencePath, nn.Module] = {}
 
     @classmethod
-    def of(cls, batches: list[torch.Tensor], *, refresh: bool = False) -> Sample:
-        """A sample of batches already in memory (the first one's shape is the job's)."""
-        return cls(batches[0].shape, lambda n: list(batches), refresh=refresh, device=batches[0].device)
+    def of(cls, batches: list[torch.Tensor], *, held_out: Sequence[torch.Tensor] = (), refresh: bool = False) -> Sample:
+        """A sample of batches already in memory (the first one's shape is the job's), and ``held_out`` ones for
+        :attr:`held_out`."""
+        return cls(batches[0].shape, lambda n: [*batches, *held_out] if n > CALIBRATION_IMAGES else list(batches),
+                   refresh=refresh, device=batches[0].device)  # fmt: skip
 
     @classmethod
     def from_images(cls, dataset: ImagePaths, batch_size: int, calibrate: Any = None, *,
@@ -194,6 +198,14 @@ class Sample:
         if self._batches is None:
             self._batches = self._read(CALIBRATION_IMAGES)
         return self._batches
+
+    @property
+    def held_out(self) -> list[torch.Tensor]:
+        """Up to :data:`CHECK_IMAGES` more of the job's images, after :attr:`batches`, which int8 is not calibrated
+        on: ``auto`` compares its paths with fp32 there (read when first asked; empty when the job has no more)."""
+        if self._held_out is None:
+            self._held_out = self._read(CALIBRATION_IMAGES + CHECK_IMAGES)[len(self.batches) :]  # read in order
+        return self._held_out
 
     def example(self, path: InferencePath) -> torch.Tensor:
         """The batch ``path`` is built at: the first of the job's images where it needs them, else zeros."""

@@ -1,8 +1,8 @@
 """``--precision auto`` on a CPU: the fastest path whose outputs agree with fp32, measured once and cached.
 
 ``auto`` is bf16 on CUDA. On a CPU it is the fastest of the paths this CPU runs (:mod:`inference.path`) whose
-outputs agree with fp32 on a calibration sample within :data:`.agreement.TOLERANCE`, measured once and cached per
-checkpoint, image size, batch and CPU (:func:`decision_file`).
+outputs agree with fp32 within :data:`.agreement.TOLERANCE` on a sample of the job (images int8 did not calibrate
+on), measured once and cached per checkpoint, image size, batch and CPU (:func:`decision_file`).
 
 ONNX Runtime's and OpenVINO's paths are exported once (one ONNX file serves both), quantized once and cached on
 disk, so later processes load them in seconds. Inductor's compiled CPU paths (freezing: weights folded in as
@@ -81,15 +81,30 @@ def decision_file(checkpoint: str | os.PathLike, shape: Sequence[int], cpu: CpuI
     return default_cache_dir() / "precision" / (hashlib.sha256(raw.encode()).hexdigest()[:24] + ".json")
 
 
-def _speed(net: nn.Module, example: torch.Tensor, rounds: int = 3) -> float:
+def _rounds(net: nn.Module, example: torch.Tensor, rounds: int, give_up_after: float = float("inf")) -> list[float]:
+    """Seconds per call of ``net`` on ``example`` after one untimed call: ``rounds`` of them, or only the first when
+    it already took longer than ``give_up_after``."""
+    times: list[float] = []
     with torch.inference_mode():
         net(example)
-        times = []
         for _ in range(rounds):
             start = time.perf_counter()
             net(example)
             times.append(time.perf_counter() - start)
-    return example.shape[0] / sorted(times)[len(times) // 2]
+            if times[0] > give_up_after:
+                break
+    return times
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
+
+
+# The order ``auto`` times its candidates in: the likely fastest first, so that the slow ones are seen to be slow
+# after one round (:data:`GIVE_UP`). It decides nothing: every candidate is timed, and the fastest within tolerance
+# is taken.
+_FIRST = {"int8": 0, "bf16": 1, "fp16": 2, "fp32": 3}
+GIVE_UP = 1.5  # a candidate whose first round is this much slower than the fastest median so far gets no more rounds
 
 
 def candidates(device: torch.device, cpu: CpuInfo) -> list[InferencePath]:
@@ -157,8 +172,11 @@ def measure(
     n_images: int,
     log: Callable[[str], None] = print,
 ) -> tuple[Decision, nn.Module | None]:
-    """Builds every path this CPU runs (:func:`candidates`), times it on the sample's first batch and compares it
-    with fp32 on the whole sample (:func:`agreement` of all its images at once); caches the decision
+    """Builds every path this CPU runs (:func:`candidates`) and times it on the sample's first batch (three rounds,
+    or one for a path :data:`GIVE_UP` times slower than the fastest so far); then compares them with fp32 on the
+    sample's held-out images (:attr:`Sample.held_out`, which int8 did not calibrate on; its calibration images when
+    it has no others), all at once (:func:`agreement`), fastest first, and takes the first within
+    tolerance (the slower ones are not compared: ``Decision.agreement`` holds those compared). Caches the decision
     (:func:`decision_file`). Returns the decision and the chosen path built (None when no path measured).
 
     Args:
@@ -172,29 +190,43 @@ def measure(
     """
     batches = sample.batches
     example, paths = batches[0], candidates(next(model.parameters()).device, cpu)
+    checked = sum(b.shape[0] for b in sample.held_out) or sum(b.shape[0] for b in batches)
     log(f"auto: a job of {n_images} images: timing {', '.join(p.name for p in paths)} against eager fp32 and "
-        f"comparing their outputs on {sum(b.shape[0] for b in batches)} of its images; this takes minutes once "
-        "(exports, calibration, compiles), then jobs with this checkpoint, input shape and CPU reuse the "
-        "decision")  # fmt: skip
-    with torch.inference_mode():
-        reference = cat_outputs([model.eval()(batch) for batch in batches])
-    speeds, agreements, best = {"eager": _speed(model.eval(), example)}, {}, None
-    for path in paths:
-        log(f"auto: measuring {path.name} on {len(batches)} batch(es) of {example.shape[0]}")
+        f"comparing the fastest with fp32 on {checked} of its images"
+        + (" (not the ones int8 calibrates on)" if sample.held_out else "")
+        + "; this takes minutes once (exports, calibration, compiles), then jobs with this checkpoint, input shape "
+        "and CPU reuse the decision")  # fmt: skip
+    speeds, agreements, nets = {"eager": example.shape[0] / _median(_rounds(model.eval(), example, 3))}, {}, {}
+    for path in sorted(paths, key=lambda p: (_FIRST.get(p.precision, 9), p.runtime == "torch")):
+        log(f"auto: building and timing {path.name} at batch {example.shape[0]}")
         start = time.perf_counter()
         try:
-            net = build(path, model, sample, log=log)
+            nets[path] = build(path, model, sample, log=log)
         except Exception as e:  # a path that fails to build here is not taken, and the reason is shown
             log(f"auto: {path.name} could not be built ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             continue
-        name = path.name
-        speeds[name] = _speed(net, example)
-        with torch.inference_mode():  # over the whole sample, as the bench measures it on 200 images
-            agreements[name] = agreement(reference, cat_outputs([net(batch) for batch in batches]))
-        log(f"auto: {name} {speeds[name]:.2f} images/s ({speeds[name] / speeds['eager']:.2f}x eager fp32), built "
-            f"in {time.perf_counter() - start:.0f} s, against fp32 {describe(agreements[name])}")  # fmt: skip
-        if within_tolerance(agreements[name]) and (best is None or speeds[name] > speeds[best[0].name]):
-            best = (path, net)
+        fastest = max((v for k, v in speeds.items() if k != "eager"), default=0.0)
+        times = _rounds(nets[path], example, 3, give_up_after=GIVE_UP * example.shape[0] / fastest if fastest else
+                        float("inf"))  # fmt: skip
+        speeds[path.name] = example.shape[0] / _median(times)
+        log(f"auto: {path.name} {speeds[path.name]:.2f} images/s ({speeds[path.name] / speeds['eager']:.2f}x eager "
+            f"fp32), built in {time.perf_counter() - start:.0f} s" + (f"; more than {GIVE_UP}x slower than the "
+            "fastest after one round: no more rounds" if len(times) == 1 else ""))  # fmt: skip
+    # The fastest first, compared with fp32 on images int8 was not calibrated on (the calibration images when the
+    # job has no others), until one is within tolerance: the slower ones could not be taken whatever their agreement.
+    checks = sample.held_out or batches
+    with torch.inference_mode():
+        reference = cat_outputs([model.eval()(batch) for batch in checks])
+    best = None
+    for path in sorted(nets, key=lambda p: -speeds[p.name]):
+        with torch.inference_mode():
+            agreements[path.name] = agreement(reference, cat_outputs([nets[path](batch) for batch in checks]))
+        ok = within_tolerance(agreements[path.name])
+        log(f"auto: {path.name} against fp32 {describe(agreements[path.name])}: "
+            + ("within tolerance" if ok else "outside tolerance"))  # fmt: skip
+        if ok:
+            best = (path, nets[path])
+            break
     if best is None:
         return Decision("fp32", False, speeds, agreements, "no path measured"), None
     path, net = best

@@ -124,3 +124,28 @@ def test_a_resolved_path_is_frozen_and_says_what_it_runs_in():
     assert lines[-1] == "no readable image to calibrate or compile on; running fp32"
     with pytest.raises(ValueError, match="precision auto on a CPU needs the model and its checkpoint"):
         resolved(Request(), "cpu")
+
+
+def test_a_sample_holds_out_the_images_after_the_calibration_ones(tmp_path):
+    from PIL import Image
+
+    from fastmtl.data.images import ImagePaths
+    from fastmtl.inference.path import CALIBRATION_IMAGES, CHECK_IMAGES
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    total = CALIBRATION_IMAGES + 10  # fewer than CHECK_IMAGES after the calibration ones: all of them held out
+    for i in range(total):
+        Image.new("RGB", (8, 8), (i, 255 - i, 0)).save(folder / f"im{i:03d}.png")
+    data = ImagePaths(sorted(folder.glob("*.png")), (8, 8))
+    sample = Sample.from_images(data, batch_size=5)
+    assert [b.shape[0] for b in sample.batches] == [5] * 7  # 32 rounded up to whole batches: 35 images
+    assert [b.shape[0] for b in sample.held_out] == [5, 2]  # the other 7, none of the calibration images
+    first = torch.cat(sample.batches)
+    assert not any(torch.equal(image, seen) for image in torch.cat(sample.held_out) for seen in first)
+
+    given = [torch.randn(4, 3, 8, 8) for _ in range(CALIBRATION_IMAGES // 4)]
+    assert Sample.of(given).held_out == []  # batches given without held-out ones: auto compares on them
+    held = [torch.randn(4, 3, 8, 8) for _ in range(CHECK_IMAGES // 4)]
+    sample = Sample.of(given, held_out=held)
+    assert sample.batches == given and all(a is b for a, b in zip(sample.held_out, held, strict=True))

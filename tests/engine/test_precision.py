@@ -124,7 +124,7 @@ def _auto(model, checkpoint, sample: Sample, n_images: int, log):
 def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"stands in for the checkpoint in the cache key")
-    sample = Sample.of([torch.randn(4, 3, 32, 32) for _ in range(2)])
+    sample = Sample.of([torch.randn(4, 3, 32, 32) for _ in range(2)], held_out=[torch.randn(4, 3, 32, 32)])
     lines = []
     path = _auto(tiny, checkpoint, sample, 5000, lines.append)
     cache = P.decision_file(checkpoint, sample.shape, cpu_info())
@@ -134,12 +134,19 @@ def test_auto_measures_caches_and_reuses_its_decision(tiny, tmp_path):
     assert set(decision.images_per_s) == {"eager", *measured}  # every candidate was built and timed
     (plan,) = [line for line in lines if line.startswith("auto: a job of")]
     assert plan.startswith(f"auto: a job of 5000 images: timing {', '.join(measured)} against eager fp32")
-    assert "on 8 of its images" in plan and "reuse the decision" in plan
+    assert "on 4 of its images (not the ones int8 calibrates on)" in plan and "reuse the decision" in plan
     assert lines[-1] == f"auto: {decision.describe()}"
     assert "fp32" in measured and ("fp32+onnxruntime" in measured or "fp32+compile" in measured)
-    for name in measured:  # every measured path reports its agreement with fp32
-        assert set(decision.agreement[name]) >= {"mask_dsc", "mask_agreement", "prob_mean_abs", "prob_max_abs"}
+    # compared with fp32 fastest first, up to the one taken: every path faster than it was compared (and was outside
+    # tolerance), the slower ones need not be
+    faster = [n for n in measured if decision.images_per_s[n] > decision.images_per_s[decision.name]]
+    assert set(decision.agreement) == {decision.name, *faster}
+    assert not any(within_tolerance(decision.agreement[n]) for n in faster)
+    for agreed in decision.agreement.values():
+        assert set(agreed) >= {"mask_dsc", "mask_agreement", "prob_mean_abs", "prob_max_abs"}
     assert within_tolerance(decision.agreement[decision.name]), decision
+    timed = [line.split()[4] for line in lines if line.startswith("auto: building and timing")]
+    assert timed[0].startswith("int8") and timed[-1].startswith("fp32")  # the likely fastest first
     net = build(path, tiny, sample)
     assert net is sample.built[path]  # the measured path is not built a second time
     with torch.inference_mode():
