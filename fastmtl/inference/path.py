@@ -163,23 +163,26 @@ class Sample:
         refresh: calibrate ONNX Runtime's and OpenVINO's cached int8 files anew on these images (``--calibrate``);
             False reuses a cached file (calibrated by the job that built it).
         device: where the zeros of an uncompiled path go (the model's device).
+        read_held_out: returns :attr:`held_out` (default: the images ``read`` gives after :attr:`batches`).
 
     ``built`` holds paths already built on this sample: ``auto``'s measurement keeps the one it chose there, and
     :func:`~fastmtl.inference.build.build` returns it rather than building it twice.
     """
 
     def __init__(self, shape: Sequence[int], read: Callable[[int], list[torch.Tensor]], *, refresh: bool = False,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+                 device: torch.device | str = "cpu",
+                 read_held_out: Callable[[], list[torch.Tensor]] | None = None) -> None:  # fmt: skip
         self.shape, self.refresh, self.device = tuple(shape), refresh, torch.device(device)
         self._read, self._batches, self._held_out = read, None, None
+        self._read_held_out = read_held_out or (lambda: read(CALIBRATION_IMAGES + CHECK_IMAGES)[len(self.batches) :])
         self.built: dict[InferencePath, nn.Module] = {}
 
     @classmethod
     def of(cls, batches: list[torch.Tensor], *, held_out: Sequence[torch.Tensor] = (), refresh: bool = False) -> Sample:
         """A sample of batches already in memory (the first one's shape is the job's), and ``held_out`` ones for
         :attr:`held_out`."""
-        return cls(batches[0].shape, lambda n: [*batches, *held_out] if n > CALIBRATION_IMAGES else list(batches),
-                   refresh=refresh, device=batches[0].device)  # fmt: skip
+        return cls(batches[0].shape, lambda n: list(batches), refresh=refresh, device=batches[0].device,
+                   read_held_out=lambda: list(held_out))  # fmt: skip
 
     @classmethod
     def from_images(cls, dataset: ImagePaths, batch_size: int, calibrate: Any = None, *,
@@ -189,8 +192,11 @@ class Sample:
         source = dataset if calibrate is None else ImagePaths(collect_inputs(calibrate), dataset.size,
                                                               dataset.normalize, dataset.in_chans)  # fmt: skip
         shape = (batch_size, dataset.in_chans, *dataset.size)
+        own = None  # held out: the images after the calibration ones; with --calibrate, the job's first
+        if calibrate is not None:
+            own = lambda: sample_batches(dataset, batch_size, -(-CHECK_IMAGES // batch_size), device)  # noqa: E731
         return cls(shape, lambda n: sample_batches(source, batch_size, -(-n // batch_size), device),
-                   refresh=calibrate is not None, device=device)  # fmt: skip
+                   refresh=calibrate is not None, device=device, read_held_out=own)  # fmt: skip
 
     @property
     def batches(self) -> list[torch.Tensor]:
@@ -201,10 +207,11 @@ class Sample:
 
     @property
     def held_out(self) -> list[torch.Tensor]:
-        """Up to :data:`CHECK_IMAGES` more of the job's images, after :attr:`batches`, which int8 is not calibrated
-        on: ``auto`` compares its paths with fp32 there (read when first asked; empty when the job has no more)."""
+        """Up to :data:`CHECK_IMAGES` of the job's images that int8 is not calibrated on (those after
+        :attr:`batches`; with ``--calibrate`` images, the job's first): ``auto`` compares its paths with fp32 there
+        (read when first asked; empty when the job has no more)."""
         if self._held_out is None:
-            self._held_out = self._read(CALIBRATION_IMAGES + CHECK_IMAGES)[len(self.batches) :]  # read in order
+            self._held_out = self._read_held_out()
         return self._held_out
 
     def example(self, path: InferencePath) -> torch.Tensor:

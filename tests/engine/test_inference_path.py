@@ -144,6 +144,14 @@ def test_a_sample_holds_out_the_images_after_the_calibration_ones(tmp_path):
     first = torch.cat(sample.batches)
     assert not any(torch.equal(image, seen) for image in torch.cat(sample.held_out) for seen in first)
 
+    other = tmp_path / "calibration"
+    other.mkdir()
+    for i in range(CALIBRATION_IMAGES):
+        Image.new("RGB", (8, 8), (0, i, 255 - i)).save(other / f"c{i:03d}.png")
+    sample = Sample.from_images(data, batch_size=5, calibrate=other)  # --calibrate: held out are the job's first
+    assert sample.refresh and [b.shape[0] for b in sample.batches] == [5] * 6 + [2]
+    assert torch.equal(torch.cat(sample.held_out), torch.stack([data[i]["image"] for i in range(35)]))
+
     given = [torch.randn(4, 3, 8, 8) for _ in range(CALIBRATION_IMAGES // 4)]
     assert Sample.of(given).held_out == []  # batches given without held-out ones: auto compares on them
     held = [torch.randn(4, 3, 8, 8) for _ in range(CHECK_IMAGES // 4)]
