@@ -1,6 +1,6 @@
 """CPU inference paths side by side: images/s, the ratio to eager fp32, and agreement with fp32 on real images.
 
-Group ``cpu-precision-<img>px-b<batch>``: 224 px batch 8 by default (about 8 minutes on 2 cores); ``--bench-full``
+Group ``cpu-precision-<img>px-b<batch>``: 224 px batch 8 by default (about 9 minutes on 2 cores); ``--bench-full``
 (``FASTMTL_BENCH_FULL=1``) adds batch 1, torch's own paths (``fp32``, ``fp32+compile``, ``bf16``, ``bf16+compile``,
 ``int8`` on torchao, each compiled in every process) and fastmtl's ``fp32+openvino`` and ``bf16+openvino`` (the
 peer's fp32 and default compiled through fastmtl); ``--bench-quick``: 64 px batch 2, uncompiled paths only.

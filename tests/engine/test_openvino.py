@@ -112,7 +112,7 @@ def test_predict_runs_openvino_when_asked(tiny_checkpoint, image_files, tmp_path
 
 
 _SIGNAL_AFTER_OPENVINO = """
-import faulthandler, gc, os, signal, sys
+import faulthandler, gc, os, signal
 import torch
 from fastmtl.inference import openvino_rt
 from fastmtl.runtime import cpu_info
